@@ -1,0 +1,1 @@
+"""The hybrid restorer: damage analysis, parameter predictor, U-Net, decision engine, CLI."""

@@ -1,0 +1,1 @@
+"""RestoreKit's library: pure functions on numpy arrays and torch tensors. Never imports ComfyUI."""

@@ -1,0 +1,1 @@
+"""Network definitions for architectures spandrel does not support (one module per architecture)."""

@@ -1,0 +1,218 @@
+"""Host services the library needs: device, free memory, progress, interrupts, model folders.
+
+The library (``scripts/``) never imports ComfyUI.  It asks this module for the services a host
+provides.  :class:`PlainRuntime` implements them with psutil, torch and tqdm, which is what the CLI,
+the tests and any non-ComfyUI caller get.  Inside ComfyUI, ``nodes/comfy_adapter.py`` installs a
+subclass that routes every call to ComfyUI (``comfy.model_management``, ``comfy.utils.ProgressBar``,
+``folder_paths``) and falls back to these methods where ComfyUI is absent.
+
+Memory figures are in bytes.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from typing import Callable, Dict, List, Optional
+
+MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
+
+
+class InterruptedByUser(Exception):
+    """Raised by :meth:`PlainRuntime.check_interrupt` when the host asked to stop."""
+
+
+class _TqdmProgress:
+    def __init__(self, total: int, desc: str):
+        self._bar = None
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, leave=False, disable=None)
+        except Exception:  # tqdm is optional for the library
+            self._bar = None
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class PlainRuntime:
+    """Services outside ComfyUI: psutil for RAM, torch for CUDA/MPS, tqdm for progress.
+
+    Model folders default to ``$RESTOREKIT_MODELS_DIR/<kind>`` (or ``./models/<kind>``) and can be
+    extended with :meth:`register_model_folder`.
+    """
+
+    name = "standalone"
+
+    def __init__(self) -> None:
+        self._folders: Dict[str, List[str]] = {}
+        self._interrupt = threading.Event()
+
+    # --- devices and memory -------------------------------------------------------------
+    def default_device(self):
+        """The best torch device available: CUDA, then MPS, then CPU."""
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    def free_memory(self, device) -> int:
+        """Free bytes on ``device``: ``torch.cuda.mem_get_info`` on CUDA, psutil available RAM else."""
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            # memory torch has cached but not handed out is free for us too
+            reserved = torch.cuda.memory_reserved(device)
+            allocated = torch.cuda.memory_allocated(device)
+            return int(free + max(0, reserved - allocated))
+        return int(_available_ram())
+
+    def total_memory(self, device) -> int:
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        try:
+            import psutil
+
+            return int(psutil.virtual_memory().total)
+        except Exception:
+            return 0
+
+    def empty_cache(self, device=None) -> None:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            mps = getattr(torch, "mps", None)
+            if mps is not None and getattr(torch.backends, "mps", None) is not None:
+                if torch.backends.mps.is_available():
+                    mps.empty_cache()
+        except Exception:
+            pass
+
+    def oom_exception_types(self) -> tuple:
+        """Exception classes that mean 'out of memory' (plus RuntimeError, checked by message)."""
+        types: list = [MemoryError]
+        try:
+            import torch
+
+            types.append(torch.cuda.OutOfMemoryError)
+        except Exception:
+            pass
+        return tuple(types)
+
+    # --- progress and interruption ----------------------------------------------------------
+    def progress(self, total: int, desc: str = "RestoreKit"):
+        """An object with ``update(n)`` and ``close()``."""
+        return _TqdmProgress(total, desc)
+
+    def request_interrupt(self) -> None:
+        self._interrupt.set()
+
+    def check_interrupt(self) -> None:
+        """Raise :class:`InterruptedByUser` if the host asked to stop (between tiles)."""
+        if self._interrupt.is_set():
+            self._interrupt.clear()
+            raise InterruptedByUser("processing interrupted")
+
+    # --- model folders -----------------------------------------------------------------------
+    def register_model_folder(self, kind: str, path: str) -> None:
+        paths = self._folders.setdefault(kind, [])
+        path = os.path.abspath(path)
+        if path not in paths:
+            paths.append(path)
+
+    def model_folders(self, kind: str) -> List[str]:
+        base = os.environ.get("RESTOREKIT_MODELS_DIR", os.path.join(os.getcwd(), "models"))
+        return list(self._folders.get(kind, [])) + [os.path.join(base, kind)]
+
+    def model_files(self, kind: str) -> List[str]:
+        """Model file names (relative to their folder) found in the folders of ``kind``."""
+        names = []
+        for folder in self.model_folders(kind):
+            if not os.path.isdir(folder):
+                continue
+            for root, _dirs, files in os.walk(folder, followlinks=True):
+                for f in files:
+                    if f.lower().endswith(MODEL_EXTENSIONS):
+                        rel = os.path.relpath(os.path.join(root, f), folder)
+                        names.append(rel.replace(os.sep, "/"))
+        return sorted(set(names))
+
+    def resolve_model_file(self, kind: str, name: str) -> str:
+        """Full path of model ``name`` inside a folder of ``kind``; see :func:`resolve_inside`."""
+        return resolve_inside(self.model_folders(kind), name, kind)
+
+
+def resolve_inside(folders: List[str], name: str, kind: str) -> str:
+    """Return the real path of ``name`` if it lies inside one of ``folders``.
+
+    Rejects absolute paths, ``..`` components and symlinks that lead outside the folder, with an
+    error that names the file and the folder kind.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"no model file name given for the '{kind}' folder")
+    norm = name.replace("\\", "/")
+    if os.path.isabs(name) or norm.startswith("/") or ".." in norm.split("/"):
+        raise ValueError(
+            f"model name '{name}' points outside the '{kind}' model folder; give a file name "
+            f"listed in that folder"
+        )
+    for folder in folders:
+        root = os.path.realpath(folder)
+        candidate = os.path.realpath(os.path.join(root, norm))
+        if os.path.commonpath([root, candidate]) != root:
+            continue
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"model file '{name}' was not found in the '{kind}' model folder(s): "
+        + ", ".join(folders or ["(none registered)"])
+    )
+
+
+def _available_ram() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except Exception:
+            return 4 << 30
+
+
+_runtime: Optional[PlainRuntime] = None
+
+
+def get_runtime() -> PlainRuntime:
+    """The active runtime (ComfyUI's adapter when installed, else a :class:`PlainRuntime`)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = PlainRuntime()
+    return _runtime
+
+
+def set_runtime(runtime: PlainRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+ProgressCallback = Callable[[int, int], None]

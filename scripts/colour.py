@@ -1,13 +1,40 @@
-"""Colour conversions: sRGB <-> linear sRGB <-> Oklab (Ottosson 2020).
+"""Colour conversions: sRGB <-> linear sRGB <-> CIE XYZ (D65) <-> Oklab <-> OkLCh.
 
-Arrays are channel-last ``[..., 3]`` and may be numpy arrays or torch tensors (CPU or GPU); the
-result has the input's type, device and floating dtype.  sRGB values are display-referred 0..1.
-Oklab: L in 0..1 for sRGB colours, a and b roughly -0.4..0.4.
+Arrays are channel-last ``[..., 3]`` and may be numpy arrays or torch tensors (any batch shape,
+CPU or GPU); the result has the input's type, device and floating dtype (integer numpy input is
+computed in float32).  Nothing is clipped: out-of-gamut colours stay out of gamut (see
+:mod:`.gamut` to map them back).
 
-The forward matrices are Ottosson's published ones (linear sRGB -> LMS, LMS' -> Lab); the inverse
-matrices are their exact float64 inverses, so round trips are clean to float rounding.
+Units and ranges
+----------------
+* sRGB: display-referred, 0..1 (IEC 61966-2-1).  Linear sRGB: 0..1, white = (1, 1, 1).
+* XYZ: relative CIE 1931 XYZ under D65, Y of sRGB white = 1 (multiply by a luminance in cd/m² to
+  get the absolute values Jzazbz wants, see :mod:`.jzazbz`).
+* Oklab (Ottosson 2020, "A perceptual color space for image processing"): L 0..1 for sRGB
+  colours (white = 1), a and b roughly -0.32..0.28.
+* OkLCh: L, chroma C = hypot(a, b) >= 0, hue h in degrees 0..360 (atan2(b, a), like CIE LCh).
+
+Matrices
+--------
+* ``M_SRGB_TO_XYZ`` is the matrix printed in IEC 61966-2-1 (4 decimals, the one colour-science
+  uses); ``M_XYZ_TO_SRGB`` is its exact float64 inverse (the standard's printed inverse is rounded,
+  which makes its round trip off by ~3e-4).
+* Oklab from XYZ uses Ottosson's XYZ -> LMS matrix ``M1_XYZ_TO_LMS`` and ``M2_LMS_TO_OKLAB``.
+* Oklab from linear sRGB has two variants, chosen with ``matrix=``:
+
+  - ``"ottosson"`` (default): Ottosson's published linear-sRGB -> LMS matrix.  Its rows sum to 1,
+    so greys get a = b = 0 exactly (a neutral grey axis: hue edits and gamut mapping rely on it),
+    and sRGB red gives Ottosson's published (0.627955, 0.224863, 0.125846).
+  - ``"xyz"``: ``M1_XYZ_TO_LMS @ M_SRGB_TO_XYZ``, i.e. exactly sRGB -> XYZ -> Oklab, which is what
+    colour-science computes (agreement ~1e-15).  The two variants differ by up to 1.1e-4; in the
+    "xyz" variant white has a, b = (-2.6e-4, -1.1e-4) because Ottosson's matrices are float32 fits.
+
+  Every inverse matrix is the exact float64 inverse of its forward matrix, so round trips are clean
+  to float rounding (~1e-15 in float64, ~1e-6 in float32).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,7 +43,28 @@ try:  # torch is optional for the numpy path
 except Exception:  # pragma: no cover
     torch = None
 
-# Ottosson 2020, "A perceptual color space for image processing"
+# --- matrices -----------------------------------------------------------------------------------
+#: IEC 61966-2-1 linear sRGB -> CIE XYZ (D65), as printed in the standard
+M_SRGB_TO_XYZ = np.array(
+    [
+        [0.4124, 0.3576, 0.1805],
+        [0.2126, 0.7152, 0.0722],
+        [0.0193, 0.1192, 0.9505],
+    ]
+)
+M_XYZ_TO_SRGB = np.linalg.inv(M_SRGB_TO_XYZ)
+
+#: Ottosson 2020: CIE XYZ (D65) -> LMS (the definition of Oklab)
+M1_XYZ_TO_LMS = np.array(
+    [
+        [0.8189330101, 0.3618667424, -0.1288597137],
+        [0.0329845436, 0.9293118715, 0.0361456387],
+        [0.0482003018, 0.2643662691, 0.6338517070],
+    ]
+)
+M1_XYZ_INV = np.linalg.inv(M1_XYZ_TO_LMS)
+
+#: Ottosson 2020: linear sRGB -> LMS (published convenience matrix; rows sum to 1)
 M1_LINEAR_SRGB_TO_LMS = np.array(
     [
         [0.4122214708, 0.5363325363, 0.0514459929],
@@ -24,6 +72,10 @@ M1_LINEAR_SRGB_TO_LMS = np.array(
         [0.0883024619, 0.2817188376, 0.6299787005],
     ]
 )
+#: linear sRGB -> LMS through XYZ (IEC sRGB matrix then Ottosson's XYZ M1): colour-science's path
+M1_LINEAR_SRGB_TO_LMS_VIA_XYZ = M1_XYZ_TO_LMS @ M_SRGB_TO_XYZ
+
+#: Ottosson 2020: LMS' (cube roots) -> Oklab
 M2_LMS_TO_OKLAB = np.array(
     [
         [0.2104542553, 0.7936177850, -0.0040720468],
@@ -32,21 +84,39 @@ M2_LMS_TO_OKLAB = np.array(
     ]
 )
 M1_INV = np.linalg.inv(M1_LINEAR_SRGB_TO_LMS)
+M1_INV_VIA_XYZ = np.linalg.inv(M1_LINEAR_SRGB_TO_LMS_VIA_XYZ)
 M2_INV = np.linalg.inv(M2_LMS_TO_OKLAB)
 
+_SRGB_M1 = {"ottosson": (M1_LINEAR_SRGB_TO_LMS, M1_INV), "xyz": (M1_LINEAR_SRGB_TO_LMS_VIA_XYZ, M1_INV_VIA_XYZ)}
+OKLAB_SRGB_MATRICES = tuple(_SRGB_M1)
 
+
+# --- array helpers ----------------------------------------------------------------------------
 def _is_torch(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _matmul(x, m: np.ndarray):
-    """``x[..., 3] @ m.T`` keeping x's type, device and dtype."""
+def as_float(x):
+    """numpy/torch array as floating point (integers -> float32), torch kept on its device."""
     if _is_torch(x):
-        mt = torch.as_tensor(m.T, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
-        return x @ mt
+        return x if x.is_floating_point() else x.float()
     x = np.asarray(x)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    return (x.astype(dtype, copy=False) @ m.T.astype(dtype)).astype(dtype, copy=False)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
+
+
+def check_channels(x, name: str = "colour array"):
+    """Raise ValueError unless the last axis has 3 channels."""
+    if x.ndim < 1 or x.shape[-1] != 3:
+        raise ValueError(f"{name}: expected channel-last [..., 3] values, got shape {tuple(x.shape)}")
+
+
+def _matmul(x, m: np.ndarray):
+    """``x[..., 3] @ m.T`` keeping x's type, device and floating dtype."""
+    x = as_float(x)
+    if _is_torch(x):
+        mt = torch.as_tensor(m.T, dtype=x.dtype, device=x.device)
+        return x @ mt
+    return x @ m.T.astype(x.dtype)
 
 
 def _cbrt(x):
@@ -56,12 +126,24 @@ def _cbrt(x):
     return np.cbrt(x)
 
 
+def _split(x):
+    return x[..., 0], x[..., 1], x[..., 2]
+
+
+def _stack(a, b, c, like):
+    if _is_torch(like):
+        return torch.stack([a, b, c], dim=-1)
+    return np.stack([a, b, c], axis=-1)
+
+
+# --- sRGB transfer function ---------------------------------------------------------------------
 def srgb_to_linear(x):
-    """IEC 61966-2-1 sRGB decoding (0..1 -> linear 0..1); values outside 0..1 are extended oddly."""
+    """IEC 61966-2-1 sRGB decoding (0..1 -> linear 0..1); negative values mirror (odd extension)."""
     if _is_torch(x):
+        x = as_float(x)
         a = torch.abs(x)
         lin = torch.where(a <= 0.04045, a / 12.92, ((a + 0.055) / 1.055) ** 2.4)
-        return torch.sign(x) * lin
+        return torch.copysign(lin, x)
     x = np.asarray(x, dtype=np.result_type(x, np.float32))
     a = np.abs(x)
     return np.sign(x) * np.where(a <= 0.04045, a / 12.92, ((a + 0.055) / 1.055) ** 2.4)
@@ -70,28 +152,124 @@ def srgb_to_linear(x):
 def linear_to_srgb(x):
     """IEC 61966-2-1 sRGB encoding (linear -> 0..1), odd extension for negative values."""
     if _is_torch(x):
+        x = as_float(x)
         a = torch.abs(x)
         enc = torch.where(a <= 0.0031308, a * 12.92, 1.055 * a.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
-        return torch.sign(x) * enc
+        return torch.copysign(enc, x)
     x = np.asarray(x, dtype=np.result_type(x, np.float32))
     a = np.abs(x)
     return np.sign(x) * np.where(a <= 0.0031308, a * 12.92, 1.055 * np.maximum(a, 1e-12) ** (1 / 2.4) - 0.055)
 
 
-def linear_srgb_to_oklab(rgb):
-    return _matmul(_cbrt(_matmul(rgb, M1_LINEAR_SRGB_TO_LMS)), M2_LMS_TO_OKLAB)
+# --- XYZ ----------------------------------------------------------------------------------------
+def linear_srgb_to_xyz(rgb):
+    """Linear sRGB -> relative CIE XYZ (D65, white Y = 1), IEC 61966-2-1 matrix."""
+    return _matmul(rgb, M_SRGB_TO_XYZ)
 
 
-def oklab_to_linear_srgb(lab):
+def xyz_to_linear_srgb(xyz):
+    """Relative CIE XYZ (D65) -> linear sRGB with the exact inverse of the IEC matrix."""
+    return _matmul(xyz, M_XYZ_TO_SRGB)
+
+
+def srgb_to_xyz(rgb):
+    """sRGB (0..1) -> relative CIE XYZ (D65)."""
+    return linear_srgb_to_xyz(srgb_to_linear(rgb))
+
+
+def xyz_to_srgb(xyz):
+    """Relative CIE XYZ (D65) -> sRGB (not clipped)."""
+    return linear_to_srgb(xyz_to_linear_srgb(xyz))
+
+
+# --- Oklab --------------------------------------------------------------------------------------
+def _lms_to_oklab(lms):
+    return _matmul(_cbrt(lms), M2_LMS_TO_OKLAB)
+
+
+def _oklab_to_lms(lab):
     lms_ = _matmul(lab, M2_INV)
-    return _matmul(lms_ * lms_ * lms_, M1_INV)
+    return lms_ * lms_ * lms_
 
 
-def srgb_to_oklab(rgb):
+def xyz_to_oklab(xyz):
+    """Relative CIE XYZ (D65) -> Oklab (Ottosson 2020: M1, sign-preserving cube root, M2)."""
+    return _lms_to_oklab(_matmul(xyz, M1_XYZ_TO_LMS))
+
+
+def oklab_to_xyz(lab):
+    """Oklab -> relative CIE XYZ (D65), exact inverse of :func:`xyz_to_oklab`."""
+    return _matmul(_oklab_to_lms(lab), M1_XYZ_INV)
+
+
+def _srgb_m1(matrix: str):
+    try:
+        return _SRGB_M1[matrix]
+    except KeyError:
+        raise ValueError(f"unknown Oklab sRGB matrix {matrix!r}; expected one of {OKLAB_SRGB_MATRICES}") from None
+
+
+def linear_srgb_to_oklab(rgb, matrix: str = "ottosson"):
+    """Linear sRGB -> Oklab.  ``matrix``: "ottosson" (published sRGB M1, neutral greys) or "xyz"."""
+    return _lms_to_oklab(_matmul(rgb, _srgb_m1(matrix)[0]))
+
+
+def oklab_to_linear_srgb(lab, matrix: str = "ottosson"):
+    """Oklab -> linear sRGB (exact inverse of :func:`linear_srgb_to_oklab`, not clipped)."""
+    return _matmul(_oklab_to_lms(lab), _srgb_m1(matrix)[1])
+
+
+def srgb_to_oklab(rgb, matrix: str = "ottosson"):
     """sRGB (0..1, channel-last) -> Oklab (L, a, b)."""
-    return linear_srgb_to_oklab(srgb_to_linear(rgb))
+    return linear_srgb_to_oklab(srgb_to_linear(rgb), matrix)
 
 
-def oklab_to_srgb(lab):
-    """Oklab -> sRGB (not clipped: out-of-gamut colours leave 0..1; see gamut mapping)."""
-    return linear_to_srgb(oklab_to_linear_srgb(lab))
+def oklab_to_srgb(lab, matrix: str = "ottosson"):
+    """Oklab -> sRGB (not clipped: out-of-gamut colours leave 0..1; see :mod:`.gamut`)."""
+    return linear_to_srgb(oklab_to_linear_srgb(lab, matrix))
+
+
+# --- cylindrical forms ----------------------------------------------------------------------------
+def lab_to_lch(lab):
+    """(L, a, b) -> (L, C, h): C = hypot(a, b), h = atan2(b, a) in degrees 0..360.
+
+    Works for Oklab -> OkLCh and Jzazbz -> JzCzhz alike.
+    """
+    lab = as_float(lab)
+    L, a, b = _split(lab)
+    if _is_torch(lab):
+        c = torch.hypot(a, b)
+        h = torch.remainder(torch.rad2deg(torch.atan2(b, a)), 360.0)
+    else:
+        c = np.hypot(a, b)
+        h = np.remainder(np.degrees(np.arctan2(b, a)), 360.0)
+    return _stack(L, c, h, lab)
+
+
+def lch_to_lab(lch):
+    """(L, C, h in degrees) -> (L, a, b); inverse of :func:`lab_to_lch`."""
+    lch = as_float(lch)
+    L, c, h = _split(lch)
+    if _is_torch(lch):
+        hr = h * (math.pi / 180.0)
+        return _stack(L, c * torch.cos(hr), c * torch.sin(hr), lch)
+    hr = np.radians(h)
+    return _stack(L, c * np.cos(hr), c * np.sin(hr), lch)
+
+
+def oklab_to_oklch(lab):
+    """Oklab -> OkLCh (L, C, h degrees)."""
+    return lab_to_lch(lab)
+
+
+def oklch_to_oklab(lch):
+    """OkLCh (L, C, h degrees) -> Oklab."""
+    return lch_to_lab(lch)
+
+
+def srgb_to_oklch(rgb, matrix: str = "ottosson"):
+    return oklab_to_oklch(srgb_to_oklab(rgb, matrix))
+
+
+def oklch_to_srgb(lch, matrix: str = "ottosson"):
+    return oklab_to_srgb(oklch_to_oklab(lch), matrix)

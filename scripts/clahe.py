@@ -1,0 +1,175 @@
+"""Contrast Limited Adaptive Histogram Equalisation (CLAHE) on a chosen channel.
+
+CLAHE (Zuiderveld, "Contrast Limited Adaptive Histogram Equalization", Graphics Gems IV, 1994):
+the image is split into ``grid x grid`` tiles, each tile's histogram is clipped at a limit and
+equalised, and the per-tile mappings are interpolated bilinearly.  The work is done by OpenCV's
+``cv2.createCLAHE`` on an 8-bit version of the channel.
+
+Clip-limit convention (OpenCV's, used everywhere in RestoreKit)
+    ``clip_limit`` is a multiple of the mean histogram bin height: a tile of N pixels and 256 bins
+    has its bins clipped at ``clip_limit * N / 256`` counts.  1.0 leaves an (almost) identity
+    mapping, 2-4 is moderate, 40 is nearly plain adaptive equalisation.  scikit-image's
+    ``equalize_adapthist(clip_limit=c_sk)`` clips at ``c_sk * N`` counts (with ``nbins=256``), so
+    ``c_sk = clip_limit / 256``: skimage's default 0.01 is OpenCV 2.56.  The clip counts are then
+    identical, but the two redistribute the clipped excess differently, so outputs agree to a few
+    percent, not exactly.  (skimage also stretches its input to the full range first and its
+    output afterwards; OpenCV does neither.)
+
+Channels (``channel`` argument)
+    ``"oklab"``  Oklab lightness L (Ottosson 2020), a and b kept: the default, hue-preserving.
+    ``"lab"``    CIE L*a*b* L* (D65, via OpenCV's float conversion), a*, b* kept.
+    ``"ycbcr"``  Y of full-range BT.601 YCbCr (JPEG), Cb and Cr kept.
+    ``"rgb"``    each of R, G, B separately (may shift colours).
+Grayscale inputs (``[H,W]`` or ``[H,W,1]``) are processed directly whatever ``channel`` says.
+
+All images are float arrays in 0..1, channel-last; outputs are float32 in 0..1.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+CHANNELS = ("oklab", "lab", "ycbcr", "rgb")
+DEFAULT_CLIP = 2.0
+DEFAULT_GRID = 8
+MAX_GRID = 64
+
+# BT.601 full range (JPEG / JFIF) luma weights
+_YR, _YG, _YB = 0.299, 0.587, 0.114
+
+
+def as_unit_float(image, name: str = "image") -> np.ndarray:
+    """``image`` as float32 in 0..1; ValueError for NaN/inf or an empty array; clips to 0..1."""
+    a = np.asarray(image)
+    if a.size == 0:
+        raise ValueError(f"{name}: the image is empty (shape {a.shape})")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: {int((~np.isfinite(a)).sum())} pixel value(s) are NaN or infinite")
+    return np.clip(a, 0.0, 1.0)
+
+
+def to_u8(channel: np.ndarray) -> np.ndarray:
+    """Float channel 0..1 -> uint8 0..255 with rounding (values outside 0..1 are clipped)."""
+    import cv2
+
+    return cv2.convertScaleAbs(np.clip(channel, 0.0, 1.0).astype(np.float32, copy=False), alpha=255.0)
+
+
+def check_params(clip_limit: float, grid: int, shape: Tuple[int, int]) -> Tuple[float, int]:
+    """Validate (clip, grid) and shrink the grid so that every tile has at least 2 px per side."""
+    clip_limit = float(clip_limit)
+    if not np.isfinite(clip_limit) or clip_limit <= 0:
+        raise ValueError(f"clip_limit must be a positive number (OpenCV convention), got {clip_limit}")
+    grid = int(grid)
+    if grid < 1 or grid > MAX_GRID:
+        raise ValueError(f"grid must be between 1 and {MAX_GRID} tiles per side, got {grid}")
+    h, w = shape
+    grid = max(1, min(grid, h // 2, w // 2))
+    return clip_limit, grid
+
+
+def clahe_u8(channel_u8: np.ndarray, clip_limit: float = DEFAULT_CLIP, grid: int = DEFAULT_GRID) -> np.ndarray:
+    """OpenCV CLAHE on one uint8 channel ``[H,W]``; images under 2 px per side are returned as is."""
+    import cv2
+
+    h, w = channel_u8.shape[:2]
+    if h < 2 or w < 2:
+        return channel_u8.copy()
+    clip_limit, grid = check_params(clip_limit, grid, (h, w))
+    op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(grid, grid))
+    return op.apply(np.ascontiguousarray(channel_u8))
+
+
+def clahe_channel(channel: np.ndarray, clip_limit: float = DEFAULT_CLIP, grid: int = DEFAULT_GRID) -> np.ndarray:
+    """CLAHE on one float channel in 0..1 (quantised to 8 bits for OpenCV), float32 0..1 out.
+
+    A plane under 2 px per side, or flat to within one 8-bit level, has nothing to equalise and is
+    returned unchanged (OpenCV would move a flat plane towards mid-grey).
+    """
+    channel = np.asarray(channel, dtype=np.float32)
+    if min(channel.shape[:2]) < 2 or float(channel.max() - channel.min()) < 1.0 / 255.0:
+        check_params(clip_limit, grid, (2, 2))
+        return channel.copy()
+    out = clahe_u8(to_u8(channel), clip_limit, grid)
+    return out.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+# --- channel split / merge ------------------------------------------------------------------------
+def split_channel(image: np.ndarray, channel: str = "oklab"):
+    """Return ``(planes, rest)``: the 2-D float planes CLAHE works on (list) and what merge needs.
+
+    ``image`` is ``[H,W,3]`` float 0..1.  For "rgb" the planes are R, G, B.
+    """
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {channel!r}")
+    if channel == "rgb":
+        return [image[..., i] for i in range(3)], None
+    if channel == "oklab":
+        from .colour import srgb_to_oklab
+
+        lab = srgb_to_oklab(image.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+        return [np.clip(lab[..., 0], 0.0, 1.0)], lab
+    if channel == "lab":
+        import cv2
+
+        lab = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.float32), cv2.COLOR_RGB2Lab)
+        return [lab[..., 0] / 100.0], lab
+    # ycbcr
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    y = _YR * r + _YG * g + _YB * b
+    return [y.astype(np.float32)], image
+
+
+def merge_channel(planes, rest, channel: str, image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`split_channel`; result clipped to 0..1 (out-of-gamut colours clip)."""
+    if channel == "rgb":
+        out = np.stack(planes, axis=-1)
+    elif channel == "oklab":
+        from .colour import oklab_to_srgb
+
+        lab = rest.copy()
+        lab[..., 0] = planes[0]
+        out = oklab_to_srgb(lab)
+    elif channel == "lab":
+        import cv2
+
+        lab = rest.copy()
+        lab[..., 0] = planes[0] * 100.0
+        out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    else:  # ycbcr: adding the luma change to R, G and B keeps Cb and Cr exactly
+        y_old = _YR * image[..., 0] + _YG * image[..., 1] + _YB * image[..., 2]
+        out = image + (planes[0] - y_old)[..., None]
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def clahe(image, clip_limit: float = DEFAULT_CLIP, grid: int = DEFAULT_GRID, channel: str = "oklab") -> np.ndarray:
+    """CLAHE of an image ``[H,W]``, ``[H,W,1]`` or ``[H,W,3]`` (float 0..1) on ``channel``.
+
+    ``clip_limit`` in OpenCV's convention (see module docstring), ``grid`` tiles per side (the
+    grid is shrunk for images smaller than 2 px per tile).  Returns float32 0..1, same shape.
+    """
+    img = as_unit_float(image)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 1):
+        out = clahe_channel(img.reshape(img.shape[:2]), clip_limit, grid)
+        return out.reshape(img.shape)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"expected an image [H,W], [H,W,1] or [H,W,3], got shape {img.shape}")
+    planes, rest = split_channel(img, channel)
+    planes = [clahe_channel(p, clip_limit, grid) for p in planes]
+    return merge_channel(planes, rest, channel, img)
+
+
+def working_channel(image: np.ndarray, channel: str = "oklab") -> np.ndarray:
+    """The 2-D plane (float 0..1) CLAHE would work on; for "rgb" the BT.601 luma stands in."""
+    img = as_unit_float(image)
+    if img.ndim == 2 or img.shape[-1] == 1:
+        return img.reshape(img.shape[:2])
+    if channel == "rgb":
+        channel = "ycbcr"
+    return split_channel(img, channel)[0][0]

@@ -1,0 +1,251 @@
+"""Non-blind deconvolution with torch FFTs (CPU or GPU): Richardson–Lucy and Wiener.
+
+Richardson–Lucy (W. H. Richardson, JOSA 62:55, 1972; L. B. Lucy, AJ 79:745, 1974) maximises the
+Poisson likelihood of the blurred image ``g = k ∗ u`` by the multiplicative update
+``u ← u · kᵀ∗(g / (k∗u))``.  Options:
+
+* **damping** – the Gaussian-noise form of White's damped RL (R. L. White, "Image restoration using
+  the damped Richardson-Lucy method", SPIE 2198, 1994): where the residual ``|g − k∗u|`` is below
+  ``strength·σ`` (σ = estimated noise std) the correction fades out, so noise is not fitted.
+* **tv** – total-variation regularised RL (N. Dey et al., "Richardson–Lucy algorithm with total
+  variation regularization for 3D confocal microscope deconvolution", Microsc. Res. Tech. 69:260,
+  2006): ``u ← u · kᵀ∗(g/(k∗u)) / (1 − λ·div(∇u/|∇u|))`` with λ = ``strength``.
+* **stop rule** ``"discrepancy"`` – Morozov's discrepancy principle: stop as soon as the RMS
+  residual on the observed pixels falls to ``tau·σ``; going further only fits noise (the "noise
+  amplification" of over-iterated RL).  ``tau`` defaults to 0.92, not 1: the best RL iterate
+  already fits part of the noise (measured on skimage camera, Gaussian σ 1–2.5 px, noise 0.005–0.02:
+  the PSNR-optimal iterate has a residual of 0.84–0.94 σ).  σ is estimated from the image (Donoho's MAD of the finest
+  Haar diagonal band, σ = median|HH| / 0.6745).
+
+Borders: with ``taper=True`` the image is padded by twice the kernel size (mirror, then a cosine
+cross-fade to the mean, so the periodic FFT sees no jump: edge tapering) and RL only fits the
+observed pixels (Bertero & Boccacci, "A simple method for the reduction of boundary effects in the
+Richardson-Lucy approach to image deconvolution", A&A 437:369, 2005): the unseen exterior is
+estimated too, which keeps the border band free of ringing.  Wiener (``X = K*·G / (|K|² + b)``,
+b = noise-to-signal power ratio, "balance") uses the tapered padding.
+
+Images are float 0..1, ``[H, W]`` or ``[H, W, C]`` (each channel deconvolved with the same kernel),
+numpy or torch.  Kernels are 2D, non-negative, normalised here; their centre is pixel
+``(h//2, w//2)``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+
+METHODS = ("richardson_lucy", "wiener")
+REGULARISATIONS = ("none", "damping", "tv")
+STOP_RULES = ("none", "discrepancy")
+
+
+def estimate_noise_sigma(image: np.ndarray | torch.Tensor) -> float:
+    """Noise standard deviation of a 2D image (same units as the image) from the finest Haar
+    diagonal detail band: σ = median(|HH|)/0.6745 (Donoho & Johnstone, Biometrika 1994)."""
+    x = torch.as_tensor(image, dtype=torch.float32)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    if h < 2 or w < 2:
+        return 0.0
+    x = x[..., :h, :w]
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2.0
+    return float(hh.abs().flatten().median()) / 0.6745
+
+
+def _fast_len(n: int) -> int:
+    from scipy.fft import next_fast_len
+
+    return int(next_fast_len(int(n), real=True))
+
+
+def _taper_pad(x: torch.Tensor, pad: Tuple[int, int, int, int]) -> torch.Tensor:
+    """Mirror-pad ``x`` [C,H,W] by (top, bottom, left, right), then cross-fade the padding to the
+    per-channel mean with a raised cosine, reaching the mean at the outer edge."""
+    top, bottom, left, right = pad
+    c, h, w = x.shape
+    mode = "reflect" if max(top, bottom) < h and max(left, right) < w else "replicate"
+    xp = torch.nn.functional.pad(x[None], (left, right, top, bottom), mode=mode)[0]
+    mean = x.mean(dim=(1, 2), keepdim=True)
+
+    def ramp(n_in: int, before: int, after: int) -> torch.Tensor:
+        # 1 on the image, cosine from 1 to 0 across each pad band
+        r = torch.ones(before + n_in + after, dtype=x.dtype, device=x.device)
+        if before:
+            t = torch.arange(before, dtype=x.dtype, device=x.device)
+            r[:before] = 0.5 - 0.5 * torch.cos(math.pi * (t + 1) / (before + 1))
+        if after:
+            t = torch.arange(after, dtype=x.dtype, device=x.device)
+            r[before + n_in:] = 0.5 + 0.5 * torch.cos(math.pi * (t + 1) / (after + 1))
+        return r
+
+    wgt = ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :]
+    return mean + (xp - mean) * wgt
+
+
+class _Convolver:
+    """Circular convolution with a fixed kernel on a ``[C, H, W]`` grid via rfft2."""
+
+    def __init__(self, kernel: np.ndarray, shape: Tuple[int, int], device, dtype=torch.float32):
+        kh, kw = kernel.shape
+        h, w = shape
+        k = torch.zeros((h, w), dtype=torch.float64)
+        kt = torch.as_tensor(kernel, dtype=torch.float64)
+        k[:kh, :kw] = kt
+        k = torch.roll(k, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))
+        otf = torch.fft.rfft2(k)
+        self.otf = otf.to(device=device, dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
+        self.shape = (h, w)
+
+    def __call__(self, x: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+        f = torch.fft.rfft2(x)
+        f = f * (self.otf.conj() if adjoint else self.otf)
+        return torch.fft.irfft2(f, s=self.shape)
+
+
+def _prepare(image, kernel) -> Tuple[torch.Tensor, np.ndarray, bool]:
+    from .kernels import normalise
+
+    k = normalise(np.asarray(kernel, dtype=np.float64))
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
+    if x.ndim not in (2, 3):
+        raise ValueError(f"deconvolve: expected an image [H,W] or [H,W,C], got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError("deconvolve: the image is empty")
+    x = x.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("deconvolve: the image contains NaN or infinite values")
+    was_2d = x.ndim == 2
+    x = x[None] if was_2d else x.permute(2, 0, 1)
+    return x.contiguous(), k, was_2d
+
+
+def _divergence_of_unit_gradient(u: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """div(∇u / |∇u|) with forward differences for ∇ and backward for div (replicate borders)."""
+    ux = torch.diff(u, dim=-1, append=u[..., -1:])
+    uy = torch.diff(u, dim=-2, append=u[..., -1:, :])
+    norm = torch.sqrt(ux * ux + uy * uy + eps * eps)
+    px, py = ux / norm, uy / norm
+    dx = torch.diff(px, dim=-1, prepend=torch.zeros_like(px[..., :1]))
+    dy = torch.diff(py, dim=-2, prepend=torch.zeros_like(py[..., :1, :]))
+    return dx + dy
+
+
+def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int = 30,
+               regularisation: str = "none", strength: float = 0.0, stop_rule: str = "none",
+               tau: float = 0.92, balance: float = 0.01, taper: bool = True, device=None,
+               clip: bool = True, on_iteration: Optional[Callable[[int, int], None]] = None):
+    """Deconvolve ``image`` by ``kernel``; returns ``(restored, report)``.
+
+    image: float 0..1, [H,W] or [H,W,C], numpy or torch (any device; the result comes back as the
+    same kind, numpy float32 or a torch tensor on ``device``).  kernel: 2D array (normalised here).
+    method: ``"richardson_lucy"`` | ``"wiener"``.  iterations: RL iterations (1..10000).
+    regularisation: ``"none"`` | ``"damping"`` (strength = threshold in noise σ, 1.5–3) | ``"tv"``
+    (strength = λ, e.g. 0.002).  stop_rule: ``"none"`` | ``"discrepancy"`` (stop when the residual
+    RMS ≤ tau·σ, σ estimated per channel).  balance: Wiener noise-to-signal power ratio (> 0).  taper: pad + edge taper and
+    boundary-aware RL (see module docstring); False treats the image as periodic.  device: torch
+    device for the FFTs (default: the image's).  on_iteration(i, n): called after each RL
+    iteration (progress / interrupt hook; it may raise to abort).
+
+    report: dict with method, iterations_run, stopped_early, noise_sigma (per channel), pad, device,
+    seconds.
+    """
+    if method not in METHODS:
+        raise ValueError(f"deconvolve: method must be one of {METHODS}, got {method!r}")
+    if regularisation not in REGULARISATIONS:
+        raise ValueError(f"deconvolve: regularisation must be one of {REGULARISATIONS}, got {regularisation!r}")
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"deconvolve: stop_rule must be one of {STOP_RULES}, got {stop_rule!r}")
+    if not 1 <= int(iterations) <= 10000:
+        raise ValueError(f"deconvolve: iterations must be 1..10000, got {iterations}")
+    if not (np.isfinite(balance) and balance > 0):
+        raise ValueError(f"deconvolve: Wiener balance must be > 0, got {balance}")
+    if not (np.isfinite(strength) and strength >= 0):
+        raise ValueError(f"deconvolve: strength must be >= 0, got {strength}")
+    t0 = time.perf_counter()
+    was_numpy = not isinstance(image, torch.Tensor)
+    x, k, was_2d = _prepare(image, kernel)
+    dev = torch.device(device) if device is not None else x.device
+    x = x.to(dev)
+    c, h, w = x.shape
+    kh, kw = k.shape
+    if taper:
+        py, px = max(kh, 4), max(kw, 4)  # twice the kernel radius + margin: no wrap-around
+        hp, wp = _fast_len(h + 2 * py), _fast_len(w + 2 * px)
+        pad = (py, hp - h - py, px, wp - w - px)
+    else:
+        pad = (0, 0, 0, 0)
+        hp, wp = h, w
+    if kh > hp or kw > wp:
+        raise ValueError(f"deconvolve: the kernel ({kw}x{kh} px) is larger than the image ({w}x{h} px)")
+    conv = _Convolver(k, (hp, wp), dev)
+    sigmas = [estimate_noise_sigma(x[i]) for i in range(c)]
+    report = {"method": method, "pad": pad[0], "device": str(dev), "noise_sigma": sigmas,
+              "iterations_run": 0, "stopped_early": False}
+    g = _taper_pad(x, pad) if taper else x
+    sl = (slice(None), slice(pad[0], pad[0] + h), slice(pad[2], pad[2] + w))
+
+    if method == "wiener":
+        otf = conv.otf
+        f = torch.fft.rfft2(g) * otf.conj() / (otf.abs() ** 2 + balance)
+        u = torch.fft.irfft2(f, s=(hp, wp))
+        report["balance"] = balance
+    else:
+        eps = 1e-6
+        if taper:
+            mask = torch.zeros((1, hp, wp), dtype=torch.float32, device=dev)
+            mask[sl] = 1.0
+            norm = conv(mask, adjoint=True)
+            active = norm > 1e-3
+            norm = torch.where(active, norm, torch.ones_like(norm))
+        else:
+            mask, norm, active = None, None, None
+        g = g.clamp_min(0.0)
+        u = g.clone()
+        sig = torch.tensor(sigmas, dtype=torch.float32, device=dev).view(c, 1, 1).clamp_min(1e-4)
+        damp_n = 10.0
+        n_it = int(iterations)
+        for it in range(n_it):
+            blurred = conv(u)
+            if stop_rule == "discrepancy":
+                res = (blurred - g)[sl] if taper else (blurred - g)
+                rms = res.pow(2).mean(dim=(1, 2)).sqrt()
+                if bool((rms <= tau * sig.view(-1)).all()):
+                    report["stopped_early"] = True
+                    break
+            blurred = blurred.clamp_min(eps)
+            if regularisation == "damping" and strength > 0:
+                diff = g - blurred
+                uu = (diff / (strength * sig)).pow(2).clamp(max=1.0)
+                ratio = 1.0 + uu.pow(damp_n - 1) * (damp_n - (damp_n - 1) * uu) * diff / blurred
+            else:
+                ratio = g / blurred
+            if mask is not None:
+                ratio = ratio * mask
+            corr = conv(ratio, adjoint=True)
+            if norm is not None:
+                corr = corr / norm
+            if regularisation == "tv" and strength > 0:
+                denom = (1.0 - strength * _divergence_of_unit_gradient(u)).clamp_min(0.3)
+                corr = corr / denom
+            new = (u * corr).clamp_min(0.0)
+            u = torch.where(active, new, u) if active is not None else new
+            report["iterations_run"] = it + 1
+            if on_iteration is not None:
+                on_iteration(it + 1, n_it)
+    out = u[sl]
+    if clip:
+        out = out.clamp(0.0, 1.0)
+    out = torch.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    out = out[0] if was_2d else out.permute(1, 2, 0)
+    report["seconds"] = time.perf_counter() - t0
+    if was_numpy:
+        return out.cpu().numpy().astype(np.float32), report
+    return out.contiguous(), report
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(test, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)

@@ -1,0 +1,145 @@
+"""Classical denoisers with automatic noise level: non-local means, bilateral, wavelet, total variation.
+
+Images: float ``[H, W]`` or ``[H, W, C]`` in 0..1 (C = 1 or 3).  Noise ``sigma`` is the standard
+deviation of additive white Gaussian noise in the same 0..1 units.
+
+- Noise estimate: Donoho & Johnstone's robust median estimator, σ = median(|HH|) / 0.6745 on the
+  finest diagonal wavelet band (Biometrika 81, 1994) — via ``skimage.restoration.estimate_sigma``
+  or our own Haar version (``method="mad"``).
+- Non-local means: Buades, Coll, Morel, CVPR 2005 (skimage, with the σ² bias correction).
+- Bilateral: Tomasi & Manduchi, ICCV 1998 (OpenCV).
+- Wavelet: BayesShrink (Chang, Yu, Vetterli, IEEE TIP 9, 2000) soft thresholding (skimage).
+- Total variation: Chambolle, JMIV 20, 2004 (skimage).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+METHODS = ("nlm", "bilateral", "wavelet", "tv")
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    x = np.asarray(image, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3 or x.shape[2] not in (1, 3):
+        raise ValueError(f"denoise: expected [H,W], [H,W,1] or [H,W,3], got shape {np.shape(image)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"denoise: empty image {np.shape(image)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("denoise: the image contains NaN or infinite values")
+    return x
+
+
+def mad_sigma(channel: np.ndarray) -> float:
+    """Robust σ of white noise in a 2-D array: median(|HH₁|)/0.6745 on the orthonormal Haar
+    diagonal band (Donoho & Johnstone 1994).  Returns 0 for images smaller than 2×2."""
+    c = np.asarray(channel, dtype=np.float64)
+    h, w = (c.shape[0] // 2) * 2, (c.shape[1] // 2) * 2
+    if h < 2 or w < 2:
+        return 0.0
+    c = c[:h, :w]
+    hh = (c[0::2, 0::2] - c[0::2, 1::2] - c[1::2, 0::2] + c[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(hh)) / 0.6745)
+
+
+def estimate_noise_sigma(image: np.ndarray, method: str = "skimage") -> float:
+    """Noise σ (0..1 units) averaged over channels.  ``method``: "skimage" (Daubechies-1 wavelet
+    MAD, skimage ``estimate_sigma``) or "mad" (our Haar MAD).  Textured images at low noise are
+    overestimated (REFERENCES: within ~5 % for σ ≥ 10/255)."""
+    x = _as_hwc(image)
+    if min(x.shape[:2]) < 4:
+        return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
+    if method == "mad":
+        return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
+    if method != "skimage":
+        raise ValueError(f"unknown noise estimator '{method}' (skimage, mad)")
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(x, channel_axis=-1, average_sigmas=True))
+
+
+def denoise_nlm(x: np.ndarray, sigma: float, strength: float = 1.0, patch_size: int = 5,
+                patch_distance: int = 6) -> np.ndarray:
+    """Non-local means, filtering parameter h = 0.8·σ·strength (skimage's recommendation)."""
+    from skimage.restoration import denoise_nl_means
+
+    if sigma <= 0:
+        return x.copy()
+    out = denoise_nl_means(x, h=0.8 * sigma * strength, sigma=sigma, fast_mode=True,
+                           patch_size=patch_size, patch_distance=patch_distance, channel_axis=-1)
+    return np.asarray(out).reshape(x.shape)
+
+
+def denoise_bilateral(x: np.ndarray, sigma: float, strength: float = 1.0,
+                      sigma_space: float = 3.0) -> np.ndarray:
+    """Bilateral filter: range σ_r = 2.5·σ·strength (0..1 units), spatial σ_s = ``sigma_space`` px,
+    applied 2 times for σ > 0.05 (one pass leaves much noise at high σ)."""
+    import cv2
+
+    if sigma <= 0:
+        return x.copy()
+    out = x.astype(np.float32)
+    passes = 2 if sigma > 0.05 else 1
+    for _ in range(passes):
+        y = cv2.bilateralFilter(np.ascontiguousarray(out), d=-1, sigmaColor=float(2.5 * sigma * strength),
+                                sigmaSpace=float(sigma_space), borderType=cv2.BORDER_REFLECT)
+        out = y.reshape(x.shape)
+    return out.astype(np.float64)
+
+
+def denoise_wavelet(x: np.ndarray, sigma: float, strength: float = 1.0) -> np.ndarray:
+    """BayesShrink soft thresholding (db1... skimage default wavelet db1, levels auto); the
+    threshold scales with ``strength``; RGB handled in YCbCr as skimage recommends."""
+    from skimage.restoration import denoise_wavelet as _dw
+
+    if sigma <= 0:
+        return x.copy()
+    rgb = x.shape[2] == 3
+    out = _dw(x, sigma=sigma * strength, method="BayesShrink", mode="soft", wavelet="db2",
+              channel_axis=-1, convert2ycbcr=rgb, rescale_sigma=True)
+    return np.asarray(out).reshape(x.shape)
+
+
+def denoise_tv(x: np.ndarray, sigma: float, strength: float = 1.0) -> np.ndarray:
+    """Chambolle total variation, weight = 1.0·σ·strength (larger weight = smoother)."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    if sigma <= 0:
+        return x.copy()
+    out = denoise_tv_chambolle(x, weight=1.0 * sigma * strength, channel_axis=-1)
+    return np.asarray(out).reshape(x.shape)
+
+
+def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = None,
+            strength: float = 1.0, sigma_method: str = "skimage"):
+    """Denoise ``image`` with ``method`` in :data:`METHODS`.
+
+    ``sigma`` None or ≤ 0 means estimate it (:func:`estimate_noise_sigma`).  Returns
+    ``(out, sigma_used, sigma_source)`` with ``out`` shaped like the input, clipped to 0..1 only if
+    the input was inside 0..1.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown denoise method '{method}'; use one of {METHODS}")
+    x = _as_hwc(image)
+    if sigma is None or sigma <= 0:
+        sigma = estimate_noise_sigma(x, sigma_method)
+        source = f"estimated ({sigma_method})"
+    else:
+        source = "given"
+    sigma = float(sigma)
+    if min(x.shape[:2]) < 3:
+        out = x.copy()
+        source += "; image under 3 px: returned unchanged"
+    else:
+        fn = {"nlm": denoise_nlm, "bilateral": denoise_bilateral, "wavelet": denoise_wavelet,
+              "tv": denoise_tv}[method]
+        out = fn(x, sigma, strength)
+    if x.min() >= 0 and x.max() <= 1:
+        out = np.clip(out, 0.0, 1.0)
+    out = np.nan_to_num(out, nan=0.0)
+    if np.ndim(image) == 2:
+        out = out[:, :, 0]
+    return out, sigma, source

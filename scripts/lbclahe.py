@@ -1,0 +1,249 @@
+"""Learning-based CLAHE (LB-CLAHE): predict CLAHE's clip limit and tile grid from image features.
+
+Campos, Castro, Yamada, Almeida, Berbeglia, "Learning-Based Contrast Limited Adaptive Histogram
+Equalization" (LB-CLAHE), EURASIP Journal on Image and Video Processing 2019:59.  As in the paper:
+one global (clip limit, tile grid) per image; the training target is the pair that maximises SSIM
+between CLAHE of a contrast-distorted image and the pristine image, found by an offline grid search;
+a regressor (random forest here) learns the map from histogram and gradient statistics of the
+distorted image to that pair.  The training pipeline is ``scripts/lbclahe_train.py``; the trained
+predictor ships as ``models/lbclahe/predictor.joblib`` and is loaded only through
+:func:`scripts.shipped_models.load_joblib` (sha256-checked before unpickling).
+
+Units: planes are float 0..1 ``[H,W]`` (Oklab L by default, see :mod:`scripts.clahe`); clip limits
+are in OpenCV's convention (multiple of the mean bin height, 1 = almost identity); the grid is the
+number of tiles per side.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import clahe as _clahe
+
+PREDICTOR_PATH = "lbclahe/predictor.joblib"
+
+#: the search space of the offline grid search (and the range predictions are clamped to)
+CLIP_VALUES: Tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 14.0)
+GRID_VALUES: Tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16)
+CLIP_RANGE = (CLIP_VALUES[0], CLIP_VALUES[-1])
+GRID_RANGE = (GRID_VALUES[0], GRID_VALUES[-1])
+
+#: features are computed on the plane area-downsampled to at most this many pixels per side
+FEATURE_SIDE = 256
+
+FEATURE_NAMES: Tuple[str, ...] = (
+    "mean", "std", "skewness", "kurtosis", "entropy", "energy", "occupied_bins",
+    "p01", "p05", "p25", "p50", "p75", "p95", "p99", "range_01_99", "iqr",
+    "hist8_0", "hist8_1", "hist8_2", "hist8_3", "hist8_4", "hist8_5", "hist8_6", "hist8_7",
+    "grad_mean", "grad_std", "grad_p50", "grad_p90", "grad_p99", "edge_fraction", "grad_over_std",
+    "local_std_mean", "local_std_std", "block_mean_std", "size_log2",
+)
+
+
+# --- targets <-> normalised regression outputs ---------------------------------------------------
+def encode_params(clip: float, grid: float) -> Tuple[float, float]:
+    """(clip, grid) -> normalised targets in 0..1 (log scale for both)."""
+    c = math.log(clip / CLIP_RANGE[0]) / math.log(CLIP_RANGE[1] / CLIP_RANGE[0])
+    g = math.log(grid / GRID_RANGE[0]) / math.log(GRID_RANGE[1] / GRID_RANGE[0])
+    return c, g
+
+
+def decode_params(c: float, g: float) -> Tuple[float, int]:
+    """Normalised outputs -> (clip limit rounded to 0.1, integer grid), clamped to the search range."""
+    c = float(np.clip(c, 0.0, 1.0))
+    g = float(np.clip(g, 0.0, 1.0))
+    clip = CLIP_RANGE[0] * (CLIP_RANGE[1] / CLIP_RANGE[0]) ** c
+    grid = GRID_RANGE[0] * (GRID_RANGE[1] / GRID_RANGE[0]) ** g
+    return round(clip, 1), int(round(grid))
+
+
+# --- features --------------------------------------------------------------------------------------
+def _small_plane(plane: np.ndarray) -> np.ndarray:
+    import cv2
+
+    p = np.asarray(plane, dtype=np.float32)
+    h, w = p.shape
+    s = max(h, w)
+    if s > FEATURE_SIDE:
+        f = FEATURE_SIDE / s
+        p = cv2.resize(p, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return p
+
+
+def features(plane: np.ndarray) -> np.ndarray:
+    """Histogram and gradient statistics of a float plane 0..1 ``[H,W]`` (any size), float64 vector.
+
+    Computed on the plane area-downsampled to <= 256 px per side, so they cost the same at any
+    size and barely depend on it.  Order: :data:`FEATURE_NAMES`.  Always finite (flat or 1x1 planes
+    give zeros for the undefined moments).
+    """
+    import cv2
+
+    full_shape = np.shape(plane)
+    p = np.clip(np.nan_to_num(_small_plane(plane), nan=0.0), 0.0, 1.0)
+    v = p.ravel().astype(np.float64)
+    mean = v.mean()
+    std = v.std()
+    if std > 1e-6:
+        z = (v - mean) / std
+        skew = float(np.mean(z ** 3))
+        kurt = float(np.mean(z ** 4) - 3.0)
+    else:
+        skew = kurt = 0.0
+    hist = np.bincount(np.minimum((v * 255.0 + 0.5).astype(np.int64), 255), minlength=256) / v.size
+    nz = hist[hist > 0]
+    entropy = float(-(nz * np.log2(nz)).sum()) / 8.0
+    energy = float((hist ** 2).sum())
+    occupied = float((hist > 0).sum()) / 256.0
+    pct = np.percentile(v, [1, 5, 25, 50, 75, 95, 99])
+    hist8 = hist.reshape(8, 32).sum(axis=1)
+
+    if min(p.shape) >= 3:
+        gx = cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+        gy = cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+        g = np.sqrt(gx * gx + gy * gy).ravel().astype(np.float64)
+        m1 = cv2.blur(p, (7, 7), borderType=cv2.BORDER_REFLECT)
+        m2 = cv2.blur(p * p, (7, 7), borderType=cv2.BORDER_REFLECT)
+        lstd = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)).ravel().astype(np.float64)
+        k = max(1, min(p.shape) // 8)
+        blocks = cv2.resize(p, (max(1, p.shape[1] // k), max(1, p.shape[0] // k)), interpolation=cv2.INTER_AREA)
+        block_std = float(blocks.std())
+    else:
+        g = np.zeros(1)
+        lstd = np.zeros(1)
+        block_std = 0.0
+    gp = np.percentile(g, [50, 90, 99])
+    feats = [
+        mean, std, skew, kurt, entropy, energy, occupied,
+        *pct, pct[6] - pct[0], pct[4] - pct[2],
+        *hist8,
+        g.mean(), g.std(), *gp, float((g > 0.02).mean()), g.mean() / max(std, 1e-3),
+        lstd.mean(), lstd.std(), block_std, math.log2(max(1, full_shape[0] * full_shape[1])) / 24.0,
+    ]
+    out = np.asarray(feats, dtype=np.float64)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# --- SSIM (the search target) ----------------------------------------------------------------------
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean SSIM (Wang et al., IEEE TIP 2004) of two planes: Gaussian window sigma 1.5 (11 taps),
+    K1 0.01, K2 0.03, population covariances, symmetric borders, the 5-px border excluded from the
+    mean -- the same numbers as ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``, at a fraction of the cost."""
+    import cv2
+
+    x = np.asarray(a, dtype=np.float32)
+    y = np.asarray(b, dtype=np.float32)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+
+    def blur(t):
+        return cv2.GaussianBlur(t, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    pad = 5
+    if s.shape[0] > 2 * pad and s.shape[1] > 2 * pad:
+        s = s[pad:-pad, pad:-pad]
+    return float(s.astype(np.float64).mean())
+
+
+def grid_search(distorted: np.ndarray, pristine: np.ndarray, clips: Sequence[float] = CLIP_VALUES,
+                grids: Sequence[int] = GRID_VALUES, smooth: bool = True) -> Dict[str, object]:
+    """SSIM to ``pristine`` of CLAHE(distorted) for every (clip, grid); returns the table and best.
+
+    Both planes float 0..1 ``[H,W]``.  The SSIM surface is flat near its top, so its raw arg-max
+    jumps between neighbours on small changes; with ``smooth`` the chosen pair is the arg-max of
+    the table averaged over each cell's 3x3 neighbourhood (edges replicated), a more learnable
+    target that costs < 0.001 SSIM.  Result: ``{"table": ndarray [len(clips), len(grids)],
+    "clip", "grid": chosen pair, "ssim": its SSIM, "ssim_max": the raw table maximum}``.
+    """
+    d8 = _clahe.to_u8(distorted)
+    table = np.zeros((len(clips), len(grids)))
+    for i, c in enumerate(clips):
+        for j, g in enumerate(grids):
+            out = _clahe.clahe_u8(d8, c, g).astype(np.float32) / 255.0
+            table[i, j] = ssim(out, pristine)
+    score = table
+    if smooth:
+        from scipy.ndimage import uniform_filter
+
+        score = uniform_filter(table, size=3, mode="nearest")
+    i, j = np.unravel_index(int(np.argmax(score)), table.shape)
+    return {"table": table, "clip": float(clips[i]), "grid": int(grids[j]), "ssim": float(table[i, j]),
+            "ssim_max": float(table.max())}
+
+
+# --- predictor -------------------------------------------------------------------------------------
+_CACHE: Dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def load_predictor(relpath: str = PREDICTOR_PATH, models_dir: Optional[str] = None):
+    """The predictor bundle (dict with "model", "feature_names", ...) from the pack's ``models/``.
+
+    Loaded with :func:`scripts.shipped_models.load_joblib` (sha256 check first) and cached per file
+    and hash.  Raises ``ShippedModelError`` when missing or tampered with, ``ValueError`` when the
+    bundle does not match this code's features.
+    """
+    from . import shipped_models
+
+    kwargs = {} if models_dir is None else {"models_dir": models_dir}
+    path = shipped_models.model_path(relpath, **kwargs)
+    hash_file = path + ".sha256"
+    try:
+        with open(hash_file, "r", encoding="utf-8") as f:
+            key = path + ":" + f.read().split()[0]
+    except OSError:
+        key = None
+    with _LOCK:
+        if key is not None and key in _CACHE:
+            return _CACHE[key]
+        bundle = shipped_models.load_joblib(relpath, **kwargs)
+        if not isinstance(bundle, dict) or "model" not in bundle:
+            raise ValueError(f"{relpath}: not an LB-CLAHE predictor bundle")
+        if tuple(bundle.get("feature_names", ())) != FEATURE_NAMES:
+            raise ValueError(
+                f"{relpath}: trained on different features than this version computes; retrain it "
+                "with scripts/lbclahe_train.py"
+            )
+        if key is not None:
+            _CACHE[key] = bundle
+        return bundle
+
+
+def predict_params(plane: np.ndarray, bundle=None) -> Tuple[float, int]:
+    """Predicted (clip limit, grid) for a float plane 0..1 ``[H,W]``."""
+    if bundle is None:
+        bundle = load_predictor()
+    x = features(plane)[None, :]
+    c, g = np.asarray(bundle["model"].predict(x), dtype=np.float64).reshape(-1)[:2]
+    return decode_params(c, g)
+
+
+def lb_clahe(image, channel: str = "oklab", clip_limit: Optional[float] = None,
+             grid: Optional[int] = None, bundle=None):
+    """LB-CLAHE of an image ``[H,W]``, ``[H,W,1]`` or ``[H,W,3]`` (float 0..1).
+
+    ``clip_limit`` / ``grid`` None (or <= 0) are predicted from the working channel (for "rgb" the
+    BT.601 luma); given values override the prediction.  Returns ``(out float32 0..1, params)``
+    with params = {"clip": ..., "grid": ..., "clip_source": "predicted"|"manual", "grid_source": ...}.
+    """
+    img = _clahe.as_unit_float(image)
+    want_clip = clip_limit is None or clip_limit <= 0
+    want_grid = grid is None or grid <= 0
+    params = {"clip_source": "predicted" if want_clip else "manual",
+              "grid_source": "predicted" if want_grid else "manual"}
+    if want_clip or want_grid:
+        pc, pg = predict_params(_clahe.working_channel(img, channel), bundle)
+        clip_limit = pc if want_clip else clip_limit
+        grid = pg if want_grid else grid
+    params["clip"] = float(clip_limit)
+    params["grid"] = int(grid)
+    return _clahe.clahe(img, clip_limit, grid, channel), params

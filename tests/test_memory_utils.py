@@ -1,0 +1,133 @@
+"""memory_utils: OOM classification, the fallback chain, tile planning, the memory monitor."""
+import numpy as np
+import pytest
+import torch
+
+from _nets import ConvNet, FailAbove
+from restorekit.nodes.restore_model import RestoreKitRestoreWithModel
+from restorekit.scripts import memory_utils as mu
+from restorekit.scripts.model_handle import ModelHandle
+from restorekit.scripts.model_runner import run_model
+
+
+def test_is_oom_error_classifies_real_exception_types():
+    assert mu.is_oom_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB"))
+    assert mu.is_oom_error(MemoryError())
+    assert mu.is_oom_error(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not mu.is_oom_error(RuntimeError("size mismatch for conv.weight"))
+    assert not mu.is_oom_error(ValueError("out of memory"))  # only RuntimeError messages are sniffed
+
+
+def test_real_cpu_allocator_failure_is_classified():
+    # a genuinely impossible allocation raises the CPU allocator's own error type and message
+    with pytest.raises(BaseException) as info:
+        torch.empty(1 << 50, dtype=torch.uint8)
+    assert mu.is_oom_error(info.value)
+
+
+@pytest.mark.parametrize("exc", ["cpu", "cuda", "memory"])
+def test_fallback_chain_shrinks_tile_until_it_fits(exc):
+    net = ConvNet(scale=2)
+    failing = FailAbove(net, limit=70, exc=exc)
+    handle = ModelHandle(failing, "flaky", scale=2, min_overlap=8)
+    image = torch.rand(1, 150, 180, 3, generator=torch.Generator().manual_seed(0))
+    out, report = run_model(handle, image, tile=0, overlap=8, progress=False, min_tile=16)
+    # the whole image failed, then tiles were halved until one fitted
+    assert report.tile is not None and report.tile <= 70
+    assert len(report.steps) >= 2 and all("out of memory" in s for s in report.steps)
+    assert "retry with tile" in report.steps[0]
+    reference = net(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    assert (out[inner] - reference[inner].detach()).abs().max() < 1e-5
+
+
+def test_fallback_chain_gives_clear_error_when_nothing_fits():
+    handle = ModelHandle(FailAbove(ConvNet(), limit=8), "hopeless")
+    with pytest.raises(mu.OutOfMemoryError) as info:
+        run_model(handle, torch.rand(1, 100, 100, 3), progress=False, min_tile=32)
+    msg = str(info.value)
+    assert "ran out of memory even at the smallest tile" in msg and "Steps:" in msg
+    assert info.value.steps[-1].startswith("out of memory") and "no smaller tile" in info.value.steps[-1]
+
+
+def test_node_info_lists_fallback_steps():
+    handle = ModelHandle(FailAbove(ConvNet(), limit=60), "flaky")
+    node = RestoreKitRestoreWithModel()
+    out, info = node.restore(handle, torch.rand(1, 90, 100, 3), "cpu", 0, 16, "auto")
+    assert out.shape == (1, 90, 100, 3)
+    assert "out of memory (RuntimeError)" in info and "retry with tile" in info
+
+
+def test_non_oom_errors_propagate_unchanged():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch in layer 3")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_model(ModelHandle(Broken(), "broken"), torch.rand(1, 32, 32, 3), progress=False)
+
+
+def test_plan_whole_image_when_it_fits_and_tiles_when_not():
+    handle = ModelHandle(ConvNet(), "convnet", size_multiple=8, min_overlap=16)
+    plan = mu.plan_tiles(handle, 500, 400, "cpu", free_bytes=10 << 30, bytes_per_pixel=1000)
+    assert plan.tile is None
+    plan = mu.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=200 << 20, bytes_per_pixel=1000)
+    assert plan.tile is not None and plan.tile % 8 == 0
+    assert plan.tile * plan.tile * 1000 <= plan.budget_bytes
+    assert 16 <= plan.overlap <= plan.tile // 4
+    with pytest.raises(mu.OutOfMemoryError, match="not enough free memory"):
+        mu.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=100 << 20, reserved_bytes=1 << 30, bytes_per_pixel=1000)
+
+
+def test_probe_grows_with_network_width():
+    small = mu.probe_bytes_per_pixel(ModelHandle(ConvNet(width=4), "s"), "cpu")
+    large = mu.probe_bytes_per_pixel(ModelHandle(ConvNet(width=64), "l"), "cpu")
+    # a 64-channel feature map alone is 256 bytes per pixel
+    assert large > small and large >= 256
+
+
+def test_memory_monitor_sees_an_allocation():
+    with mu.MemoryMonitor(interval_s=0.001) as mon:
+        block = np.ones(200 << 20, dtype=np.uint8)  # 200 MiB, touched
+        block[::4096] = 2
+        del block
+    assert mon.ram_delta_bytes >= 150 << 20
+
+
+def test_output_larger_than_ram_is_refused(monkeypatch):
+    monkeypatch.setattr(mu, "free_memory", lambda device: 64 << 20)
+    handle = ModelHandle(ConvNet(scale=4), "x4", scale=4)
+    with pytest.raises(mu.OutOfMemoryError, match="needs .* of RAM"):
+        run_model(handle, torch.rand(1, 1024, 1024, 3), progress=False)
+
+
+def test_resolve_device():
+    assert mu.resolve_device("cpu")[0].type == "cpu"
+    dev, note = mu.resolve_device("gpu")
+    if not mu.gpu_available():
+        assert dev.type == "cpu" and "none available" in note
+    with pytest.raises(ValueError):
+        mu.resolve_device("quantum")
+
+
+def test_precision_falls_back_where_unsupported():
+    from restorekit.scripts.model_runner import choose_precision
+
+    handle = ModelHandle(ConvNet(), "n", supports_half=False)
+    dtype, name, note = choose_precision(handle, torch.device("cpu"), "fp16")
+    assert dtype == torch.float32 and name == "fp32" and "not supported" in note
+    handle.supports_bfloat16 = True
+    dtype, name, note = choose_precision(handle, torch.device("cpu"), "bf16")
+    assert dtype == torch.bfloat16 and note is None
+    out, report = run_model(handle, torch.rand(1, 20, 20, 3), precision="bf16", progress=False)
+    assert report.precision == "bf16" and out.dtype == torch.float32
+
+
+def test_configure_tensorflow_without_tensorflow():
+    import importlib.util
+
+    tf, device, note = mu.configure_tensorflow("auto")
+    if importlib.util.find_spec("tensorflow") is None:
+        assert tf is None and device == "cpu" and "not installed" in note
+    else:
+        assert device in ("/CPU:0", "/GPU:0")

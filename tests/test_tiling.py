@@ -1,0 +1,85 @@
+"""Tiled inference: blend weights form a partition of unity; tiled output equals untiled output."""
+import pytest
+import torch
+
+from _nets import ConvNet
+from restorekit.scripts.model_handle import ModelHandle
+from restorekit.scripts.model_runner import run_model
+from restorekit.scripts.tiling import axis_weights, pad_to_multiple, tile_starts, tiled_inference
+
+
+@pytest.mark.parametrize("length,tile,overlap,scale", [
+    (1000, 256, 32, 1), (993, 512, 32, 4), (257, 256, 32, 2), (100, 256, 32, 1), (3001, 512, 64, 3), (130, 64, 16, 1),
+])
+def test_weights_sum_to_one_and_cover(length, tile, overlap, scale):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and min(starts[-1] + tile, length) == length
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= min(overlap, tile)  # neighbours overlap at least `overlap`
+    total = torch.zeros(length * scale)
+    for s, w in zip(starts, axis_weights(starts, tile, length, scale)):
+        assert w.min() >= 0 and w.max() <= 1
+        total[s * scale:s * scale + len(w)] += w
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 150, 203), (2, 97, 131)])
+def test_tiled_equals_untiled_within_receptive_field(scale, shape):
+    # receptive radius 2 (two 3x3 convs) fits inside overlap/4 = 4 for overlap 16
+    net = ConvNet(scale=scale).eval()
+    image = torch.rand(*shape, 3, generator=torch.Generator().manual_seed(1))
+    whole = tiled_inference(net, image, scale=scale, out_channels=3, tile=None, clamp=False)
+    tiled = tiled_inference(net, image, scale=scale, out_channels=3, tile=48, overlap=16, clamp=False)
+    assert tiled.shape == (shape[0], shape[1] * scale, shape[2] * scale, 3)
+    assert (whole - tiled).abs().max().item() < 1e-5
+
+
+def test_runner_tiled_equals_untiled_and_reports_tiles():
+    handle = ModelHandle(ConvNet(scale=2), "convnet", scale=2, min_overlap=16)
+    image = torch.rand(1, 141, 117, 3, generator=torch.Generator().manual_seed(2))
+    whole, r1 = run_model(handle, image, tile=0, progress=False)
+    tiled, r2 = run_model(handle, image, tile=64, overlap=16, progress=False)
+    assert r1.tile is None and r2.tile == 64 and r2.tiles > 1
+    assert (whole - tiled).abs().max().item() < 1e-5
+
+
+def test_rgba_grey_and_batch_through_runner():
+    handle = ModelHandle(ConvNet(scale=2), "convnet", scale=2)
+    rgba = torch.rand(2, 40, 52, 4)
+    out, _ = run_model(handle, rgba, progress=False)
+    assert out.shape == (2, 80, 104, 4)
+    # alpha bypasses the network: bicubic-resized, so a constant alpha stays constant
+    const = rgba.clone()
+    const[..., 3] = 0.25
+    out_c, _ = run_model(handle, const, progress=False)
+    assert torch.allclose(out_c[..., 3], torch.full_like(out_c[..., 3], 0.25), atol=1e-5)
+    grey = torch.rand(1, 33, 35, 1)
+    out_g, _ = run_model(handle, grey, progress=False)
+    assert out_g.shape == (1, 66, 70, 1)
+    expected = handle.module(grey.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)).mean(1)
+    assert torch.allclose(out_g[..., 0], expected[0].detach(), atol=1e-5)
+
+
+def test_size_multiple_padding_crops_back():
+    class NeedsMultipleOf8(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] % 8 == 0 and x.shape[-2] % 8 == 0, x.shape
+            return x * 0.5
+
+    handle = ModelHandle(NeedsMultipleOf8(), "m8", size_multiple=8, pad_mode="replicate")
+    image = torch.rand(1, 37, 29, 3)
+    out, rep = run_model(handle, image, progress=False)
+    assert out.shape == image.shape
+    assert torch.allclose(out, image * 0.5, atol=1e-6)
+    out_t, rep_t = run_model(handle, image, tile=16, progress=False)
+    assert rep_t.tile == 16 and torch.allclose(out_t, image * 0.5, atol=1e-6)
+
+
+def test_pad_to_multiple_modes():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    y, ph, pw = pad_to_multiple(x, 4, mode="reflect")
+    assert y.shape[-2:] == (4, 4) and (ph, pw) == (1, 0)
+    assert torch.equal(y[0, 0, 3], x[0, 0, 1])  # reflect repeats the row before the edge
+    z, _, _ = pad_to_multiple(torch.ones(1, 1, 1, 1), 8, mode="reflect")  # falls back to replicate
+    assert z.shape[-2:] == (8, 8) and torch.all(z == 1)

@@ -119,10 +119,18 @@ def _matmul(x, m: np.ndarray):
     return x @ m.T.astype(x.dtype)
 
 
+def _pow(a, e: float):
+    """``a ** e`` for a >= 0 (0 -> 0).  In torch as exp(e·log a): several times faster on CPU than
+    ``Tensor.pow`` with a float exponent, same accuracy to float rounding."""
+    if _is_torch(a):
+        return torch.exp(torch.log(a) * e)
+    return a ** e
+
+
 def _cbrt(x):
     """Sign-preserving cube root."""
     if _is_torch(x):
-        return torch.sign(x) * torch.abs(x).pow(1.0 / 3.0)
+        return torch.copysign(_pow(torch.abs(x), 1.0 / 3.0), x)
     return np.cbrt(x)
 
 
@@ -136,17 +144,59 @@ def _stack(a, b, c, like):
     return np.stack([a, b, c], axis=-1)
 
 
+#: pixels per chunk when a large CPU tensor is converted piecewise (keeps temporaries in cache)
+CHUNK_PIXELS = 1 << 15
+
+
+def pixelwise(fn):
+    """Decorator: run ``fn(x[..., 3], *args)`` chunk by chunk on large CPU torch tensors.
+
+    Per-pixel conversions create ~10 temporaries; on the CPU, chunks of 32k pixels keep them in the
+    cache, which makes 4K images 2-3x faster.  GPU tensors and numpy arrays pass straight through.
+    """
+
+    def wrapper(x, *args, **kwargs):
+        if not (_is_torch(x) and x.device.type == "cpu" and x.ndim >= 1 and x.shape[-1] == 3
+                and x.numel() > 8 * CHUNK_PIXELS * 3):
+            return fn(x, *args, **kwargs)
+        flat = as_float(x).reshape(-1, 3)
+        first = fn(flat[:CHUNK_PIXELS], *args, **kwargs)
+        out = torch.empty((flat.shape[0], 3), dtype=first.dtype)
+        out[:CHUNK_PIXELS] = first
+        for start in range(CHUNK_PIXELS, flat.shape[0], CHUNK_PIXELS):
+            out[start:start + CHUNK_PIXELS] = fn(flat[start:start + CHUNK_PIXELS], *args, **kwargs)
+        return out.reshape(x.shape)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
 # --- sRGB transfer function ---------------------------------------------------------------------
+_DEC_T = 0.04045
+_ENC_T = 0.0031308
+
+
+def _step(a, t: float):
+    """0 where a <= t, 1 where a > t, built from clamps (``torch.where`` and comparisons are slow on
+    the CPU).  Exact: a positive a - t is at least one ulp of t, and times ``big`` it saturates."""
+    big = {torch.float64: 1e300, torch.float16: 6e4}.get(a.dtype, 1e30)
+    return ((a - t) * big).clamp_(0.0, 1.0)
+
+
 def srgb_to_linear(x):
     """IEC 61966-2-1 sRGB decoding (0..1 -> linear 0..1); negative values mirror (odd extension)."""
     if _is_torch(x):
         x = as_float(x)
         a = torch.abs(x)
-        lin = torch.where(a <= 0.04045, a / 12.92, ((a + 0.055) / 1.055) ** 2.4)
+        lin = a * (1.0 / 12.92)
+        pw = _pow((a.clamp(min=_DEC_T) + 0.055) * (1.0 / 1.055), 2.4)
+        lin += _step(a, _DEC_T) * (pw - lin)
         return torch.copysign(lin, x)
     x = np.asarray(x, dtype=np.result_type(x, np.float32))
     a = np.abs(x)
-    return np.sign(x) * np.where(a <= 0.04045, a / 12.92, ((a + 0.055) / 1.055) ** 2.4)
+    return np.sign(x) * np.where(a <= _DEC_T, a / 12.92, ((a + 0.055) / 1.055) ** 2.4)
 
 
 def linear_to_srgb(x):
@@ -154,29 +204,35 @@ def linear_to_srgb(x):
     if _is_torch(x):
         x = as_float(x)
         a = torch.abs(x)
-        enc = torch.where(a <= 0.0031308, a * 12.92, 1.055 * a.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+        enc = a * 12.92
+        pw = 1.055 * _pow(a.clamp(min=_ENC_T), 1.0 / 2.4) - 0.055
+        enc += _step(a, _ENC_T) * (pw - enc)
         return torch.copysign(enc, x)
     x = np.asarray(x, dtype=np.result_type(x, np.float32))
     a = np.abs(x)
-    return np.sign(x) * np.where(a <= 0.0031308, a * 12.92, 1.055 * np.maximum(a, 1e-12) ** (1 / 2.4) - 0.055)
+    return np.sign(x) * np.where(a <= _ENC_T, a * 12.92, 1.055 * np.maximum(a, 1e-12) ** (1 / 2.4) - 0.055)
 
 
 # --- XYZ ----------------------------------------------------------------------------------------
+@pixelwise
 def linear_srgb_to_xyz(rgb):
     """Linear sRGB -> relative CIE XYZ (D65, white Y = 1), IEC 61966-2-1 matrix."""
     return _matmul(rgb, M_SRGB_TO_XYZ)
 
 
+@pixelwise
 def xyz_to_linear_srgb(xyz):
     """Relative CIE XYZ (D65) -> linear sRGB with the exact inverse of the IEC matrix."""
     return _matmul(xyz, M_XYZ_TO_SRGB)
 
 
+@pixelwise
 def srgb_to_xyz(rgb):
     """sRGB (0..1) -> relative CIE XYZ (D65)."""
     return linear_srgb_to_xyz(srgb_to_linear(rgb))
 
 
+@pixelwise
 def xyz_to_srgb(xyz):
     """Relative CIE XYZ (D65) -> sRGB (not clipped)."""
     return linear_to_srgb(xyz_to_linear_srgb(xyz))
@@ -192,11 +248,13 @@ def _oklab_to_lms(lab):
     return lms_ * lms_ * lms_
 
 
+@pixelwise
 def xyz_to_oklab(xyz):
     """Relative CIE XYZ (D65) -> Oklab (Ottosson 2020: M1, sign-preserving cube root, M2)."""
     return _lms_to_oklab(_matmul(xyz, M1_XYZ_TO_LMS))
 
 
+@pixelwise
 def oklab_to_xyz(lab):
     """Oklab -> relative CIE XYZ (D65), exact inverse of :func:`xyz_to_oklab`."""
     return _matmul(_oklab_to_lms(lab), M1_XYZ_INV)
@@ -209,21 +267,25 @@ def _srgb_m1(matrix: str):
         raise ValueError(f"unknown Oklab sRGB matrix {matrix!r}; expected one of {OKLAB_SRGB_MATRICES}") from None
 
 
+@pixelwise
 def linear_srgb_to_oklab(rgb, matrix: str = "ottosson"):
     """Linear sRGB -> Oklab.  ``matrix``: "ottosson" (published sRGB M1, neutral greys) or "xyz"."""
     return _lms_to_oklab(_matmul(rgb, _srgb_m1(matrix)[0]))
 
 
+@pixelwise
 def oklab_to_linear_srgb(lab, matrix: str = "ottosson"):
     """Oklab -> linear sRGB (exact inverse of :func:`linear_srgb_to_oklab`, not clipped)."""
     return _matmul(_oklab_to_lms(lab), _srgb_m1(matrix)[1])
 
 
+@pixelwise
 def srgb_to_oklab(rgb, matrix: str = "ottosson"):
     """sRGB (0..1, channel-last) -> Oklab (L, a, b)."""
     return linear_srgb_to_oklab(srgb_to_linear(rgb), matrix)
 
 
+@pixelwise
 def oklab_to_srgb(lab, matrix: str = "ottosson"):
     """Oklab -> sRGB (not clipped: out-of-gamut colours leave 0..1; see :mod:`.gamut`)."""
     return linear_to_srgb(oklab_to_linear_srgb(lab, matrix))

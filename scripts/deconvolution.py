@@ -55,9 +55,13 @@ def estimate_noise_sigma(image: np.ndarray | torch.Tensor) -> float:
 
 
 def _fast_len(n: int) -> int:
+    """Smallest even 5-smooth length ≥ n (fast for every FFT backend)."""
     from scipy.fft import next_fast_len
 
-    return int(next_fast_len(int(n), real=True))
+    n = int(next_fast_len(int(n), real=True))
+    while n % 2:
+        n = int(next_fast_len(n + 1, real=True))
+    return n
 
 
 def _taper_pad(x: torch.Tensor, pad: Tuple[int, int, int, int]) -> torch.Tensor:
@@ -193,16 +197,22 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
         report["balance"] = balance
     else:
         eps = 1e-6
+        g = g.clamp_min(0.0)
+        u = g.clone()
         if taper:
+            # Bertero–Boccacci: the data term covers the observed pixels only.  g·mask zeroes the
+            # ratio outside them; 1/(kᵀ∗mask) normalises the correction (0 where no observed pixel
+            # is within reach of the kernel: those pixels never affect the data, so they are zeroed)
             mask = torch.zeros((1, hp, wp), dtype=torch.float32, device=dev)
             mask[sl] = 1.0
             norm = conv(mask, adjoint=True)
-            active = norm > 1e-3
-            norm = torch.where(active, norm, torch.ones_like(norm))
+            inv_norm = torch.where(norm > 1e-3, 1.0 / norm.clamp_min(1e-3), torch.zeros_like(norm))
+            g = g * mask
+            del norm
+            if regularisation != "damping":
+                mask = None
         else:
-            mask, norm, active = None, None, None
-        g = g.clamp_min(0.0)
-        u = g.clone()
+            inv_norm, mask = None, None
         sig = torch.tensor(sigmas, dtype=torch.float32, device=dev).view(c, 1, 1).clamp_min(1e-4)
         damp_n = 10.0
         n_it = int(iterations)
@@ -214,23 +224,23 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
                 if bool((rms <= tau * sig.view(-1)).all()):
                     report["stopped_early"] = True
                     break
-            blurred = blurred.clamp_min(eps)
+            blurred.clamp_(min=eps)
             if regularisation == "damping" and strength > 0:
                 diff = g - blurred
-                uu = (diff / (strength * sig)).pow(2).clamp(max=1.0)
+                uu = (diff / (strength * sig)).pow_(2).clamp_(max=1.0)
                 ratio = 1.0 + uu.pow(damp_n - 1) * (damp_n - (damp_n - 1) * uu) * diff / blurred
+                if mask is not None:
+                    ratio = ratio * mask
+                del diff, uu
             else:
-                ratio = g / blurred
-            if mask is not None:
-                ratio = ratio * mask
+                ratio = torch.div(g, blurred, out=blurred)  # in place: one buffer less per iteration
             corr = conv(ratio, adjoint=True)
-            if norm is not None:
-                corr = corr / norm
+            del ratio, blurred
+            if inv_norm is not None:
+                corr.mul_(inv_norm)
             if regularisation == "tv" and strength > 0:
-                denom = (1.0 - strength * _divergence_of_unit_gradient(u)).clamp_min(0.3)
-                corr = corr / denom
-            new = (u * corr).clamp_min(0.0)
-            u = torch.where(active, new, u) if active is not None else new
+                corr.div_((1.0 - strength * _divergence_of_unit_gradient(u)).clamp_(min=0.3))
+            u = corr.mul_(u).clamp_(min=0.0)
             report["iterations_run"] = it + 1
             if on_iteration is not None:
                 on_iteration(it + 1, n_it)

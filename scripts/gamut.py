@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .colour import (
+    _step,
     M1_INV,
     M2_INV,
     linear_srgb_to_oklab,
@@ -187,31 +188,43 @@ def _line_exit(L0, L1, C1, a_, b_):
         f = ((k3 * tt + k2) * tt + k1) * tt + k0
         return torch.minimum(f, 1.0 - f).amin(dim=-1)
 
+    # bracket updates are arithmetic blends with 0/1 factors: comparisons + torch.where are slow
+    # on the CPU, and this loop runs ~18 times over every out-of-gamut pixel
     lo = torch.zeros_like(L1)
     hi = torch.ones_like(L1)
     g_lo = margin(lo).clamp_min(0.0)
     g_hi = margin(hi)
     n_bisect, n_falsi = (8, 10) if dtype == torch.float64 else (6, 6)
+
+    def accept(g):
+        return 1.0 - _step(-g, 0.0)  # 1 where g >= 0
+
+    def update(t, g, ok):
+        nonlocal lo, hi, g_lo, g_hi
+        nok = 1.0 - ok
+        lo = lo + ok * (t - lo)
+        g_lo = g_lo + ok * (g - g_lo)
+        hi = hi + nok * (t - hi)
+        g_hi = g_hi + nok * (g - g_hi)
+
     for _ in range(n_bisect):
         mid = 0.5 * (lo + hi)
         g = margin(mid)
-        ok = g >= 0
-        lo, g_lo = torch.where(ok, mid, lo), torch.where(ok, g, g_lo)
-        hi, g_hi = torch.where(ok, hi, mid), torch.where(ok, g_hi, g)
-    last = torch.zeros_like(lo, dtype=torch.int8)  # which side moved last: 1 lo, -1 hi
+        update(mid, g, accept(g))
+    last_lo = torch.zeros_like(lo)  # 1 where lo moved last
     for _ in range(n_falsi):
-        denom = g_lo - g_hi
-        secant = lo + g_lo * (hi - lo) / torch.where(denom > 0, denom, torch.ones_like(denom))
-        t = torch.where((g_lo > 0) & (denom > 0), secant, 0.5 * (lo + hi))
+        mid = 0.5 * (lo + hi)
+        secant = lo + g_lo * (hi - lo) / (g_lo - g_hi)  # g_lo >= 0 > g_hi
+        use_mid = 1.0 - _step(g_lo, 0.0)  # no progress possible from g_lo == 0
+        t = secant + use_mid * (mid - secant)
         t = torch.minimum(torch.maximum(t, lo), hi)
         g = margin(t)
-        ok = g >= 0
+        ok = accept(g)
         # Illinois: halve the value kept at the end that did not move twice in a row
-        g_hi = torch.where(ok & (last == 1), 0.5 * g_hi, g_hi)
-        g_lo = torch.where(~ok & (last == -1), 0.5 * g_lo, g_lo)
-        lo, g_lo = torch.where(ok, t, lo), torch.where(ok, g, g_lo)
-        hi, g_hi = torch.where(ok, hi, t), torch.where(ok, g_hi, g)
-        last = torch.where(ok, torch.ones_like(last), -torch.ones_like(last))
+        g_hi = g_hi * (1.0 - 0.5 * ok * last_lo)
+        g_lo = g_lo * (1.0 - 0.5 * (1.0 - ok) * (1.0 - last_lo))
+        update(t, g, ok)
+        last_lo = ok
     return lo
 
 

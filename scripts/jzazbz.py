@@ -24,6 +24,8 @@ import numpy as np
 
 from .colour import (
     _is_torch,
+    _pow,
+    pixelwise,
     _matmul,
     _stack,
     as_float,
@@ -90,7 +92,7 @@ def _pq_encode(lms):
     precision in float32.  We compute ``1 - q = ((1 - c1) - (c2 - c3) t) / (1 + c3 t)`` directly and
     ``q ** p = exp(p * log1p(-(1 - q)))``, which keeps float32 results within ~1e-6 relative.
     """
-    t = _abs(lms / PEAK) ** N
+    t = _pow(_abs(lms) * (1.0 / PEAK), N)
     one_minus_q = ((1.0 - C1) - (C2 - C3) * t) / (1.0 + C3 * t)
     return _copysign(_exp(P * _log1p(-one_minus_q)), lms)
 
@@ -104,7 +106,7 @@ def _pq_decode(v):
     a = _clip(_abs(v), 1e-30, 1.0)
     e = _expm1(_log(a) / P)
     ratio = _clip(((1.0 - C1) + e) / ((C2 - C3) - C3 * e), 0.0, None)
-    return _copysign(PEAK * ratio ** (1.0 / N), v)
+    return _copysign(PEAK * _pow(ratio, 1.0 / N), v)
 
 
 def _exp(x):
@@ -135,6 +137,7 @@ def _clip(x, lo, hi):
     return torch.clamp(x, lo, hi) if _is_torch(x) else np.clip(x, lo, hi)
 
 
+@pixelwise
 def xyz_to_jzazbz(xyz_abs):
     """Absolute CIE XYZ (D65, cd/m²) -> Jzazbz (Safdar 2017)."""
     lms_p = _pq_encode(_matmul(xyz_abs, M_XYZ_TO_LMS))
@@ -144,6 +147,7 @@ def xyz_to_jzazbz(xyz_abs):
     return _stack(jz, iab[..., 1], iab[..., 2], iab)
 
 
+@pixelwise
 def jzazbz_to_xyz(jab):
     """Jzazbz -> absolute CIE XYZ (D65, cd/m²); exact inverse of :func:`xyz_to_jzazbz`."""
     jab = as_float(jab)
@@ -160,23 +164,27 @@ def _check_luminance(white_luminance: float) -> float:
     return w
 
 
+@pixelwise
 def linear_srgb_to_jzazbz(rgb, white_luminance: float = DEFAULT_WHITE_LUMINANCE):
     """Linear sRGB (white = 1) shown with white at ``white_luminance`` cd/m² -> Jzazbz."""
     w = _check_luminance(white_luminance)
     return xyz_to_jzazbz(linear_srgb_to_xyz(rgb) * w)
 
 
+@pixelwise
 def jzazbz_to_linear_srgb(jab, white_luminance: float = DEFAULT_WHITE_LUMINANCE):
     """Jzazbz -> linear sRGB (white = 1) for white at ``white_luminance`` cd/m² (not clipped)."""
     w = _check_luminance(white_luminance)
     return xyz_to_linear_srgb(jzazbz_to_xyz(jab)) * (1.0 / w)
 
 
+@pixelwise
 def srgb_to_jzazbz(rgb, white_luminance: float = DEFAULT_WHITE_LUMINANCE):
     """sRGB (0..1) -> Jzazbz, sRGB white displayed at ``white_luminance`` cd/m² (default 203)."""
     return linear_srgb_to_jzazbz(srgb_to_linear(rgb), white_luminance)
 
 
+@pixelwise
 def jzazbz_to_srgb(jab, white_luminance: float = DEFAULT_WHITE_LUMINANCE):
     """Jzazbz -> sRGB (not clipped; see :mod:`.gamut`)."""
     return linear_to_srgb(jzazbz_to_linear_srgb(jab, white_luminance))

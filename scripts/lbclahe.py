@@ -161,8 +161,9 @@ def grid_search(distorted: np.ndarray, pristine: np.ndarray, clips: Sequence[flo
     Both planes float 0..1 ``[H,W]``.  The SSIM surface is flat near its top, so its raw arg-max
     jumps between neighbours on small changes; with ``smooth`` the chosen pair is the arg-max of
     the table averaged over each cell's 3x3 neighbourhood (edges replicated), a more learnable
-    target that costs < 0.001 SSIM.  Result: ``{"table": ndarray [len(clips), len(grids)],
-    "clip", "grid": chosen pair, "ssim": its SSIM, "ssim_max": the raw table maximum}``.
+    target that costs about 0.002 SSIM on average (at most 0.03) on the training set.
+    Result: ``{"table": ndarray [len(clips), len(grids)], "clip", "grid": the chosen pair,
+    "ssim": its SSIM, "ssim_max": the raw table maximum}``.
     """
     d8 = _clahe.to_u8(distorted)
     table = np.zeros((len(clips), len(grids)))

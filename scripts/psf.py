@@ -43,6 +43,7 @@ Units and conventions
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -53,6 +54,8 @@ ArrayLike = Union[float, Sequence[float], np.ndarray]
 RHO_SAMPLES = 1001
 #: default number of Bessel basis functions (Li, Xue, Blu use ~100)
 NUM_BASIS = 100
+#: largest stack computed (voxels): 512 MiB as float64
+MAX_VOXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,24 @@ def pupil_phase(mic: Microscope, rho: np.ndarray, z: np.ndarray, pz: float = 0.0
     return k * (const[None, :] + ti * root(mic.ni)[None, :])
 
 
+@lru_cache(maxsize=16)
+def _bessel_basis(rho_max: float, m_count: int):
+    """(σ [M], basis J0(σ_m ρ) [RHO_SAMPLES, M], its pseudo-inverse [M, RHO_SAMPLES]) for the pupil
+    grid ``linspace(0, rho_max, RHO_SAMPLES)``.  The basis is real, so one real pseudo-inverse gives
+    the least-squares coefficients of every z plane; cached because it depends on ρmax and M only.
+    σ_m = (3m − 2)·Δ/3 as in Li, Xue, Blu, with Δ = 0.95·π/ρmax (see :func:`radial_profile`)."""
+    from scipy.special import j0
+
+    rho = np.linspace(0.0, rho_max, RHO_SAMPLES)
+    step = 0.95 * np.pi / rho_max
+    sigma = (3.0 * np.arange(1, m_count + 1) - 2.0) * step / 3.0
+    basis = j0(sigma[None, :] * rho[:, None])
+    pinv = np.linalg.pinv(basis)
+    for arr in (sigma, basis, pinv):
+        arr.flags.writeable = False
+    return sigma, basis, pinv
+
+
 def _closed_form(sigma: np.ndarray, beta: np.ndarray, a: float) -> np.ndarray:
     """∫_0^a J0(σρ)J0(βρ)ρ dρ for every (β, σ) pair: shape [len(beta), len(sigma)]."""
     from scipy.special import j0, j1
@@ -170,8 +191,6 @@ def radial_profile(mic: Microscope, r: np.ndarray, z: ArrayLike, pz: float = 0.0
         kernel = j0(beta[:, None] * rho[None, :]) * (rho * w)[None, :]  # [nr, nrho]
         field = phase @ kernel.T  # [nz, nr]
     elif method == "bessel":
-        from scipy.special import j0
-
         rho = np.linspace(0.0, a, RHO_SAMPLES)
         phase = np.exp(1j * pupil_phase(mic, rho, z, pz))  # [nz, nrho]
         # Basis J0(σ_m ρ), σ_m = (3m − 2)·Δ/3 as in Li, Xue, Blu, with the spacing tied to the pupil
@@ -179,13 +198,10 @@ def radial_profile(mic: Microscope, r: np.ndarray, z: ArrayLike, pz: float = 0.0
         # conditioned; their fixed Δ = 3·NA·0.436/λ breaks down below λ ≈ 0.55 µm at NA 1.4).  The
         # basis doubles (100 → 400 terms) while the RMS fit error of the pupil function exceeds
         # 1e-3; if it still does, the integral is evaluated by quadrature instead.
-        step = 0.95 * np.pi / a
         m_count = int(num_basis or NUM_BASIS)
         while True:
-            sigma = (3.0 * np.arange(1, m_count + 1) - 2.0) * step / 3.0
-            basis = j0(sigma[None, :] * rho[:, None])  # [nrho, M]
-            # the basis is real: one real pseudo-inverse serves every z plane (least squares)
-            coef = np.linalg.pinv(basis) @ phase.T  # [M, nz]
+            sigma, basis, pinv = _bessel_basis(a, m_count)
+            coef = pinv @ phase.T  # [M, nz]
             residual = float(np.sqrt(np.mean(np.abs(basis @ coef - phase.T) ** 2)))
             if residual <= 1e-3 or m_count >= 400:
                 break
@@ -232,6 +248,9 @@ def gibson_lanni_stack(mic: Microscope, nx: int, dxy: float, z: ArrayLike, pz: f
     z = np.atleast_1d(np.asarray(z, dtype=np.float64))
     if z.size == 0 or z.size > 1024 or not np.all(np.isfinite(z)):
         raise ValueError(f"PSF: need 1..1024 finite z planes, got {z.size}")
+    if z.size * nx * ny > MAX_VOXELS:
+        raise ValueError(f"PSF: {z.size} x {ny} x {nx} voxels is more than the {MAX_VOXELS:,} supported "
+                         f"(about {MAX_VOXELS * 8 / 2**30:.1f} GiB as float64); use fewer planes or pixels")
     radii = _pixel_radii(nx, ny, dxy, oversample)
     # radial profile sampled at dxy / (4·oversample), then linear interpolation onto the pixels
     dr = dxy / (4.0 * oversample)
@@ -240,9 +259,16 @@ def gibson_lanni_stack(mic: Microscope, nx: int, dxy: float, z: ArrayLike, pz: f
     pos = radii.ravel() / dr
     i0 = np.minimum(pos.astype(np.int64), len(r) - 2)
     w = (pos - i0)[None, :]
-    planes = prof[:, i0] * (1.0 - w) + prof[:, i0 + 1] * w  # [nz, npix]
     s = int(oversample)
-    stack = planes.reshape(len(z), ny, s, nx, s).mean(axis=(2, 4))
+    stack = np.empty((len(z), ny, nx))
+    chunk = max(1, (1 << 23) // pos.size)  # planes per step: bounded temporary memory
+    for j in range(0, len(z), chunk):
+        p = prof[j:j + chunk]
+        planes = p[:, i0] * (1.0 - w) + p[:, i0 + 1] * w  # [chunk, npix]
+        if s == 1:
+            stack[j:j + chunk] = planes.reshape(len(p), ny, nx)
+        else:
+            stack[j:j + chunk] = planes.reshape(len(p), ny, s, nx, s).mean(axis=(2, 4))
     if normalize == "peak":
         stack = stack / max(stack.max(), 1e-300)
     elif normalize == "sum":

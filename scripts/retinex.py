@@ -164,7 +164,13 @@ def mean_log_surround(v: np.ndarray, sigmas: Sequence[float], method: str = "fas
     h, w = v.shape
     f0 = _factor(min(sigmas), h, w)
     g0, fy0, fx0 = _down(v, f0)
-    s0 = fy0 * fx0
+    return _up(_log_surround_grid(g0, sigmas, (h, w), f0, fy0 * fx0), v.shape)
+
+
+def _log_surround_grid(g0: np.ndarray, sigmas: Sequence[float], full_shape, f0: int, s0: float) -> np.ndarray:
+    """Mean log-surround on the grid ``g0`` (the full plane area-downsampled by ``f0``, pixel area
+    ``s0`` full-res px): each sigma is blurred on its own coarser grid taken from g0."""
+    h, w = full_shape
     acc = np.zeros(g0.shape, np.float32)
     for s in sigmas:
         r = max(1, _factor(s, h, w) // f0)
@@ -174,7 +180,35 @@ def mean_log_surround(v: np.ndarray, sigmas: Sequence[float], method: str = "fas
         blurred = _blur_small(small, _small_sigma(s, scale2, extra))
         acc += _up(np.log1p(np.maximum(blurred, 0.0)), g0.shape)
     acc *= np.float32(1.0 / len(sigmas))
-    return _up(acc, v.shape)
+    return acc
+
+
+class _RowUpsampler:
+    """Bilinear upsampling of a small grid to ``(H, W)``, a strip of rows at a time, with the same
+    sample positions as ``cv2.resize(INTER_LINEAR)``: src = (dst + 0.5) * n_in / n_out - 0.5,
+    clamped to the grid."""
+
+    def __init__(self, small: np.ndarray, shape):
+        h, w = shape
+        self.i0, self.i1, self.wy = self._weights(h, small.shape[0])
+        x0, x1, wx = self._weights(w, small.shape[1])
+        self.cols = small[:, x0] * (1.0 - wx) + small[:, x1] * wx  # (h_small, W)
+
+    @staticmethod
+    def _weights(n_out: int, n_in: int):
+        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        x = np.clip(x, 0.0, n_in - 1)
+        i0 = np.floor(x).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (x - i0).astype(np.float32)
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        out = self.cols[self.i0[y0:y1]]
+        nxt = self.cols[self.i1[y0:y1]]
+        nxt -= out
+        nxt *= self.wy[y0:y1, None]
+        out += nxt
+        return out
 
 
 def gaussian_blur(x: np.ndarray, sigma: float, method: str = "fast") -> np.ndarray:
@@ -252,6 +286,23 @@ def msr_channel(v: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, method:
     return out
 
 
+def _checked_image(image) -> np.ndarray:
+    """Validate an image and return it as float32 ``[H,W,C]`` (C = 1 or 3), negatives clipped to 0."""
+    a = np.asarray(image)
+    if a.size == 0:
+        raise ValueError(f"image is empty (shape {a.shape})")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an image [H,W], [H,W,1] or [H,W,3], got shape {np.shape(image)}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a.sum(dtype=np.float64)):
+        raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
+    if a.min() < 0:
+        a = np.maximum(a, 0.0)
+    return a
+
+
 def _as_planes(image):
     """Validate and split an image into contiguous float32 planes scaled to 0..255 (IPOL's range)."""
     a = np.asarray(image)
@@ -273,6 +324,89 @@ def _as_planes(image):
     return planes
 
 
+def _retinex_strips(img: np.ndarray, mode: str, sigmas, low_clip, high_clip, alpha, beta) -> np.ndarray:
+    """The "fast" Retinex: surrounds on small grids, then every full-size step done a strip of rows
+    at a time (in cache), so the 4K image is read and written only a few times.  Same formulas as
+    :func:`_retinex_planes`; ``img`` is ``[H,W,C]`` float32 0..1, finite, C = 1 or 3."""
+    import cv2
+
+    h, w, c = img.shape
+    strip = max(8, (1 << 20) // max(1, w * 4))  # about 1 MB per float32 strip
+    intensity = mode == "MSR-intensity" and c == 3
+    f0 = _factor(min(sigmas), h, w)
+    g0, fy0, fx0 = _down(img, f0)
+    g0 = g0.reshape(g0.shape[0], g0.shape[1], c)
+    work = [g0.mean(axis=-1)] if intensity else [g0[..., i] for i in range(c)]
+    ups = [_RowUpsampler(_log_surround_grid(np.ascontiguousarray(g) * np.float32(255.0), sigmas, (h, w), f0, fy0 * fx0), (h, w))
+           for g in work]
+    k = len(work)
+    colour_restore = mode == "MSRCR" and c == 3
+    log_alpha = np.float32(math.log(alpha))
+    r = np.empty((k, h, w), np.float32)
+    for y0 in range(0, h, strip):
+        y1 = min(h, y0 + strip)
+        blk = img[y0:y1]
+        chans = [blk[..., i] for i in range(c)]
+        if colour_restore or intensity:
+            total = chans[0] + chans[1]
+            total += chans[2]
+        if colour_restore:  # T = log(sum_j (v_j + 1)) - log(alpha)
+            t = total * np.float32(255.0)
+            t += np.float32(3.0)
+            cv2.log(t, dst=t)
+            t -= log_alpha
+        for i in range(k):
+            lv = total * np.float32(255.0 / 3.0) if intensity else chans[i] * np.float32(255.0)
+            lv += np.float32(1.0)
+            cv2.log(lv, dst=lv)  # L = log(v + 1)
+            out = r[i, y0:y1]
+            np.subtract(lv, ups[i].rows(y0, y1), out=out)  # MSR = L - mean log surround
+            if colour_restore:
+                lv -= t  # C / beta = L + log(alpha) - log(sum)
+                out *= lv
+                if beta < 0:
+                    np.negative(out, out=out)
+    bounds = []
+    for i in range(k):
+        lo, hi = balance_bounds(r[i], low_clip, high_clip)
+        if not hi - lo > 1e-6 * max(1.0, abs(hi), abs(lo)):
+            lo, hi = float(r[i].min()), float(r[i].max())
+        bounds.append((lo, hi) if hi - lo > 1e-6 * max(1.0, abs(hi), abs(lo)) else None)
+    if intensity and bounds[0] is None:
+        return img.copy()
+    res = np.empty_like(img)
+    for y0 in range(0, h, strip):
+        y1 = min(h, y0 + strip)
+        balanced = []
+        for i in range(k):
+            if bounds[i] is None:
+                balanced.append(np.array(img[y0:y1, :, i]))
+                continue
+            lo, hi = bounds[i]
+            b = r[i, y0:y1] - np.float32(lo)
+            b *= np.float32(1.0 / (hi - lo))
+            balanced.append(np.clip(b, 0.0, 1.0, out=b))
+        if intensity:  # MSRCP: RGB * min(1 / max(R,G,B), I_out / I)
+            blk = img[y0:y1]
+            new = balanced[0]
+            inten = (blk[..., 0] + blk[..., 1] + blk[..., 2]) * np.float32(1.0 / 3.0)
+            peak = np.maximum(np.maximum(blk[..., 0], blk[..., 1]), blk[..., 2])
+            gain = new / np.maximum(inten, np.float32(1e-12))
+            np.minimum(gain, 1.0 / np.maximum(peak, np.float32(1e-12)), out=gain)
+            o = blk * gain[..., None]
+            dark = inten <= np.float32(1e-4 / 255.0)
+            if dark.any():
+                o[dark] = new[dark][:, None]
+            res[y0:y1] = np.clip(o, 0.0, 1.0, out=o)
+        elif c == 1:
+            res[y0:y1, :, 0] = balanced[0]
+        else:
+            import cv2
+
+            cv2.merge(balanced, dst=res[y0:y1])
+    return res
+
+
 def retinex(image, mode: str = "MSRCR", sigmas: Sequence[float] = DEFAULT_SIGMAS,
             low_clip: float = DEFAULT_CLIP_PERCENT, high_clip: float = DEFAULT_CLIP_PERCENT,
             alpha: float = ALPHA, beta: float = BETA, method: str = "fast") -> np.ndarray:
@@ -289,6 +423,11 @@ def retinex(image, mode: str = "MSRCR", sigmas: Sequence[float] = DEFAULT_SIGMAS
         raise ValueError(f"alpha must be a positive number, got {alpha}")
     sigmas = _check_sigmas(sigmas)
     simplest_color_balance(np.zeros(1, np.float32) + [0, 1], low_clip, high_clip)  # validates
+    if method not in ("fast", "exact"):
+        raise ValueError(f"blur method must be 'fast' or 'exact', got {method!r}")
+    if method == "fast":
+        img = _checked_image(image)
+        return _retinex_strips(img, mode, sigmas, low_clip, high_clip, alpha, beta).reshape(np.shape(image))
     planes = _as_planes(image)
     c = len(planes)
     inv255 = np.float32(1.0 / 255.0)

@@ -1,0 +1,169 @@
+"""Model nodes vs the bare network: time and peak RSS on a 1 MP image on the CPU.
+
+For each node (Real-ESRGAN, SCUNet, SFHformer, Noise-DA) a small random-weight model is written in
+the official layout; then, each in a fresh subprocess (so allocator state does not leak between
+measurements):
+
+* bare: the network called once, untiled, on the ``[1, 3, H, W]`` tensor (padded to the size
+  multiple beforehand), under ``torch.inference_mode``;
+* node: the ComfyUI node's ``restore`` on the ``[1, H, W, 3]`` IMAGE (file read, runner planning and
+  probe, padding, clamping, output assembly included; the model cache is cold; module imports were
+  warmed by one call on a 64 px crop, as they happen once per ComfyUI session).
+
+Time is the best of ``--repeat`` runs; memory is the peak RSS above the process RSS before the call
+(sampled every 5 ms).  Goal: node overhead <= 10 % in time and in peak RSS.
+
+    .venv/bin/python benchmarks/bench_models.py [--side 1024] [--repeat 2] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+MODELS = {
+    # name: (node class, folder kind, file, node kwargs)
+    "Real-ESRGAN (RRDB nf 8, 1 block)": ("RestoreKitRealESRGAN", "upscale_models", "RealESRGAN_x4plus.pth", {}),
+    "SCUNet (dim 64, 1 block/stage)": ("RestoreKitSCUNet", "upscale_models", "scunet_color_real_psnr.pth", {}),
+    "SFHformer (lol family, width 8)": ("RestoreKitSFHformer", "restorekit", "sfhformer_11211_lolv2s.pth", {}),
+    "Noise-DA (width 8)": ("RestoreKitNoiseDA", "restorekit", "denoise.pth", {"accept_license": True}),
+}
+
+
+def write_models(folder: str) -> None:
+    import torch
+    from spandrel.architectures.SCUNet import SCUNet
+
+    import _pack
+
+    _pack.load()
+    from restorekit.scripts.archs import noise_da as nda
+    from restorekit.scripts.archs import sfhformer as sfh
+
+    up, rk = os.path.join(folder, "upscale_models"), os.path.join(folder, "restorekit")
+    os.makedirs(up, exist_ok=True)
+    os.makedirs(rk, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    nf, gc = 8, 32
+    sd = {}
+
+    def put(name, co, ci):
+        sd[name + ".weight"] = torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5
+        sd[name + ".bias"] = 0.01 * torch.randn(co, generator=g)
+
+    put("conv_first", nf, 3)
+    for r in (1, 2, 3):
+        for i in range(1, 6):
+            put(f"body.0.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
+    for n in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        put(n, nf, nf)
+    put("conv_last", 3, nf)
+    torch.save({"params_ema": sd}, os.path.join(up, "RealESRGAN_x4plus.pth"))
+    torch.manual_seed(0)
+    torch.save(SCUNet(in_nc=3, config=[1] * 7, dim=64).state_dict(), os.path.join(up, "scunet_color_real_psnr.pth"))
+    net = sfh.SFHformer(sfh.SFHformerConfig("lol", 8, (1, 1, 1, 1, 1)))
+    torch.save(sfh.official_layout(net), os.path.join(rk, "sfhformer_11211_lolv2s.pth"))
+    torch.save(nda.official_layout(nda.RestorationNet(width=8)), os.path.join(rk, "denoise.pth"))
+
+
+def measure(name: str, mode: str, folder: str, side: int, repeat: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import _pack
+
+    _pack.load()
+    from restorekit.nodes import models as nodes
+    from restorekit.scripts import model_zoo
+    from restorekit.scripts.memory_utils import MemoryMonitor
+    from restorekit.scripts.runtime import get_runtime
+
+    cls_name, kind, fname, kwargs = MODELS[name]
+    rt = get_runtime()
+    rt.register_model_folder("upscale_models", os.path.join(folder, "upscale_models"))
+    rt.register_model_folder("restorekit", os.path.join(folder, "restorekit"))
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, side, side, 3, generator=g)
+    best_t, best_mem = float("inf"), float("inf")
+    if mode == "bare":
+        path = os.path.join(folder, kind, fname)
+        family = {"RestoreKitRealESRGAN": "realesrgan", "RestoreKitSCUNet": "scunet",
+                  "RestoreKitSFHformer": "sfhformer", "RestoreKitNoiseDA": "noise_da"}[cls_name]
+        handle, _ = model_zoo.load(family, path)
+        m = handle.size_multiple
+        x = image.permute(0, 3, 1, 2).contiguous()
+        ph, pw = (-side) % m, (-side) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        for _ in range(repeat):
+            with MemoryMonitor() as mon:
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    y = handle.module(x)
+                best_t = min(best_t, time.perf_counter() - t0)
+            del y
+            best_mem = min(best_mem, mon.ram_delta_bytes)
+    else:
+        node = getattr(nodes, cls_name)()
+        # one-time costs of a ComfyUI session (imports of spandrel, cv2, the runner) stay outside
+        node.restore(image[:, :64, :64], fname, "cpu", **kwargs)
+        for _ in range(repeat):
+            model_zoo.clear_cache()
+            with MemoryMonitor() as mon:
+                t0 = time.perf_counter()
+                out, info = node.restore(image, fname, "cpu", **kwargs)
+                best_t = min(best_t, time.perf_counter() - t0)
+            del out
+            best_mem = min(best_mem, mon.ram_delta_bytes)
+    return {"seconds": best_t, "peak_rss_delta": best_mem}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--one", nargs=3, metavar=("NAME", "MODE", "FOLDER"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(measure(args.one[0], args.one[1], args.one[2], args.side, args.repeat)))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    with tempfile.TemporaryDirectory() as folder:
+        write_models(folder)
+        print(f"1 image {args.side}x{args.side} ({args.side * args.side / 1e6:.2f} MP), CPU, {args.threads} thread(s), "
+              f"best of {args.repeat}")
+        print(f"{'model':36s} {'bare s':>8s} {'node s':>8s} {'time':>7s} {'bare MiB':>9s} {'node MiB':>9s} {'RSS':>7s}  goal")
+        all_ok = True
+        for name in MODELS:
+            res = {}
+            for mode in ("bare", "node"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--side", str(args.side), "--repeat",
+                       str(args.repeat), "--threads", str(args.threads), "--one", name, mode, folder]
+                outp = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if outp.returncode != 0:
+                    print(outp.stderr[-2000:])
+                    raise SystemExit(f"{name} {mode} failed")
+                res[mode] = json.loads(outp.stdout.strip().splitlines()[-1])
+            tr = res["node"]["seconds"] / res["bare"]["seconds"]
+            mr = res["node"]["peak_rss_delta"] / max(1, res["bare"]["peak_rss_delta"])
+            ok = tr <= 1.10 and mr <= 1.10
+            all_ok &= ok
+            print(f"{name:36s} {res['bare']['seconds']:8.2f} {res['node']['seconds']:8.2f} {tr:7.3f} "
+                  f"{res['bare']['peak_rss_delta'] / 2**20:9.1f} {res['node']['peak_rss_delta'] / 2**20:9.1f} {mr:7.3f}  "
+                  f"{'met' if ok else 'NOT met'}")
+        print("overhead <= 10 % (time and peak RSS):", "met" if all_ok else "NOT met")
+
+
+if __name__ == "__main__":
+    main()

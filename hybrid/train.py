@@ -1,0 +1,272 @@
+"""Training of the hybrid restorer's models: the U-Net, the parameter predictor, and ``retrain_all``.
+
+U-Net: pairs are generated on the fly from the training sources (:mod:`.damage`): a random crop
+of a clean source (random flips and 90° rotations) is damaged at a random level.  Loss
+``MSE + ssim_weight · (1 − SSIM)`` (SSIM of Wang et al. 2004 with an 11-tap Gaussian window,
+sigma 1.5), Adam, gradient-norm clipping, ``ReduceLROnPlateau`` on the validation loss (fixed validation pairs from the
+validation sources) and early stopping.  Everything is seeded: the same arguments give the same
+weights on the same machine (torch CPU kernels, one thread).
+
+Run all of it with ``restorekit retrain`` (``python -m restorekit.hybrid.cli retrain``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import damage
+
+UNET_DEFAULTS = dict(base=16, crop=64, batch=12, steps=4000, lr=1e-3, ssim_weight=0.2,
+                     eval_every=250, patience=8, lr_patience=3, seed=0, train_sides=(256, 384),
+                     val_side=128, val_per_level=3, clip_grad=0.5)
+QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
+                  train_sides=(128,), val_side=64, val_per_level=1)
+
+
+def _gauss_window(channels: int, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :])[None, None]
+    return w.expand(channels, 1, size, size).contiguous()
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004; K1=0.01, K2=0.03, Gaussian 11×11 σ=1.5, valid region) ``[N,C,H,W]``."""
+    c = x.shape[1]
+    w = _gauss_window(c).to(x)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x = F.conv2d(x, w, groups=c)
+    mu_y = F.conv2d(y, w, groups=c)
+    sxx = F.conv2d(x * x, w, groups=c) - mu_x ** 2
+    syy = F.conv2d(y * y, w, groups=c) - mu_y ** 2
+    sxy = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def _augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    if rng.random() < 0.5:
+        img = img[::-1]
+    return np.ascontiguousarray(np.rot90(img, int(rng.integers(0, 4))))
+
+
+def _to_tensor(batch: List[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
+
+def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models_dir: Optional[str] = None,
+               train_sources=None, val_sources=None, log: Callable[[str], None] = print,
+               max_minutes: Optional[float] = None, **overrides) -> Dict[str, object]:
+    """Train the U-Net; save the best (lowest validation loss) weights to ``models/<out_relpath>``.
+
+    ``overrides`` replace entries of :data:`UNET_DEFAULTS`.  ``out_relpath=None`` saves nothing.
+    Returns a summary dict (steps, best validation loss/PSNR, seconds, the config).
+    """
+    from .unet import RestoreUNet
+    from ..scripts import shipped_models
+
+    cfg = dict(UNET_DEFAULTS)
+    cfg.update(overrides)
+    rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    train_sources = list(train_sources or damage.SPLITS["train"])
+    val_sources = list(val_sources or damage.SPLITS["val"])
+    pool = [damage.load_source(n, s) for n in train_sources for s in cfg["train_sides"]]
+    pool = [p for p in pool if min(p.shape[:2]) >= cfg["crop"]]
+    val = damage.make_pairs("val", per_level=cfg["val_per_level"], max_side=cfg["val_side"],
+                            sources=val_sources, base_seed=1)
+    vx = [_to_tensor([p["damaged"]]) for p in val]
+    vy = [_to_tensor([p["clean"]]) for p in val]
+
+    model = RestoreUNet(base=cfg["base"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
+                                                       patience=cfg["lr_patience"])
+    mult = RestoreUNet.size_multiple
+
+    def evaluate() -> Dict[str, float]:
+        model.eval()
+        losses, psnrs = [], []
+        with torch.no_grad():
+            for x, y in zip(vx, vy):
+                h, w = x.shape[-2:]
+                xp = F.pad(x, (0, (-w) % mult, 0, (-h) % mult), mode="reflect")
+                out = model(xp)[..., :h, :w].clamp(0, 1)
+                mse = F.mse_loss(out, y)
+                losses.append(float(mse + cfg["ssim_weight"] * (1 - ssim_torch(out, y))))
+                psnrs.append(float(10 * torch.log10(1 / mse.clamp_min(1e-10))))
+        model.train()
+        return {"loss": float(np.mean(losses)), "psnr": float(np.mean(psnrs))}
+
+    t0 = time.perf_counter()
+    best = {"loss": math.inf, "psnr": 0.0, "step": 0}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bad_evals = 0
+    history = []
+    step = 0
+    stopped = "max steps"
+    model.train()
+    for step in range(1, cfg["steps"] + 1):
+        xs, ys = [], []
+        for _ in range(cfg["batch"]):
+            src = pool[int(rng.integers(0, len(pool)))]
+            c, d, _ = damage.random_crop_pair(src, rng, cfg["crop"])
+            xs.append(d)
+            ys.append(c)
+        # apply one joint augmentation to both crops of each pair
+        aug_seeds = rng.integers(0, 2**31 - 1, len(xs))
+        xs = [_augment(d, np.random.default_rng(int(s))) for d, s in zip(xs, aug_seeds)]
+        ys = [_augment(_c, np.random.default_rng(int(s))) for _c, s in zip(ys, aug_seeds)]
+        x, y = _to_tensor(xs), _to_tensor(ys)
+        out = model(x)
+        loss = F.mse_loss(out, y) + cfg["ssim_weight"] * (1 - ssim_torch(out, y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
+        opt.step()
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            ev = evaluate()
+            sched.step(ev["loss"])
+            history.append({"step": step, "train_loss": float(loss.detach()), **ev,
+                            "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+            log(f"[unet] step {step}: train {float(loss.detach()):.4f} val loss {ev['loss']:.4f} "
+                f"val PSNR {ev['psnr']:.2f} dB lr {opt.param_groups[0]['lr']:.1e} "
+                f"({time.perf_counter() - t0:.0f} s)")
+            if ev["loss"] < best["loss"] - 1e-5:
+                best = {"loss": ev["loss"], "psnr": ev["psnr"], "step": step}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bad_evals = 0
+                if out_relpath:
+                    shipped_models.save_torch_weights(best_state, out_relpath,
+                                                      **({"models_dir": models_dir} if models_dir else {}))
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg["patience"]:
+                    stopped = f"early stopping (no improvement in {bad_evals} evaluations)"
+                    break
+            if max_minutes and time.perf_counter() - t0 > max_minutes * 60:
+                stopped = f"time budget {max_minutes} min"
+                break
+    model.load_state_dict(best_state)
+    if out_relpath:
+        shipped_models.save_torch_weights(best_state, out_relpath,
+                                          **({"models_dir": models_dir} if models_dir else {}))
+    summary = {"steps": step, "stopped": stopped, "best_step": best["step"],
+               "best_val_loss": best["loss"], "best_val_psnr": best["psnr"],
+               "seconds": time.perf_counter() - t0,
+               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+               "train_sources": train_sources, "val_sources": val_sources, "history": history}
+    if out_relpath:
+        from ..scripts.shipped_models import model_path
+
+        path = model_path(out_relpath, **({"models_dir": models_dir} if models_dir else {}))
+        with open(os.path.splitext(path)[0] + "_training.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+    summary["model"] = model
+    return summary
+
+
+# --- predictor ---------------------------------------------------------------------------------------
+PREDICTOR_DEFAULTS = dict(per_level=6, max_sides=(192, 288), n_estimators=200, max_depth=12, folds=5,
+                          seed=0)
+QUICK_PREDICTOR = dict(per_level=1, max_sides=(96,), n_estimators=10, max_depth=4, folds=2)
+
+
+def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
+                    models_dir: Optional[str] = None, train_sources=None,
+                    log: Callable[[str], None] = print, **overrides) -> Dict[str, object]:
+    """Grid-search the 40 classical combinations on the training pairs, cross-validate and fit.
+
+    Pairs: every training source at each of ``max_sides`` × 3 levels × ``per_level`` variants.
+    Saves the bundle (scaler + forest + metadata incl. CV metrics) with ``save_joblib``.
+    """
+    from . import predictor
+
+    cfg = dict(PREDICTOR_DEFAULTS)
+    cfg.update(overrides)
+    t0 = time.perf_counter()
+    sources = list(train_sources or damage.SPLITS["train"])
+    pairs = []
+    for i, side in enumerate(cfg["max_sides"]):
+        pairs += damage.make_pairs("train", per_level=cfg["per_level"], max_side=side, sources=sources,
+                                   base_seed=100 + i + cfg["seed"])
+    log(f"[predictor] {len(pairs)} training pairs from {len(sources)} sources")
+    data = predictor.build_dataset(pairs, log=log)
+    fit_kw = dict(n_estimators=cfg["n_estimators"], max_depth=cfg["max_depth"], seed=cfg["seed"])
+    cv = predictor.cross_validate(data, folds=cfg["folds"], **fit_kw)
+    log(f"[predictor] grouped {cv['folds']}-fold CV: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in cv.items() if isinstance(v, float)))
+    bundle = predictor.fit(data, **fit_kw)
+    bundle["cv"] = cv
+    bundle["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    bundle["train_sources"] = sources
+    digest = None
+    if out_relpath:
+        digest = predictor.save(bundle, out_relpath, models_dir)
+    return {"cv": cv, "n_pairs": len(pairs), "seconds": time.perf_counter() - t0, "sha256": digest,
+            "bundle": bundle, "config": bundle["config"]}
+
+
+# --- everything -----------------------------------------------------------------------------------------
+def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Callable[[str], None] = print,
+                include_lbclahe: bool = True, unet_minutes: Optional[float] = None) -> Dict[str, object]:
+    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, LB-CLAHE predictor.
+
+    ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
+    as the shipped models.  ``models_dir``: write there instead of the pack's ``models/``.
+    """
+    results: Dict[str, object] = {}
+    log("[retrain] hybrid predictor")
+    res = train_predictor(models_dir=models_dir, log=log, **(QUICK_PREDICTOR if quick else {}))
+    results["predictor"] = {k: v for k, v in res.items() if k != "bundle"}
+    log("[retrain] hybrid U-Net")
+    res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
+                     **(QUICK_UNET if quick else {}))
+    results["unet"] = {k: v for k, v in res.items() if k not in ("model", "history")}
+    if include_lbclahe:
+        try:
+            from ..scripts import lbclahe_train
+        except ImportError as exc:
+            log(f"[retrain] LB-CLAHE trainer not available ({exc}); skipped")
+            results["lbclahe"] = "skipped: scripts/lbclahe_train.py not available"
+        else:
+            log("[retrain] LB-CLAHE predictor")
+            results["lbclahe"] = lbclahe_train.train(output_dir=models_dir, quick=quick, log=log)
+    return results
+
+
+def calibrate_thresholds(pred=None, per_level: int = 4, max_side: int = 256,
+                         log: Callable[[str], None] = print) -> Dict[str, float]:
+    """Severity thresholds (dB) that best separate the generator's levels on the validation split.
+
+    The predictor's quality estimate is computed for every validation pair; the pair
+    ``(light_min_db, severe_max_db)`` on a 0.25 dB grid maximising the balanced accuracy of
+    light / moderate / severe is returned.  These are the engine's defaults (:class:`.engine.Thresholds`).
+    """
+    from . import analysis
+    from .predictor import Predictor
+
+    pred = pred or Predictor.load()
+    pairs = damage.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7)
+    q = np.array([pred.quality_db(analysis.analyze(p["damaged"])) for p in pairs])
+    lv = np.array([damage.LEVEL_NAMES.index(p["level"]) for p in pairs])
+    grid = np.arange(np.floor(q.min()), np.ceil(q.max()) + 0.25, 0.25)
+    best = (-1.0, 0.0, 0.0)
+    for hi in grid:
+        for lo in grid[grid <= hi]:
+            cls = np.where(q >= hi, 0, np.where(q < lo, 2, 1))
+            acc = np.mean([np.mean(cls[lv == k] == k) for k in range(3)])
+            if acc > best[0] + 1e-9:
+                best = (float(acc), float(hi), float(lo))
+    log(f"[calibrate] balanced accuracy {best[0]:.3f} with light >= {best[1]:.2f} dB, severe < {best[2]:.2f} dB")
+    return {"balanced_accuracy": best[0], "light_min_db": best[1], "severe_max_db": best[2], "n": int(len(q))}

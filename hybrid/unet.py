@@ -1,0 +1,278 @@
+"""The hybrid restorer's U-Net: a small torch encoder-decoder with skip connections.
+
+Architecture (Ronneberger et al. 2015, "U-Net", reduced): a 2× pixel-unshuffle (space-to-depth),
+three encoder levels of two 3×3 conv + LeakyReLU blocks (``base``, ``2·base``, ``4·base``
+channels), a ``8·base`` bottleneck at 1/16 resolution with a global-context branch (mean over the image → linear → added back, so global
+colour casts and fading are seen by every pixel), and a mirrored decoder with transposed-conv
+upsampling, concatenated skips and a pixel shuffle back to full size.  The output is a
+global colour transform predicted from the bottleneck (a 3×3 matrix ``A`` and an offset ``b`` per
+image, bounded to ±0.5 around the identity by a tanh: fading, yellowing and colour casts are such transforms) plus a
+local residual from the decoder: ``out = A x + b + f(x)``, images float 0..1, ``[N, 3, H, W]`` with H, W multiples of 16.
+
+With ``base=16`` it has ~0.5 M parameters (~2 MB as float32 safetensors) and needs about 9 GMAC
+per megapixel.
+
+This module also loads a Keras ``.h5`` U-Net saved by the original TensorFlow design
+(:func:`load_keras_h5`): through TensorFlow when it is installed, otherwise through Keras 3 on the
+torch backend.  Either way the result is a :class:`~scripts.model_handle.ModelHandle`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+WEIGHTS_RELPATH = "hybrid/unet.safetensors"
+ARCH = "RestoreKit-UNet"
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class RestoreUNet(nn.Module):
+    """Residual U-Net on a 2× space-to-depth input.  Input/output ``[N,3,H,W]`` 0..1, H, W % 16 == 0.
+
+    ``pixel_unshuffle(2)`` folds each 2×2 block into channels (3 → 12 at H/2), then three encoder
+    levels (``base``, ``2·base``, ``4·base`` channels at H/2, H/4, H/8), a ``8·base`` bottleneck at
+    H/16 with global context, the mirrored decoder, and ``pixel_shuffle(2)`` back to full size.
+    Working at half resolution from the start keeps it at ~9 kMAC per pixel for ``base=16``.
+    """
+
+    size_multiple = 16
+
+    def __init__(self, base: int = 16, in_channels: int = 3, out_channels: int = 3):
+        super().__init__()
+        c1, c2, c3, c4 = base, base * 2, base * 4, base * 8
+        self.base = base
+        self.out_channels = out_channels
+        self.enc1 = _block(in_channels * 4, c1)
+        self.enc2 = _block(c1, c2)
+        self.enc3 = _block(c2, c3)
+        self.pool = nn.MaxPool2d(2)
+        self.mid = _block(c3, c4)
+        self.glob = nn.Sequential(nn.Linear(c4, c4), nn.LeakyReLU(0.1, inplace=True), nn.Linear(c4, c4))
+        self.up3 = nn.ConvTranspose2d(c4, c3, 2, stride=2)
+        self.dec3 = _block(c3 * 2, c3)
+        self.up2 = nn.ConvTranspose2d(c3, c2, 2, stride=2)
+        self.dec2 = _block(c2 * 2, c2)
+        self.up1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
+        self.dec1 = _block(c1 * 2, c1)
+        self.head = nn.Conv2d(c1, out_channels * 4, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        # global colour transform predicted from the bottleneck: out = A x + b (+ local residual)
+        self.colour = nn.Linear(c4, out_channels * in_channels + out_channels)
+        nn.init.zeros_(self.colour.weight)
+        nn.init.zeros_(self.colour.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(F.pixel_unshuffle(x, 2))
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        m = self.mid(self.pool(e3))
+        g = m.mean(dim=(2, 3))
+        m = m + self.glob(g)[:, :, None, None]
+        d3 = self.dec3(torch.cat([self.up3(m), e3], 1))
+        d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        n, cin = x.shape[0], x.shape[1]
+        cout = self.out_channels
+        t = 0.5 * torch.tanh(self.colour(g))  # bounded: each entry of A - I and b within ±0.5
+        a = t[:, : cout * cin].view(n, cout, cin) + torch.eye(cout, cin, device=x.device, dtype=x.dtype)
+        b = t[:, cout * cin:].view(n, cout, 1, 1)
+        base = torch.einsum("noc,nchw->nohw", a, x) + b
+        return base + F.pixel_shuffle(self.head(d1), 2)
+
+
+def _handle(module: nn.Module, arch: str, source: str, description: str, size_multiple: int = 8,
+            supports_half: bool = False):
+    from ..scripts.model_handle import ModelHandle
+
+    return ModelHandle(module=module.eval(), arch=arch, scale=1, in_channels=3, out_channels=3,
+                       size_multiple=size_multiple, pad_mode="reflect", min_overlap=32,
+                       tiling="supported", supports_half=supports_half, supports_bfloat16=supports_half,
+                       clamp=True, source=source, description=description)
+
+
+def handle_from_module(model: RestoreUNet, source: str = "") -> "ModelHandle":  # noqa: F821
+    """Wrap a :class:`RestoreUNet` in a ModelHandle for the memory-safe runner."""
+    return _handle(model, ARCH, source, f"RestoreKit hybrid U-Net, base {model.base}",
+                   size_multiple=RestoreUNet.size_multiple, supports_half=True)
+
+
+def base_from_state_dict(sd: Dict[str, torch.Tensor]) -> int:
+    w = sd.get("enc1.0.weight")
+    if w is None:
+        raise ValueError("not a RestoreKit hybrid U-Net state dict (no 'enc1.0.weight')")
+    return int(w.shape[0])
+
+
+def load_shipped(relpath: str = WEIGHTS_RELPATH, models_dir: Optional[str] = None) -> "ModelHandle":  # noqa: F821
+    """The trained U-Net shipped in ``models/`` (sha256-checked, safetensors, strict load)."""
+    from ..scripts.shipped_models import load_torch_weights, model_path
+
+    kw = {"models_dir": models_dir} if models_dir else {}
+    sd = load_torch_weights(relpath, **kw)
+    model = RestoreUNet(base=base_from_state_dict(sd))
+    model.load_state_dict(sd, strict=True)
+    return handle_from_module(model, source=model_path(relpath, **kw))
+
+
+def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
+    """A U-Net from a user file: ``.h5``/``.keras`` through Keras, else a RestoreUNet state dict."""
+    if path.lower().endswith((".h5", ".hdf5", ".keras")):
+        return load_keras_h5(path)
+    from ..scripts.model_files import load_state_dict, unwrap_state_dict
+
+    sd = unwrap_state_dict(load_state_dict(path))
+    model = RestoreUNet(base=base_from_state_dict(sd))
+    model.load_state_dict(sd, strict=True)
+    return handle_from_module(model, source=path)
+
+
+# --- Keras .h5 ---------------------------------------------------------------------------------
+class _KerasTorchModule(nn.Module):
+    """A Keras 3 model on the torch backend (itself a torch Module), NCHW in/out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.keras_model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.keras_model(x.permute(0, 2, 3, 1), training=False)
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
+        return y.permute(0, 3, 1, 2).to(x.dtype)
+
+
+class _TensorFlowModule(nn.Module):
+    """A tf.keras model run by TensorFlow on ``tf_device``; NCHW torch in/out (via numpy)."""
+
+    def __init__(self, model, tf, tf_device: str):
+        super().__init__()
+        self.keras_model, self.tf, self.tf_device = model, tf, tf_device
+        self.register_buffer("_anchor", torch.zeros(1))  # so .device / .dtype resolve
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+        with self.tf.device(self.tf_device):
+            y = self.keras_model(arr, training=False)
+        y = torch.from_numpy(y.numpy() if hasattr(y, "numpy") else y)
+        return y.permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
+
+
+def _keras_size_multiple(model) -> int:
+    """2**(number of pooling / stride-2 layers) — what the input side must be a multiple of."""
+    n = 0
+    for layer in getattr(model, "layers", []):
+        name = type(layer).__name__
+        if "Pooling2D" in name and "Global" not in name:
+            n += 1
+        elif name == "Conv2D" and tuple(getattr(layer, "strides", (1, 1))) == (2, 2):
+            n += 1
+    return 2 ** n
+
+
+def load_keras_h5(path: str, device: str = "auto") -> "ModelHandle":  # noqa: F821
+    """Load a Keras U-Net ``.h5`` (NHWC, 3 → 3 channels, 0..1) as a ModelHandle.
+
+    Backend: TensorFlow when it is installed (device and GPU memory growth set by
+    ``scripts.memory_utils.configure_tensorflow``), otherwise Keras 3 on the torch backend.  Keras'
+    ``safe_mode`` stays on (no Lambda-layer code is deserialised).  Raises ``ValueError`` naming the
+    file for anything that is not a loadable Keras model.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"Keras model file '{path}' does not exist")
+    tf = None
+    tf_device, note = "cpu", "tensorflow not installed"
+    try:
+        from ..scripts import memory_utils
+
+        cfg = getattr(memory_utils, "configure_tensorflow", None)
+        if cfg is not None:
+            tf, tf_device, note = cfg(device)
+    except ImportError:
+        pass
+    if tf is None:
+        try:  # configure_tensorflow absent: probe directly
+            import tensorflow as tf  # type: ignore  # noqa: F811
+            tf_device = "/CPU:0" if device == "cpu" else ("/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0")
+            note = "tensorflow"
+        except Exception:
+            tf = None
+    if tf is not None:
+        try:
+            model = tf.keras.models.load_model(path, compile=False)
+        except Exception as exc:
+            raise ValueError(f"'{os.path.basename(path)}' is not a loadable Keras model: {exc}") from exc
+        return _handle(_TensorFlowModule(model, tf, tf_device), "Keras-UNet (TensorFlow)", path,
+                       f"Keras U-Net via TensorFlow on {tf_device} ({note})",
+                       size_multiple=_keras_size_multiple(model))
+    # Keras 3 on the torch backend
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    if os.environ["KERAS_BACKEND"] != "torch":
+        raise ValueError(
+            f"cannot load '{os.path.basename(path)}': TensorFlow is not installed and KERAS_BACKEND is "
+            f"'{os.environ['KERAS_BACKEND']}' (set it to 'torch' or install tensorflow-cpu)")
+    try:
+        import keras
+    except Exception as exc:
+        raise ValueError(f"cannot load '{os.path.basename(path)}': install keras and h5py "
+                         f"(pip install 'comfyui-restorekit[keras]'): {exc}") from exc
+    if keras.backend.backend() != "torch":
+        raise ValueError(f"cannot load '{os.path.basename(path)}': Keras was already imported with the "
+                         f"'{keras.backend.backend()}' backend and TensorFlow is not installed")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ValueError(f"'{os.path.basename(path)}' is not a loadable Keras model: {exc}") from exc
+    module = _KerasTorchModule(model)
+    module.requires_grad_(False)
+    return _handle(module, "Keras-UNet (Keras 3, torch backend)", path,
+                   "Keras U-Net via Keras 3 on the torch backend",
+                   size_multiple=_keras_size_multiple(model))
+
+
+# --- inference ----------------------------------------------------------------------------------
+def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = False):
+    """Run a U-Net handle on ``image`` (numpy ``[H,W,3]`` or ``[B,H,W,3]`` float 0..1).
+
+    Uses the memory-safe runner ``scripts.model_runner.run_model`` (tiling, OOM fallback); returns
+    ``(numpy image of the input's rank, report dict)``.
+    """
+    import numpy as np
+
+    arr = np.asarray(image, np.float32)
+    single = arr.ndim == 3
+    batch = torch.from_numpy(np.ascontiguousarray(arr[None] if single else arr))
+    try:
+        from ..scripts.model_runner import run_model
+    except ImportError:
+        run_model = None
+    if run_model is not None:
+        out, report = run_model(handle, batch, device=device, tile=tile, progress=progress)
+        summary = report.summary() if hasattr(report, "summary") else {}
+    else:  # runner not available: whole image, padded to the size multiple, on the CPU
+        import time
+
+        t0 = time.perf_counter()
+        x = batch.permute(0, 3, 1, 2)
+        h, w = x.shape[-2:]
+        m = handle.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+        with torch.inference_mode():
+            y = handle.module(xp)[..., :h, :w]
+        out = y.clamp(0, 1).permute(0, 2, 3, 1)
+        summary = {"device": "cpu", "tile": "none", "runner": "fallback (model_runner missing)",
+                   "seconds": time.perf_counter() - t0}
+    res = out.detach().cpu().numpy().astype(np.float32)
+    return (res[0] if single else res), summary

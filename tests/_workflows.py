@@ -1,0 +1,836 @@
+"""Example workflows: load, validate, run in-process, and convert API prompts to UI workflows.
+
+File format of ``examples/api/<name>.json`` (decided for issue 7): each file IS the body of
+ComfyUI's ``POST /prompt``, so ``curl -H 'Content-Type: application/json' -d @file
+http://127.0.0.1:8188/prompt`` works as shipped::
+
+    {
+      "prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "old_photo.png"}}, ...},
+      "_meta": {
+        "title": "Old photo chain",
+        "description": "what it shows; which real model file to put where",
+        "models": [{"folder": "upscale_models", "name": "RealESRGAN_x4plus.pth", "arch": "esrgan",
+                    "source": "where the real file comes from"}]
+      }
+    }
+
+ComfyUI's server reads only ``prompt`` (and ``extra_data``, ``client_id``, ``number``, ``front``,
+``prompt_id``, ``partial_execution_targets``) from the body and ignores other keys, so ``_meta`` rides
+along.  Node ids are strings of integers ("1", "2", ...).  A plain prompt (the file holding only the
+node dict) is read too (:func:`read_example` reports ``plain=True``) but the test asks for the body
+form, because only that one posts with ``curl -d @file``.
+
+``_meta.models`` lists the model files an example needs; the tests write a small random-weight file of
+``arch`` (a key of :data:`MODEL_MAKERS`) under ``name`` in a temporary ``<models>/<folder>``, and the
+description says which real file to use.
+
+The pack is used through its own ``NODE_CLASS_MAPPINGS``; ComfyUI core's ``LoadImage``,
+``SaveImage`` and ``PreviewImage`` are described here minimally (:data:`CORE_SCHEMAS`) and done by plain
+file I/O, the way ComfyUI does them (RGB float32 ``[1,H,W,3]`` plus a ``[1,H,W]`` mask that is
+``1 - alpha``, or a 64x64 zero mask without alpha; PNG written from ``clip(255*x)`` as uint8).
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import math
+import os
+import sys
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES_DIR = os.path.join(REPO, "examples")
+API_DIR = os.path.join(EXAMPLES_DIR, "api")
+IMAGES_DIR = os.path.join(EXAMPLES_DIR, "images")
+
+#: keys ComfyUI's POST /prompt understands in the body; "_meta"/"description" are ours (ignored there)
+BODY_KEYS = {"prompt", "extra_data", "client_id", "number", "front", "prompt_id", "partial_execution_targets"}
+META_KEYS = {"_meta", "description"}
+
+#: ComfyUI value types that become widgets in the UI (anything else is a socket)
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+#: node types that exist only in the frontend (notes) and have no API twin
+UI_ONLY_TYPES = {"MarkdownNote", "Note"}
+
+
+# --- the pack -----------------------------------------------------------------------------------
+def load_pack(name: str = "restorekit"):
+    """Import the repository folder as package ``name`` (as ComfyUI and tests/conftest.py do)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "__init__.py"), submodule_search_locations=[REPO])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def image_files(images_dir: str = IMAGES_DIR) -> List[str]:
+    if not os.path.isdir(images_dir):
+        return []
+    exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+    return sorted(f for f in os.listdir(images_dir) if f.lower().endswith(exts))
+
+
+class _LoadImage:
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    OUTPUT_NODE = False
+    images_dir = IMAGES_DIR
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": (image_files(cls.images_dir), {"image_upload": True})}}
+
+
+class _SaveImage:
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+
+class _PreviewImage:
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+
+class _PreviewAny:
+    """ComfyUI core 'Preview Any' (comfy_extras/nodes_preview_any.py): shows any value as text."""
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    FUNCTION = "main"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+
+#: ComfyUI core nodes the examples may use, described minimally
+CORE_SCHEMAS = {"LoadImage": _LoadImage, "SaveImage": _SaveImage, "PreviewImage": _PreviewImage,
+                "PreviewAny": _PreviewAny}
+
+
+def node_classes() -> Dict[str, Any]:
+    """Every class an example may name: the pack's nodes plus :data:`CORE_SCHEMAS`."""
+    pack = load_pack()
+    classes = dict(CORE_SCHEMAS)
+    classes.update(pack.NODE_CLASS_MAPPINGS)
+    return classes
+
+
+def display_name(class_type: str) -> str:
+    pack = load_pack()
+    names = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
+             "PreviewAny": "Preview Any"}
+    names.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    return names.get(class_type, class_type)
+
+
+# --- schema helpers -----------------------------------------------------------------------------
+@dataclass
+class InputSpec:
+    name: str
+    type: str                 # INT, FLOAT, STRING, BOOLEAN, COMBO or a socket type (IMAGE, ...)
+    options: dict
+    required: bool
+    choices: Optional[list] = None
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
+
+    @property
+    def control_after_generate(self) -> bool:
+        """The frontend adds a 'control_after_generate' widget after this one (saved in widgets_values)."""
+        if self.type == "INT":
+            return bool(self.options.get("control_after_generate", self.name in ("seed", "noise_seed")))
+        if self.type == "COMBO":
+            return bool(self.options.get("control_after_generate", False))
+        return False
+
+
+def input_specs(cls) -> List[InputSpec]:
+    """The inputs of node class ``cls`` in INPUT_TYPES order (required, then optional)."""
+    declared = cls.INPUT_TYPES()
+    specs = []
+    for section in ("required", "optional"):
+        for name, decl in (declared.get(section) or {}).items():
+            kind = decl[0]
+            opts = dict(decl[1]) if len(decl) > 1 and isinstance(decl[1], dict) else {}
+            if isinstance(kind, (list, tuple)):
+                specs.append(InputSpec(name, "COMBO", opts, section == "required", list(kind)))
+            elif kind == "COMBO":
+                specs.append(InputSpec(name, "COMBO", opts, section == "required", list(opts.get("options", []))))
+            else:
+                specs.append(InputSpec(name, str(kind), opts, section == "required"))
+    return specs
+
+
+def hidden_inputs(cls) -> Dict[str, str]:
+    return dict(cls.INPUT_TYPES().get("hidden") or {})
+
+
+def output_names(cls) -> List[str]:
+    types = list(getattr(cls, "RETURN_TYPES", ()))
+    names = list(getattr(cls, "RETURN_NAMES", None) or types)
+    return [n if n else t for n, t in zip(names, types)]
+
+
+def is_link(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+def types_match(received: str, expected: str) -> bool:
+    """ComfyUI's rule (comfy_execution/validation.py): equal, '*' on either side, or overlapping unions."""
+    if received == expected or "*" in (received, expected):
+        return True
+    a = {t.strip() for t in str(received).split(",")}
+    b = {t.strip() for t in str(expected).split(",")}
+    return bool(a & b)
+
+
+# --- reading examples ---------------------------------------------------------------------------
+@dataclass
+class Example:
+    name: str
+    path: str
+    prompt: Dict[str, dict]
+    meta: dict
+    body: dict
+    plain: bool = False          # file held the bare prompt, not the POST body
+
+    @property
+    def models(self) -> List[dict]:
+        return list(self.meta.get("models") or [])
+
+    @property
+    def description(self) -> str:
+        return str(self.meta.get("description") or self.body.get("description") or "")
+
+    @property
+    def title(self) -> str:
+        return str(self.meta.get("title") or self.name.replace("_", " ").capitalize())
+
+
+def read_example(path: str) -> Example:
+    with open(path, encoding="utf-8") as f:
+        body = json.load(f)
+    name = os.path.splitext(os.path.basename(path))[0]
+    if not isinstance(body, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(body).__name__}")
+    if isinstance(body.get("prompt"), dict):
+        meta = body.get("_meta") if isinstance(body.get("_meta"), dict) else {}
+        if "description" in body and "description" not in meta:
+            meta = dict(meta, description=body["description"])
+        return Example(name, path, body["prompt"], meta, body, plain=False)
+    meta = body.get("_meta") if isinstance(body.get("_meta"), dict) and "class_type" not in body["_meta"] else {}
+    prompt = {k: v for k, v in body.items() if k not in META_KEYS}
+    return Example(name, path, prompt, meta, {"prompt": prompt}, plain=True)
+
+
+def api_paths(api_dir: str = API_DIR) -> List[str]:
+    return sorted(glob.glob(os.path.join(api_dir, "*.json")))
+
+
+def load_examples(api_dir: str = API_DIR) -> List[Example]:
+    return [read_example(p) for p in api_paths(api_dir)]
+
+
+# --- validation ---------------------------------------------------------------------------------
+def validate_body(example: Example) -> List[str]:
+    """Problems that would stop ``curl -d @file .../prompt`` from working as shipped."""
+    errors = []
+    if example.plain:
+        errors.append(f"{example.name}: the file is a bare prompt; wrap it as {{\"prompt\": {{...}}, \"_meta\": {{...}}}} "
+                      f"so it is the POST /prompt body")
+        if any(k in example.body.get("prompt", {}) for k in META_KEYS):
+            errors.append(f"{example.name}: '_meta'/'description' inside the prompt would be read as a node")
+    unknown = set(example.body) - BODY_KEYS - META_KEYS
+    if unknown:
+        errors.append(f"{example.name}: unknown top-level keys {sorted(unknown)} (ComfyUI ignores them: typo?)")
+    if example.models and not example.description:
+        errors.append(f"{example.name}: _meta.description is missing; it must say which real model file to use")
+    return errors + check_model_refs(example)
+
+
+MODEL_EXTENSIONS = (".pth", ".pt", ".safetensors", ".ckpt", ".bin", ".h5", ".keras", ".onnx")
+
+
+def check_model_refs(example: Example) -> List[str]:
+    """Every model-file value the prompt names must be declared in ``_meta.models`` (so tests can
+    write it and the description can say where the real one comes from)."""
+    declared = {m.get("name") for m in example.models}
+    errors = []
+    for nid, node in example.prompt.items():
+        for name, value in (node.get("inputs") or {}).items() if isinstance(node, dict) else ():
+            if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) and value not in declared:
+                errors.append(f"{example.name} node {nid}: input '{name}' names model file '{value}', which "
+                              f"_meta.models does not declare (folder, name, arch, source)")
+    return errors
+
+
+def validate_prompt(prompt: Dict[str, dict], classes: Optional[Dict[str, Any]] = None,
+                    where: str = "prompt") -> List[str]:
+    """Check an API prompt the way ComfyUI's ``execution.validate_prompt`` does, a little stricter.
+
+    Returns a list of problems (empty = valid): unknown class, unknown or missing inputs, wrong value
+    types, values outside min/max or not in a choice list, links to missing nodes or output indices,
+    link type mismatches, cycles, and a prompt without an output node.
+    """
+    classes = classes if classes is not None else node_classes()
+    errors: List[str] = []
+    if not isinstance(prompt, dict) or not prompt:
+        return [f"{where}: empty or not an object"]
+    for nid, node in prompt.items():
+        tag = f"{where} node {nid}"
+        if not isinstance(node, dict) or "class_type" not in node or "inputs" not in node:
+            errors.append(f"{tag}: needs 'class_type' and 'inputs'")
+            continue
+        if not str(nid).isdigit():
+            errors.append(f"{tag}: node ids must be integers written as strings (the UI needs numbers)")
+        ct = node["class_type"]
+        tag = f"{where} node {nid} ({ct})"
+        cls = classes.get(ct)
+        if cls is None:
+            errors.append(f"{tag}: unknown class_type '{ct}'")
+            continue
+        specs = {s.name: s for s in input_specs(cls)}
+        hidden = hidden_inputs(cls)
+        inputs = node["inputs"]
+        for name in inputs:
+            if name not in specs and name not in hidden:
+                errors.append(f"{tag}: unknown input '{name}' (known: {', '.join(specs)})")
+        for name, spec in specs.items():
+            if name not in inputs:
+                if spec.required:
+                    errors.append(f"{tag}: required input '{name}' missing")
+                continue
+            value = inputs[name]
+            if is_link(value):
+                src_id, slot = value
+                src = prompt.get(src_id)
+                if not isinstance(src, dict) or src.get("class_type") not in classes:
+                    errors.append(f"{tag}: input '{name}' links to missing or unknown node '{src_id}'")
+                    continue
+                rtypes = list(getattr(classes[src["class_type"]], "RETURN_TYPES", ()))
+                if not 0 <= slot < len(rtypes):
+                    errors.append(f"{tag}: input '{name}' links to output {slot} of node {src_id}, "
+                                  f"which has {len(rtypes)} output(s)")
+                    continue
+                want = spec.type if spec.type != "COMBO" else "COMBO"
+                if not types_match(rtypes[slot], want):
+                    errors.append(f"{tag}: input '{name}' wants {want}, node {src_id} output {slot} is {rtypes[slot]}")
+                continue
+            if not spec.is_widget:
+                errors.append(f"{tag}: input '{name}' ({spec.type}) must be a link [node_id, output_index], got {value!r}")
+                continue
+            errors.extend(_check_value(tag, spec, value))
+    errors.extend(_check_graph(prompt, classes, where))
+    return errors
+
+
+def _check_value(tag: str, spec: InputSpec, value) -> List[str]:
+    name, opts = spec.name, spec.options
+    if spec.type == "COMBO":
+        if value not in (spec.choices or []):
+            shown = ", ".join(map(str, (spec.choices or [])[:12]))
+            return [f"{tag}: input '{name}' value {value!r} not in the choice list [{shown}]"]
+        return []
+    if spec.type == "BOOLEAN":
+        return [] if isinstance(value, bool) else [f"{tag}: input '{name}' must be true/false, got {value!r}"]
+    if spec.type == "STRING":
+        return [] if isinstance(value, str) else [f"{tag}: input '{name}' must be a string, got {value!r}"]
+    if spec.type == "INT" and (isinstance(value, bool) or not isinstance(value, int)):
+        return [f"{tag}: input '{name}' must be an integer, got {value!r}"]
+    if spec.type == "FLOAT" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                 or not math.isfinite(float(value))):
+        return [f"{tag}: input '{name}' must be a finite number, got {value!r}"]
+    errs = []
+    if "min" in opts and value < opts["min"]:
+        errs.append(f"{tag}: input '{name}' = {value} is below min {opts['min']}")
+    if "max" in opts and value > opts["max"]:
+        errs.append(f"{tag}: input '{name}' = {value} is above max {opts['max']}")
+    return errs
+
+
+def _check_graph(prompt, classes, where) -> List[str]:
+    errors = []
+    try:
+        topo_order(prompt)
+    except ValueError as exc:
+        errors.append(f"{where}: {exc}")
+    outputs = [nid for nid, n in prompt.items() if isinstance(n, dict)
+               and getattr(classes.get(n.get("class_type")), "OUTPUT_NODE", False)]
+    if not outputs:
+        errors.append(f"{where}: no output node (ComfyUI refuses it: prompt_no_outputs); add a SaveImage")
+    if not any(isinstance(n, dict) and n.get("class_type") == "SaveImage" for n in prompt.values()):
+        errors.append(f"{where}: no SaveImage node (every example ends in a saved image)")
+    # ComfyUI runs only the nodes an output node depends on: anything else would silently not run
+    needed, todo = set(), list(outputs)
+    while todo:
+        nid = todo.pop()
+        if nid in needed or not isinstance(prompt.get(nid), dict):
+            continue
+        needed.add(nid)
+        todo.extend(v[0] for v in prompt[nid].get("inputs", {}).values() if is_link(v))
+    dead = sorted(set(prompt) - needed, key=str)
+    if outputs and dead:
+        errors.append(f"{where}: node(s) {dead} feed no output node, so ComfyUI would not run them "
+                      f"(connect them, e.g. an info STRING to a PreviewAny)")
+    return errors
+
+
+def topo_order(prompt: Dict[str, dict]) -> List[str]:
+    """Node ids in an order where every node comes after the nodes it links to (ties by id)."""
+    deps = {nid: {v[0] for v in node.get("inputs", {}).values() if is_link(v) and v[0] in prompt}
+            for nid, node in prompt.items()}
+    key = lambda n: (int(n) if str(n).isdigit() else 10**9, str(n))  # noqa: E731
+    order, done = [], set()
+    ready = sorted([n for n, d in deps.items() if not d], key=key)
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        done.add(n)
+        ready.extend(m for m, d in deps.items() if m not in done and m not in ready and n in d and d <= done)
+        ready.sort(key=key)
+    if len(order) != len(prompt):
+        raise ValueError(f"cycle among nodes {sorted(set(prompt) - done, key=key)}")
+    return order
+
+
+# --- model files --------------------------------------------------------------------------------
+def _save(obj, path):
+    import torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in obj.items()}, path)
+    else:
+        torch.save(obj, path)
+    return path
+
+
+def _seeded(seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def make_esrgan(path, scale=4):
+    """Tiny RRDBNet (ESRGAN / Real-ESRGAN x4plus layout: {'params_ema': ...})."""
+    import importlib as il
+
+    _seeded()
+    rrdb = il.import_module("spandrel.architectures.ESRGAN.__arch.RRDB").RRDBNet
+    net = rrdb(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=scale)
+    sd = net.state_dict()
+    return _save(sd if path.endswith(".safetensors") else {"params_ema": sd}, path)
+
+
+def make_compact(path, scale=4):
+    """Tiny SRVGGNetCompact (realesr-general-x4v3 layout: {'params': ...})."""
+    import importlib as il
+
+    _seeded()
+    mod = il.import_module("spandrel.architectures.Compact.__arch.SRVGG")
+    net = mod.SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=2, upscale=scale)
+    sd = net.state_dict()
+    return _save(sd if path.endswith(".safetensors") else {"params": sd}, path)
+
+
+def make_scunet(path):
+    """Small SCUNet (dim 64 as its 32-channel attention heads need, one block per stage), saved as a plain state dict like the official files."""
+    import importlib as il
+
+    _seeded()
+    mod = il.import_module("spandrel.architectures.SCUNet.__arch.SCUNet")
+    net = mod.SCUNet(in_nc=3, config=[1, 1, 1, 1, 1, 1, 1], dim=64)
+    return _save(net.state_dict(), path)
+
+
+def make_sfhformer(path, family="haze"):
+    """Tiny SFHformer in the official layout ({'state_dict': {'module.*': ...}})."""
+    _seeded()
+    pack = load_pack()
+    sfh = importlib.import_module(pack.__name__ + ".scripts.archs.sfhformer")
+    net = sfh.SFHformer(sfh.SFHformerConfig(family, 8, (1, 1, 1, 1, 1)))
+    return _save(sfh.official_layout(net), path)
+
+
+def make_noise_da(path):
+    """Tiny Noise-DA RestorationNet in the official training-checkpoint layout."""
+    _seeded()
+    pack = load_pack()
+    nda = importlib.import_module(pack.__name__ + ".scripts.archs.noise_da")
+    net = nda.RestorationNet(3, 3, depth=2, width=8)
+    return _save(nda.official_layout(net), path)
+
+
+#: ``_meta.models[].arch`` -> function(path) writing a small random-weight file of that architecture
+MODEL_MAKERS: Dict[str, Callable[[str], str]] = {
+    "esrgan": make_esrgan,
+    "esrgan_x2": lambda p: make_esrgan(p, scale=2),
+    "esrgan_x1": lambda p: make_esrgan(p, scale=1),
+    "compact": make_compact,
+    "scunet": make_scunet,
+    "sfhformer": make_sfhformer,
+    "sfhformer_lol": lambda p: make_sfhformer(p, family="lol"),
+    "noise_da": make_noise_da,
+}
+
+
+def write_models(example: Example, models_dir: str) -> List[str]:
+    """Write the random-weight files ``example`` needs under ``models_dir/<folder>/<name>``.
+
+    Also registers each folder with the pack's runtime so the nodes' model lists see the files.
+    """
+    from importlib import import_module
+
+    runtime = import_module(load_pack().__name__ + ".scripts.runtime").get_runtime()
+    written = []
+    for spec in example.models:
+        for key in ("folder", "name", "arch"):
+            if key not in spec:
+                raise ValueError(f"{example.name}: _meta.models entry {spec} lacks '{key}'")
+        maker = MODEL_MAKERS.get(spec["arch"])
+        if maker is None:
+            raise ValueError(f"{example.name}: model arch '{spec['arch']}' has no maker "
+                             f"(known: {', '.join(sorted(MODEL_MAKERS))})")
+        path = os.path.join(models_dir, spec["folder"], spec["name"])
+        if not os.path.exists(path):
+            maker(path)
+        runtime.register_model_folder(spec["folder"], os.path.join(models_dir, spec["folder"]))
+        written.append(path)
+    return written
+
+
+# --- in-process execution -----------------------------------------------------------------------
+def load_image_file(path: str):
+    """ComfyUI LoadImage semantics: (RGB float32 [1,H,W,3], mask [1,H,W] = 1 - alpha or 64x64 zeros)."""
+    import torch
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    image = torch.from_numpy(rgb)[None]
+    if "A" in img.getbands():
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        mask = 1.0 - torch.from_numpy(alpha)
+    elif img.mode == "P" and "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+        mask = 1.0 - torch.from_numpy(alpha)
+    else:
+        mask = torch.zeros((64, 64), dtype=torch.float32)
+    return image, mask[None]
+
+
+def save_image_batch(images, out_dir: str, prefix: str) -> List[str]:
+    """ComfyUI SaveImage semantics: each image of the batch as PNG from clip(255*x) uint8."""
+    from PIL import Image
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    arr = images.detach().cpu().float().numpy()
+    for i, img in enumerate(arr):
+        u8 = np.clip(255.0 * img, 0, 255).astype(np.uint8)
+        if u8.shape[-1] == 1:
+            u8 = u8[..., 0]
+        path = os.path.join(out_dir, f"{prefix.replace('/', '_')}_{i:05d}_.png")
+        Image.fromarray(u8).save(path)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class RunResult:
+    outputs: Dict[str, tuple] = field(default_factory=dict)   # node id -> output tuple
+    saved: Dict[str, List[str]] = field(default_factory=dict)  # SaveImage node id -> PNG paths
+    images: Dict[str, Any] = field(default_factory=dict)       # SaveImage/PreviewImage node id -> tensor
+    order: List[str] = field(default_factory=list)
+
+
+def execute_prompt(prompt: Dict[str, dict], out_dir: str, images_dir: str = IMAGES_DIR,
+                   classes: Optional[Dict[str, Any]] = None) -> RunResult:
+    """Run an API prompt through the pack's node classes in topological order.
+
+    LoadImage reads ``images_dir``, SaveImage writes PNGs into ``out_dir``; every other node is
+    instantiated from the pack and its ``FUNCTION`` is called with the resolved inputs.  A node that
+    returns ``{"ui": ..., "result": (...)}`` gives its ``result``.  The returned tuple must have as many
+    items as ``RETURN_TYPES``.
+    """
+    import torch
+
+    classes = classes if classes is not None else node_classes()
+    res = RunResult(order=topo_order(prompt))
+    for nid in res.order:
+        node = prompt[nid]
+        ct = node["class_type"]
+        cls = classes[ct]
+        kwargs = {}
+        for name, value in node["inputs"].items():
+            kwargs[name] = res.outputs[value[0]][value[1]] if is_link(value) else value
+        for name, kind in hidden_inputs(cls).items():
+            kwargs[name] = {"UNIQUE_ID": nid, "PROMPT": prompt, "EXTRA_PNGINFO": {}}.get(kind)
+        if ct == "LoadImage":
+            out = load_image_file(os.path.join(images_dir, kwargs["image"]))
+        elif ct == "PreviewAny":
+            out = ()
+        elif ct in ("SaveImage", "PreviewImage"):
+            images = kwargs["images"]
+            assert isinstance(images, torch.Tensor) and images.ndim == 4, \
+                f"node {nid} ({ct}) got {type(images).__name__} {getattr(images, 'shape', '')}, not an IMAGE"
+            res.images[nid] = images
+            if ct == "SaveImage":
+                res.saved[nid] = save_image_batch(images, out_dir, kwargs.get("filename_prefix", "ComfyUI"))
+            out = ()
+        else:
+            with torch.inference_mode():
+                out = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if isinstance(out, dict):
+                out = out.get("result", ())
+            out = tuple(out)
+            n = len(getattr(cls, "RETURN_TYPES", ()))
+            if len(out) != n:
+                raise AssertionError(f"node {nid} ({ct}) returned {len(out)} values for {n} RETURN_TYPES")
+        res.outputs[nid] = tuple(out)
+    return res
+
+
+# --- API -> UI workflow -------------------------------------------------------------------------
+NODE_WIDTH = 320
+COLUMN_GAP = 60
+
+
+def _node_size(ct: str, n_widgets: int, n_sockets: int, n_outputs: int) -> List[float]:
+    if ct == "LoadImage":
+        return [315.0, 314.0]
+    if ct in ("SaveImage", "PreviewImage"):
+        return [315.0, 270.0]
+    if ct == "PreviewAny":
+        return [400.0, 200.0]
+    return [float(NODE_WIDTH), float(30 + 22 * max(n_sockets, n_outputs) + 24 * n_widgets + 10)]
+
+
+def widget_values(class_type: str, cls, inputs: dict) -> List[Any]:
+    """``widgets_values`` as ComfyUI's frontend saves them: widget inputs in INPUT_TYPES order, the
+    prompt's value (or the default when absent or linked), plus a 'control_after_generate' value
+    after seed-like INTs and the 'upload' widget's value after LoadImage's image."""
+    values = []
+    for spec in input_specs(cls):
+        if not spec.is_widget:
+            continue
+        value = inputs.get(spec.name, spec.options.get("default"))
+        if is_link(value) or value is None:
+            value = spec.options.get("default", (spec.choices or [None])[0])
+        values.append(value)
+        if spec.control_after_generate:
+            values.append("fixed")
+        if spec.options.get("image_upload"):
+            values.append("image")
+    return values
+
+
+def ui_widget_map(class_type: str, cls, widgets_values: List[Any]) -> Dict[str, Any]:
+    """Inverse of :func:`widget_values`: input name -> value (extra control/upload values skipped)."""
+    out, i = {}, 0
+    for spec in input_specs(cls):
+        if not spec.is_widget:
+            continue
+        if i >= len(widgets_values):
+            raise ValueError(f"{class_type}: widgets_values has {len(widgets_values)} entries, too few")
+        out[spec.name] = widgets_values[i]
+        i += 1 + int(spec.control_after_generate) + int(bool(spec.options.get("image_upload")))
+    if i != len(widgets_values):
+        raise ValueError(f"{class_type}: widgets_values has {len(widgets_values)} entries, expected {i}")
+    return out
+
+
+def api_to_ui(example: Example, classes: Optional[Dict[str, Any]] = None) -> dict:
+    """The UI-format workflow (ComfyUI frontend's saved JSON, version 0.4) of an API example.
+
+    Nodes keep their API ids; links are numbered in (target node, input) order; nodes are placed in
+    columns by link depth; the description goes into a MarkdownNote beside the graph.
+    """
+    classes = classes if classes is not None else node_classes()
+    prompt = example.prompt
+    order = topo_order(prompt)
+    depth: Dict[str, int] = {}
+    for nid in order:
+        ins = [v[0] for v in prompt[nid]["inputs"].values() if is_link(v)]
+        depth[nid] = 1 + max((depth[s] for s in ins), default=-1)
+
+    nodes, links = {}, []
+    out_links: Dict[Tuple[str, int], List[int]] = {}
+    for nid in sorted(prompt, key=int):
+        ct = prompt[nid]["class_type"]
+        cls = classes[ct]
+        inputs_v = prompt[nid]["inputs"]
+        sockets = []
+        for spec in input_specs(cls):
+            value = inputs_v.get(spec.name)
+            if not spec.is_widget:
+                entry = {"name": spec.name, "type": spec.type, "link": None}
+                if not spec.required:
+                    entry["shape"] = 7
+                sockets.append((entry, value))
+        for spec in input_specs(cls):
+            value = inputs_v.get(spec.name)
+            if spec.is_widget and is_link(value):
+                sockets.append(({"name": spec.name, "type": spec.type, "widget": {"name": spec.name},
+                                 "link": None}, value))
+        for slot, (entry, value) in enumerate(sockets):
+            if is_link(value):
+                link_id = len(links) + 1
+                src_type = classes[prompt[value[0]]["class_type"]].RETURN_TYPES[value[1]]
+                links.append([link_id, int(value[0]), value[1], int(nid), slot, src_type])
+                entry["link"] = link_id
+                out_links.setdefault((value[0], value[1]), []).append(link_id)
+        rtypes = list(getattr(cls, "RETURN_TYPES", ()))
+        outputs = [{"name": n, "type": t, "slot_index": i, "links": None}
+                   for i, (n, t) in enumerate(zip(output_names(cls), rtypes))]
+        wv = widget_values(ct, cls, inputs_v)
+        node = {
+            "id": int(nid), "type": ct, "pos": [0.0, 0.0],
+            "size": _node_size(ct, len(wv), len(sockets), len(outputs)),
+            "flags": {}, "order": order.index(nid), "mode": 0,
+            "inputs": [e for e, _ in sockets], "outputs": outputs,
+            "properties": {"Node name for S&R": ct},
+            "widgets_values": wv,
+        }
+        title = (prompt[nid].get("_meta") or {}).get("title")
+        if title and title != display_name(ct):
+            node["title"] = title
+        nodes[nid] = node
+    for (src, slot), ids in out_links.items():
+        nodes[src]["outputs"][slot]["links"] = ids
+
+    # layout: one column per depth, nodes stacked in id order
+    x0, y0, columns = 0.0, 0.0, {}
+    for nid in sorted(prompt, key=int):
+        columns.setdefault(depth[nid], []).append(nid)
+    x = x0
+    for d in sorted(columns):
+        y = y0
+        width = max(nodes[n]["size"][0] for n in columns[d])
+        for nid in columns[d]:
+            nodes[nid]["pos"] = [x, y]
+            y += nodes[nid]["size"][1] + 50
+        x += width + COLUMN_GAP
+    node_list = [nodes[n] for n in sorted(nodes, key=int)]
+    last_id = max(int(n) for n in prompt)
+    bottom = max(n["pos"][1] + n["size"][1] for n in node_list)
+
+    if example.description:
+        last_id += 1
+        node_list.append({
+            "id": last_id, "type": "MarkdownNote", "pos": [x0, bottom + 80.0], "size": [max(x - COLUMN_GAP, 400.0), 160.0],
+            "flags": {}, "order": len(order), "mode": 0, "inputs": [], "outputs": [],
+            "title": "About this example", "properties": {},
+            "widgets_values": [f"## {example.title}\n\n{example.description}"],
+            "color": "#432", "bgcolor": "#653",
+        })
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"restorekit/examples/{example.name}")),
+        "revision": 0,
+        "last_node_id": last_id,
+        "last_link_id": len(links),
+        "nodes": node_list,
+        "links": links,
+        "groups": [{
+            "id": 1, "title": example.title,
+            "bounding": [x0 - 20.0, y0 - 60.0, x - COLUMN_GAP + 40.0, bottom - y0 + 80.0],
+            "color": "#3f789e", "font_size": 24, "flags": {},
+        }],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [60.0, 80.0]},
+                  "restorekit": {"api": f"api/{example.name}.json"}},
+        "version": 0.4,
+    }
+
+
+def ui_to_api_view(workflow: dict, classes: Optional[Dict[str, Any]] = None) -> Dict[str, dict]:
+    """Read a UI workflow back as {node id: {class_type, widgets: {name: value}, links: {input: [src, slot]}}}.
+
+    Used to check a UI workflow against its API twin (notes are skipped).
+    """
+    classes = classes if classes is not None else node_classes()
+    links = {l[0]: l for l in workflow["links"]}
+    view = {}
+    for node in workflow["nodes"]:
+        if node["type"] in UI_ONLY_TYPES:
+            continue
+        cls = classes[node["type"]]
+        widgets = ui_widget_map(node["type"], cls, node.get("widgets_values") or [])
+        wired = {}
+        for slot, entry in enumerate(node.get("inputs", [])):
+            if entry.get("link") is not None:
+                l = links[entry["link"]]
+                assert l[3] == node["id"] and l[4] == slot, f"link {l} does not end at node {node['id']} slot {slot}"
+                wired[entry["name"]] = [str(l[1]), l[2]]
+                widgets.pop(entry["name"], None)
+        view[str(node["id"])] = {"class_type": node["type"], "widgets": widgets, "links": wired}
+    return view
+
+
+def api_view(prompt: Dict[str, dict], classes: Optional[Dict[str, Any]] = None) -> Dict[str, dict]:
+    """The same view as :func:`ui_to_api_view`, from the API prompt (defaults filled for absent widgets)."""
+    classes = classes if classes is not None else node_classes()
+    view = {}
+    for nid, node in prompt.items():
+        cls = classes[node["class_type"]]
+        widgets, wired = {}, {}
+        for spec in input_specs(cls):
+            value = node["inputs"].get(spec.name)
+            if is_link(value):
+                wired[spec.name] = list(value)
+            elif spec.is_widget:
+                widgets[spec.name] = value if spec.name in node["inputs"] else spec.options.get("default")
+        view[str(nid)] = {"class_type": node["class_type"], "widgets": widgets, "links": wired}
+    return view
+
+
+# --- thumbnails ---------------------------------------------------------------------------------
+def thumbnail(images, path: str, max_side: int = 256, quality: int = 85) -> str:
+    """Write the first image of an IMAGE batch as a JPEG no larger than ``max_side`` px."""
+    from PIL import Image
+
+    arr = images[0].detach().cpu().float().numpy()
+    u8 = np.clip(255.0 * arr, 0, 255).astype(np.uint8)
+    if u8.shape[-1] == 1:
+        u8 = np.repeat(u8, 3, axis=-1)
+    img = Image.fromarray(u8[..., :3])
+    img.thumbnail((max_side, max_side), Image.LANCZOS)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img.save(path, "JPEG", quality=quality, optimize=True)
+    return path
+
+
+def final_image(result: RunResult):
+    """The image of the highest-id SaveImage node (the example's result)."""
+    nid = max(result.saved, key=int)
+    return result.images[nid]

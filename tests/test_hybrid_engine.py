@@ -1,0 +1,110 @@
+"""Decision engine (hybrid/engine.py): routing as configured, strategies, batch folder processing."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from restorekit.hybrid import damage, engine, unet
+from restorekit.hybrid.engine import HybridRestorer, Thresholds
+
+
+class StubPredictor:
+    """Quality estimate fixed by the test; the grid choice is fixed too."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def quality_db(self, features):
+        return self.q
+
+    def predict(self, features):
+        return {"colour_correction": True, "sigma": 1.0, "strength": 1.5, "predicted_gain_db": 0.1,
+                "quality_db": self.q}
+
+
+@pytest.fixture(scope="module")
+def identity_unet():
+    return unet.handle_from_module(unet.RestoreUNet(base=4))  # zero-initialised head: identity
+
+
+@pytest.fixture(scope="module")
+def img():
+    return damage.load_source("coffee", 96)
+
+
+@pytest.mark.parametrize("q, th, severity, method", [
+    (35.0, Thresholds(28, 24), "light", "classical"),
+    (26.0, Thresholds(28, 24), "moderate", "ml_guided"),
+    (15.0, Thresholds(28, 24), "severe", "deep_learning"),
+    (35.0, Thresholds(40, 30), "moderate", "ml_guided"),
+    (26.0, Thresholds(40, 30), "severe", "deep_learning"),
+    (28.0, Thresholds(28, 24), "light", "classical"),   # boundaries: >= light_min is light
+    (24.0, Thresholds(28, 24), "moderate", "ml_guided"),  # < severe_max is severe
+])
+def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity, method):
+    r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet)
+    out, info = r.restore(img, "auto")
+    assert info["severity"] == severity and info["method"] == method
+    assert info["analysis"]["quality_db"] == q
+    assert len(info["analysis"]["features"]) == 14
+    assert out.shape == img.shape and out.dtype == np.float32
+
+
+def test_forced_strategies_and_their_effect(img, identity_unet):
+    r = HybridRestorer(predictor=StubPredictor(40.0), unet=identity_unet)
+    for s in ("classical", "ml_guided", "deep_learning"):
+        out, info = r.restore(img, s)
+        assert info["method"] == s and info["severity"] == "light"
+    out, info = r.restore(img, "deep_learning")
+    np.testing.assert_allclose(out, img, atol=1e-5)  # the identity U-Net through the runner
+    out, info = r.restore(img, "ml_guided")
+    assert info["parameters"]["strength"] == 1.5 and not np.allclose(out, img)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        r.restore(img, "magic")
+
+
+def test_thresholds_are_validated():
+    with pytest.raises(ValueError, match="must not exceed"):
+        Thresholds(light_min_db=20, severe_max_db=25)
+
+
+def test_grey_and_rgba_inputs_keep_their_channels(img, identity_unet):
+    r = HybridRestorer(predictor=StubPredictor(15.0), unet=identity_unet)
+    out, _ = r.restore(img[..., :1], "auto")
+    assert out.shape == img[..., :1].shape
+    rgba = np.concatenate([img, np.linspace(0, 1, img.shape[0] * img.shape[1], dtype=np.float32)
+                           .reshape(img.shape[:2] + (1,))], -1)
+    out, _ = r.restore(rgba, "classical")
+    assert out.shape == rgba.shape
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_batch_restore_skips_unreadable_and_never_overwrites(tmp_path, img, identity_unet):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray((img * 255).astype(np.uint8)).save(src / "good.png")
+    (src / "broken.png").write_bytes(os.urandom(300))
+    (src / "notes.txt").write_text("not an image")
+    (src / "good_restored.png").write_bytes(b"an existing file that must survive")
+    before = {p.name: _digest(p) for p in src.iterdir()}
+    r = HybridRestorer(predictor=StubPredictor(26.0), unet=identity_unet)
+    res = r.batch_restore(str(src), str(src), progress=False)  # output folder == input folder
+    after = {p.name: _digest(src / p.name) for p in src.iterdir() if p.name in before}
+    assert after == before  # no input touched
+    rows = {os.path.basename(row["input"]): row for row in res["files"]}
+    assert rows["broken.png"]["status"] == "skipped" and "cannot read" in rows["broken.png"]["reason"]
+    assert rows["notes.txt"]["status"] == "skipped"
+    assert rows["good.png"]["status"] == "restored" and rows["good.png"]["method"] == "ml_guided"
+    out = rows["good.png"]["output"]
+    assert os.path.basename(out) == "good_restored_1.png" and os.path.isfile(out)
+    with open(res["report"]) as f:
+        assert json.load(f)["skipped"] == res["skipped"]

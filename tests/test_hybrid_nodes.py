@@ -1,0 +1,92 @@
+"""Hybrid nodes (nodes/hybrid.py) and the CLI (hybrid/cli.py)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from restorekit.hybrid import cli, damage
+from restorekit.nodes import hybrid as nodes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    clean = damage.load_source("chelsea", 64)[:40, :56]
+    a = damage.damage_image(clean, "severe", 1)[0]
+    b = damage.damage_image(clean, "light", 2)[0]
+    return torch.from_numpy(np.stack([a, b]))
+
+
+def test_input_types_have_tooltips_and_valid_defaults():
+    for cls in nodes.NODE_CLASS_MAPPINGS.values():
+        for name, spec in cls.INPUT_TYPES()["required"].items():
+            assert "tooltip" in spec[1], name
+            if isinstance(spec[0], str) and spec[0] in ("FLOAT", "INT"):
+                assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
+
+
+def test_hybrid_restore_batch_and_info(batch):
+    img, info = nodes.RestoreKitHybridRestore().restore(batch, "auto", 28.0, 24.0, "cpu")
+    assert img.shape == batch.shape and img.dtype == torch.float32
+    assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
+    per = json.loads(info.split("images: ", 1)[1].split("\n")[0])
+    assert len(per) == 2 and all(p["method"] in ("classical", "ml_guided", "deep_learning") for p in per)
+
+
+def test_forced_strategy_rgba_and_grey(batch):
+    node = nodes.RestoreKitHybridRestore()
+    alpha = torch.rand(batch.shape[:3] + (1,))
+    rgba = torch.cat([batch, alpha], -1)
+    out, info = node.restore(rgba, "classical", 28.0, 24.0, "cpu")
+    assert out.shape == rgba.shape and torch.equal(out[..., 3:], alpha)
+    assert '"method": "classical"' in info
+    grey = batch[..., :1]
+    out, _ = node.restore(grey, "deep_learning", 28.0, 24.0, "cpu")
+    assert out.shape == grey.shape
+
+
+def test_bad_inputs_give_clear_errors(batch):
+    node = nodes.RestoreKitHybridRestore()
+    with pytest.raises(ValueError, match="channels"):
+        node.restore(batch[..., :2], "auto", 28.0, 24.0, "cpu")
+    with pytest.raises(ValueError, match="must not exceed"):
+        node.restore(batch, "auto", 20.0, 25.0, "cpu")
+    bad = batch.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        nodes.RestoreKitDamageAnalysis().analyse(bad)
+
+
+def test_damage_analysis_node(batch):
+    feats, severity, info = nodes.RestoreKitDamageAnalysis().analyse(batch, 28.0, 24.0)
+    data = json.loads(feats)
+    assert len(data) == 2 and len(data[0]["features"]) == 14
+    assert severity.count(",") == 1 and "quality estimate" in info
+    one, sev1, _ = nodes.RestoreKitDamageAnalysis().analyse(batch[:1], 80.0, 5.0)
+    assert json.loads(one)["severity"] == "moderate" == sev1  # thresholds as configured
+
+
+def test_cli_restore_and_status(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    arr = damage.damage_image(damage.load_source("rocket", 64), "moderate", 5)[0]
+    Image.fromarray((arr * 255).astype(np.uint8)).save(src / "old.png")
+    (src / "junk.jpg").write_bytes(b"\x00" * 50)
+    out = tmp_path / "out"
+    assert cli.main(["restore", str(src), "-o", str(out), "--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "junk.jpg: skipped" in text and os.path.isfile(out / "old_restored.png")
+    assert cli.main(["restore", str(src), "-o", str(out), "--light-min-db", "10", "--severe-max-db", "20"]) == 2
+    assert cli.main(["status"]) == 0
+    assert "hybrid/predictor.joblib: present, sha256 ok" in capsys.readouterr().out

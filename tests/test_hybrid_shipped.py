@@ -1,0 +1,48 @@
+"""The shipped hybrid models load (hash-checked) and beat the identity on held-out test images."""
+import numpy as np
+import pytest
+import torch
+
+from restorekit.hybrid import analysis, damage, engine, unet
+from restorekit.hybrid.predictor import Predictor, psnr
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    # "rocket" is in the test split: never seen by either model in training
+    assert "rocket" in damage.SPLITS["test"]
+    clean = damage.load_source("rocket", 128)
+    return {lv: (clean, damage.damage_image(clean, lv, 2024 + i)[0])
+            for i, lv in enumerate(damage.LEVEL_NAMES)}
+
+
+def test_shipped_unet_beats_identity_on_held_out_damage(held_out):
+    h = unet.load_shipped()
+    assert h.arch == "RestoreKit-UNet"
+    for lv in ("moderate", "severe"):
+        clean, dam = held_out[lv]
+        out, _ = unet.run(h, dam, device="cpu")
+        assert psnr(out, clean) > psnr(dam, clean) + 0.5, lv
+
+
+def test_shipped_predictor_orders_quality_and_picks_a_grid_combination(held_out):
+    p = Predictor.load()
+    q = {lv: p.quality_db(analysis.analyze(held_out[lv][1])) for lv in damage.LEVEL_NAMES}
+    assert q["light"] > q["severe"]
+    choice = p.predict(analysis.analyze(held_out["moderate"][1]))
+    assert choice["sigma"] in (0.5, 1.0, 1.5, 2.0) and choice["strength"] in (0.5, 1.0, 1.5, 2.0, 2.5)
+
+
+def test_auto_with_shipped_models_beats_identity_on_severe(held_out):
+    clean, dam = held_out["severe"]
+    out, info = engine.HybridRestorer(device="cpu").restore(dam, "auto")
+    assert info["analysis"]["quality_source"] == "random-forest predictor"
+    assert psnr(out, clean) > psnr(dam, clean)

@@ -229,6 +229,11 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] hybrid predictor")
     res = train_predictor(models_dir=models_dir, log=log, **(QUICK_PREDICTOR if quick else {}))
     results["predictor"] = {k: v for k, v in res.items() if k != "bundle"}
+    from .predictor import Predictor
+
+    results["thresholds"] = calibrate_thresholds(Predictor(res["bundle"]), per_level=1 if quick else 10,
+                                                 max_side=96 if quick else 256, log=log)
+    log("[retrain] the engine's default Thresholds (hybrid/engine.py) should equal the calibrated values")
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
@@ -245,7 +250,7 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     return results
 
 
-def calibrate_thresholds(pred=None, per_level: int = 4, max_side: int = 256,
+def calibrate_thresholds(pred=None, per_level: int = 10, max_side: int = 256,
                          log: Callable[[str], None] = print) -> Dict[str, float]:
     """Severity thresholds (dB) that best separate the generator's levels on the validation split.
 

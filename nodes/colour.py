@@ -71,9 +71,16 @@ def _per_pixel(rgb: torch.Tensor, fn, device) -> torch.Tensor:
     """Apply ``fn(pixels[N,3] float64) -> [N,3]`` over [B,H,W,3] in chunks on ``device``."""
     flat = rgb.reshape(-1, rgb.shape[-1])
     out = torch.empty(flat.shape[0], 3, dtype=torch.float32)
-    for start in range(0, flat.shape[0], CHUNK):
-        chunk = flat[start:start + CHUNK].to(device=device, dtype=torch.float64)
-        out[start:start + CHUNK] = fn(chunk).to("cpu", torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            # small chunks: OpenMP hand-offs cost more than they gain (see scripts.colour.pixelwise)
+            torch.set_num_threads(1)
+        for start in range(0, flat.shape[0], CHUNK):
+            chunk = flat[start:start + CHUNK].to(device=device, dtype=torch.float64)
+            out[start:start + CHUNK] = fn(chunk).to("cpu", torch.float32)
+    finally:
+        torch.set_num_threads(threads)
     return out.reshape(*rgb.shape[:-1], 3)
 
 

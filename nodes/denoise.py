@@ -7,7 +7,6 @@ import torch
 
 from ._common import (
     CATEGORY_ROOT,
-    bool_input,
     check_image,
     choice_input,
     float_input,

@@ -67,18 +67,19 @@ class RestoreKitHybridRestore:
                 "image": image_input(),
                 "strategy": choice_input(["auto", "classical", "ml_guided", "deep_learning"], STRATEGY_HELP),
                 "light_min_db": float_input(
-                    28.0, 10.0, 60.0, 0.5,
+                    20.25, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality (PSNR against the undamaged original, dB, "
-                    "predicted from the damage features) is at least this are 'light' -> classical."),
+                    "predicted from the damage features) is at least this are 'light' -> classical. Default "
+                    "calibrated on the validation split (the estimate runs low: clean-looking photos score ~20-25)."),
                 "severe_max_db": float_input(
-                    24.0, 5.0, 60.0, 0.5,
+                    16.0, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality is below this (dB) are 'severe' -> U-Net; "
                     "between the two thresholds -> ML-guided classical. Must not exceed light_min_db."),
                 "device": DEVICE_INPUT,
             }
         }
 
-    def restore(self, image, strategy="auto", light_min_db=28.0, severe_max_db=24.0, device="auto"):
+    def restore(self, image, strategy="auto", light_min_db=20.25, severe_max_db=16.0, device="auto"):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
@@ -126,14 +127,14 @@ class RestoreKitDamageAnalysis:
         return {
             "required": {
                 "image": image_input(),
-                "light_min_db": float_input(28.0, 10.0, 60.0, 0.5,
+                "light_min_db": float_input(20.25, 5.0, 60.0, 0.25,
                                             "Estimated quality (dB) at or above which the damage is 'light'."),
-                "severe_max_db": float_input(24.0, 5.0, 60.0, 0.5,
+                "severe_max_db": float_input(16.0, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
             }
         }
 
-    def analyse(self, image, light_min_db=28.0, severe_max_db=24.0):
+    def analyse(self, image, light_min_db=20.25, severe_max_db=16.0):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")

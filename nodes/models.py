@@ -143,9 +143,10 @@ class _ModelNode:
             info["note"] = result["note"]
         info.update(fields)
         if result["report"] is not None:
+            renamed = {"time": "runner time", "fallbacks": "out-of-memory steps"}
             for k, v in result["report"].summary().items():
-                if k not in ("model",):
-                    info[f"runner {k}" if k in ("time",) else k] = v
+                if k != "model":
+                    info[renamed.get(k, k)] = v
         info["total time"] = f"{seconds:.2f} s"
         return format_info(title, info)
 

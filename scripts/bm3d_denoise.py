@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 

@@ -72,10 +72,6 @@ _CORNERS = np.array(
 )
 
 
-def _bisect_steps(dtype) -> int:
-    return 40 if dtype == torch.float64 else 24
-
-
 def _eps(dtype) -> float:
     return GAMUT_EPS.get(dtype, 2e-6)
 
@@ -89,15 +85,6 @@ def in_gamut_linear(rgb: torch.Tensor, eps: float = None) -> torch.Tensor:
 def in_gamut(lab: torch.Tensor, eps: float = None) -> torch.Tensor:
     """Boolean ``[...]``: the Oklab colours lie inside the sRGB gamut."""
     return in_gamut_linear(oklab_to_linear_srgb(lab), eps)
-
-
-def _hue(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.atan2(b, a)
-
-
-def _wrap(angle: torch.Tensor) -> torch.Tensor:
-    """Angle difference wrapped to (-pi, pi]."""
-    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
 
 
 _CUSP_BINS = 1024

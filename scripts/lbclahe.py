@@ -206,7 +206,18 @@ def load_predictor(relpath: str = PREDICTOR_PATH, models_dir: Optional[str] = No
     with _LOCK:
         if key is not None and key in _CACHE:
             return _CACHE[key]
-        bundle = shipped_models.load_joblib(relpath, **kwargs)
+        try:
+            bundle = shipped_models.load_joblib(relpath, **kwargs)
+        except shipped_models.ShippedModelError:
+            raise
+        except Exception as exc:  # e.g. a scikit-learn too different from the one that trained it
+            import sklearn
+
+            raise ValueError(
+                f"{relpath}: the LB-CLAHE predictor could not be loaded with scikit-learn "
+                f"{sklearn.__version__} ({type(exc).__name__}: {exc}); retrain it with "
+                "scripts/lbclahe_train.py, or set clip_limit and grid by hand"
+            ) from exc
         if not isinstance(bundle, dict) or "model" not in bundle:
             raise ValueError(f"{relpath}: not an LB-CLAHE predictor bundle")
         if tuple(bundle.get("feature_names", ())) != FEATURE_NAMES:

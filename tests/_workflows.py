@@ -222,7 +222,15 @@ class Example:
 
     @property
     def models(self) -> List[dict]:
-        return list(self.meta.get("models") or [])
+        """``_meta.models`` when declared, else what :func:`infer_models` reads off the prompt."""
+        declared = list(self.meta.get("models") or [])
+        return declared if declared else infer_models(self.prompt)
+
+    @property
+    def notes(self) -> str:
+        """Description plus every node's ``_meta.title`` (where examples say which real file to use)."""
+        titles = [str((n.get("_meta") or {}).get("title", "")) for n in self.prompt.values() if isinstance(n, dict)]
+        return "\n".join([self.description] + titles)
 
     @property
     def description(self) -> str:
@@ -269,8 +277,10 @@ def validate_body(example: Example) -> List[str]:
     unknown = set(example.body) - BODY_KEYS - META_KEYS
     if unknown:
         errors.append(f"{example.name}: unknown top-level keys {sorted(unknown)} (ComfyUI ignores them: typo?)")
-    if example.models and not example.description:
-        errors.append(f"{example.name}: _meta.description is missing; it must say which real model file to use")
+    for spec in example.models:
+        if spec["name"] not in example.notes:
+            errors.append(f"{example.name}: neither _meta.description nor a node title names the real model "
+                          f"file '{spec['name']}' (say which file, where it comes from, which folder)")
     return errors + check_model_refs(example)
 
 
@@ -280,7 +290,7 @@ MODEL_EXTENSIONS = (".pth", ".pt", ".safetensors", ".ckpt", ".bin", ".h5", ".ker
 def check_model_refs(example: Example) -> List[str]:
     """Every model-file value the prompt names must be declared in ``_meta.models`` (so tests can
     write it and the description can say where the real one comes from)."""
-    declared = {m.get("name") for m in example.models}
+    declared = {m.get("name") for m in example.models}  # declared, or inferred from model nodes
     errors = []
     for nid, node in example.prompt.items():
         for name, value in (node.get("inputs") or {}).items() if isinstance(node, dict) else ():
@@ -439,6 +449,21 @@ def _seeded(seed=0):
     torch.manual_seed(seed)
 
 
+def _mid_grey_output(sd):
+    """Scale a random network's weights down and set its last bias to 0.5, so its output varies
+    around mid-grey instead of clamping to a flat black or white image."""
+    sd = {k: (v * 0.5 if v.ndim == 4 else v) for k, v in sd.items()}
+    last_bias = [k for k in sd if k.endswith("bias")][-1]
+    sd[last_bias] = torch_full_like(sd[last_bias], 0.5)
+    return sd
+
+
+def torch_full_like(t, value):
+    import torch
+
+    return torch.full_like(t, value)
+
+
 def make_esrgan(path, scale=4):
     """Tiny RRDBNet (ESRGAN / Real-ESRGAN x4plus layout: {'params_ema': ...})."""
     import importlib as il
@@ -446,7 +471,7 @@ def make_esrgan(path, scale=4):
     _seeded()
     rrdb = il.import_module("spandrel.architectures.ESRGAN.__arch.RRDB").RRDBNet
     net = rrdb(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=scale)
-    sd = net.state_dict()
+    sd = _mid_grey_output(net.state_dict())
     return _save(sd if path.endswith(".safetensors") else {"params_ema": sd}, path)
 
 
@@ -500,6 +525,46 @@ MODEL_MAKERS: Dict[str, Callable[[str], str]] = {
     "sfhformer_lol": lambda p: make_sfhformer(p, family="lol"),
     "noise_da": make_noise_da,
 }
+
+
+#: node class -> (model folder, function(file name) -> maker arch) for model inputs of the pack's nodes
+def _realesrgan_arch(name: str) -> str:
+    low = name.lower()
+    return "compact" if ("realesr-general" in low or "compact" in low or "animevideo" in low) else "esrgan"
+
+
+MODEL_NODE_FILES = {
+    "RestoreKitLoadModel": ("upscale_models", lambda n: "scunet" if "scunet" in n.lower() else _realesrgan_arch(n)),
+    "RestoreKitRealESRGAN": ("upscale_models", _realesrgan_arch),
+    "RestoreKitSCUNet": ("upscale_models", lambda n: "scunet"),
+    "RestoreKitSFHformer": ("restorekit", lambda n: "sfhformer_lol" if "lol" in n.lower() else "sfhformer"),
+    "RestoreKitNoiseDA": ("restorekit", lambda n: "noise_da"),
+}
+
+
+def infer_models(prompt: Dict[str, dict]) -> List[dict]:
+    """Model files a prompt names in the model inputs of :data:`MODEL_NODE_FILES` nodes (file-name
+    values of ``model_name``/``fallback_model``), with the folder and a maker arch; the
+    realesr-general files bring their ``-wdn-`` twin (Real-ESRGAN's denoise strength blends the two)."""
+    found, seen = [], set()
+    for node in prompt.values():
+        if not isinstance(node, dict) or node.get("class_type") not in MODEL_NODE_FILES:
+            continue
+        folder, arch_of = MODEL_NODE_FILES[node["class_type"]]
+        for key in ("model_name", "fallback_model"):
+            value = (node.get("inputs") or {}).get(key)
+            if not (isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)):
+                continue
+            names = [value]
+            if node["class_type"] == "RestoreKitRealESRGAN" and "realesr-general-" in value:
+                twin = (value.replace("realesr-general-wdn-", "realesr-general-") if "-wdn-" in value
+                        else value.replace("realesr-general-", "realesr-general-wdn-"))
+                names.append(twin)
+            for name in names:
+                if (folder, name) not in seen:
+                    seen.add((folder, name))
+                    found.append({"folder": folder, "name": name, "arch": arch_of(name), "inferred": True})
+    return found
 
 
 def write_models(example: Example, models_dir: str) -> List[str]:

@@ -55,7 +55,10 @@ def main(argv=None) -> int:
     if args.wrap:
         for ex in examples:
             if ex.plain:
-                body = {"prompt": ex.prompt, "_meta": ex.meta}
+                meta = dict(ex.meta)
+                if ex.models and "models" not in meta:
+                    meta["models"] = [{k: v for k, v in m.items() if k != "inferred"} for m in ex.models]
+                body = {"prompt": ex.prompt, "_meta": meta}
                 with open(ex.path, "w", encoding="utf-8") as f:
                     json.dump(body, f, indent=1)
                     f.write("\n")
@@ -67,9 +70,10 @@ def main(argv=None) -> int:
         for ex in examples:
             t0 = time.perf_counter()
             try:
-                problems = W.validate_body(ex)
+                for warning in W.validate_body(ex):  # file format: reported, fixed by --wrap
+                    print(f"WARN {warning}")
                 W.write_models(ex, os.path.join(tmp, "models"))
-                problems += W.validate_prompt(ex.prompt, classes, where=ex.name)
+                problems = W.validate_prompt(ex.prompt, classes, where=ex.name)
                 if problems:
                     raise ValueError("; ".join(problems))
                 result = W.execute_prompt(ex.prompt, os.path.join(tmp, "out", ex.name), classes=classes)

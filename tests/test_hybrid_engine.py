@@ -96,7 +96,7 @@ def test_batch_restore_skips_unreadable_and_never_overwrites(tmp_path, img, iden
     (src / "notes.txt").write_text("not an image")
     (src / "good_restored.png").write_bytes(b"an existing file that must survive")
     before = {p.name: _digest(p) for p in src.iterdir()}
-    r = HybridRestorer(predictor=StubPredictor(26.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(28, 24), predictor=StubPredictor(26.0), unet=identity_unet)
     res = r.batch_restore(str(src), str(src), progress=False)  # output folder == input folder
     after = {p.name: _digest(src / p.name) for p in src.iterdir() if p.name in before}
     assert after == before  # no input touched

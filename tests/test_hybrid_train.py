@@ -47,19 +47,17 @@ def test_grid_scores_agree_with_direct_application():
     assert s[i] == pytest.approx(predictor.psnr(classical.apply(dam, c, sg, st), clean), abs=1e-9)
 
 
-def test_tiny_training_end_to_end(tmp_path):
+def test_tiny_training_end_to_end(tmp_path, capsys):
+    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net) into a scratch models dir."""
+    from restorekit.hybrid import cli
+
     md = str(tmp_path / "models")
-    res = train.train_predictor(models_dir=md, train_sources=["coffee", "camera"], log=lambda s: None,
-                                **train.QUICK_PREDICTOR)
-    assert res["n_pairs"] == 6 and np.isfinite(res["cv"]["r2_quality"]) or res["cv"]["n"] == 6
+    assert cli.main(["retrain", "--quick", "--models-dir", md, "--no-lbclahe"]) == 0
     pred = predictor.Predictor.load(models_dir=md)
     from restorekit.hybrid import analysis
 
     out = pred.predict(analysis.analyze(damage.load_source("moon", 64)))
     assert tuple([out["colour_correction"], out["sigma"], out["strength"]]) in classical.GRID
-    s = train.train_unet(models_dir=md, train_sources=["coffee"], val_sources=["moon"], log=lambda s: None,
-                         **train.QUICK_UNET)
-    assert s["steps"] >= 1 and np.isfinite(s["best_val_loss"])
     h = unet.load_shipped(models_dir=md)
     assert h.arch == "RestoreKit-UNet" and h.size_multiple == 16
     with open(os.path.join(md, "hybrid", "unet_training.json")) as f:

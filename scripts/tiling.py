@@ -48,7 +48,12 @@ def axis_weights(starts: List[int], tile: int, length: int, scale: int) -> List[
         if i < len(extents) - 1:  # ramp down in the band shared with the next tile
             w *= _ramp(extents[i + 1][0], b, a, scale, size, rising=False)
         weights.append(w)
-    return weights
+    # With a large overlap three tiles can share a band; dividing by the per-axis sum keeps the
+    # weights an exact partition of unity in every case (a no-op when only pairs overlap).
+    total = torch.zeros(length * scale, dtype=torch.float32)
+    for (a, _b), w in zip(extents, weights):
+        total[a * scale:a * scale + len(w)] += w
+    return [w / total[a * scale:a * scale + len(w)] for (a, _b), w in zip(extents, weights)]
 
 
 def _ramp(ov_start: int, ov_end: int, origin: int, scale: int, size: int, rising: bool) -> torch.Tensor:
@@ -142,10 +147,11 @@ def tiled_inference(
                 piece = piece.to(device=device, dtype=dtype, non_blocking=True)
                 piece, _ph, _pw = pad_to_multiple(piece, size_multiple, min_size, pad_mode)
                 with torch.inference_mode():
-                    result = forward(piece)
-                result = result[..., : (y1 - y0) * s, : (x1 - x0) * s]
-                if clamp:
-                    result = result.clamp(0.0, 1.0)
+                    result = forward(piece)[..., : (y1 - y0) * s, : (x1 - x0) * s]
+                    if clamp:
+                        shares_input = result.untyped_storage().data_ptr() == image.untyped_storage().data_ptr()
+                        # in place saves an output-sized copy, but never write into the caller's image
+                        result = result.clamp(0.0, 1.0) if shares_input else result.clamp_(0.0, 1.0)
                 result = result[0].permute(1, 2, 0).to("cpu", torch.float32)
                 target = out[bi, y0 * s:y1 * s, x0 * s:x1 * s, :]
                 if tile is None:

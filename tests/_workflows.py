@@ -38,7 +38,6 @@ import math
 import os
 import sys
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -454,14 +453,8 @@ def _mid_grey_output(sd):
     around mid-grey instead of clamping to a flat black or white image."""
     sd = {k: (v * 0.5 if v.ndim == 4 else v) for k, v in sd.items()}
     last_bias = [k for k in sd if k.endswith("bias")][-1]
-    sd[last_bias] = torch_full_like(sd[last_bias], 0.5)
+    sd[last_bias] = sd[last_bias].clone().fill_(0.5)
     return sd
-
-
-def torch_full_like(t, value):
-    import torch
-
-    return torch.full_like(t, value)
 
 
 def make_esrgan(path, scale=4):

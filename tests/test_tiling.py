@@ -9,13 +9,14 @@ from restorekit.scripts.tiling import axis_weights, pad_to_multiple, tile_starts
 
 
 @pytest.mark.parametrize("length,tile,overlap,scale", [
-    (1000, 256, 32, 1), (993, 512, 32, 4), (257, 256, 32, 2), (100, 256, 32, 1), (3001, 512, 64, 3), (130, 64, 16, 1),
+    (1000, 256, 32, 1), (993, 512, 32, 4), (100, 64, 31, 1), (300, 64, 40, 2), (257, 256, 32, 2), (100, 256, 32, 1), (3001, 512, 64, 3), (130, 64, 16, 1),
 ])
 def test_weights_sum_to_one_and_cover(length, tile, overlap, scale):
     starts = tile_starts(length, tile, overlap)
     assert starts[0] == 0 and min(starts[-1] + tile, length) == length
     for a, b in zip(starts, starts[1:]):
         assert a + tile - b >= min(overlap, tile)  # neighbours overlap at least `overlap`
+    # (100, 64, 31): starts 0, 18, 36 — three tiles share pixels 36..63
     total = torch.zeros(length * scale)
     for s, w in zip(starts, axis_weights(starts, tile, length, scale)):
         assert w.min() >= 0 and w.max() <= 1
@@ -83,3 +84,11 @@ def test_pad_to_multiple_modes():
     assert torch.equal(y[0, 0, 3], x[0, 0, 1])  # reflect repeats the row before the edge
     z, _, _ = pad_to_multiple(torch.ones(1, 1, 1, 1), 8, mode="reflect")  # falls back to replicate
     assert z.shape[-2:] == (8, 8) and torch.all(z == 1)
+
+
+def test_identity_network_never_modifies_the_input():
+    image = torch.rand(1, 20, 24, 3) * 1.4 - 0.2  # values outside 0..1 that clamping would change
+    before = image.clone()
+    out = tiled_inference(torch.nn.Identity(), image, scale=1, out_channels=3, tile=None)
+    assert torch.equal(image, before)
+    assert out.min() >= 0 and out.max() <= 1

@@ -54,6 +54,14 @@ DEVICE_INPUT = choice_input(
 )
 
 
+def resolve_device(choice: str):
+    """(torch.device, note) for the DEVICE_INPUT choice: the host's device for auto/gpu (ComfyUI's
+    inside ComfyUI), the CPU with a note when gpu is asked for and none exists."""
+    from ..scripts.memory_utils import resolve_device as _resolve
+
+    return _resolve(choice)
+
+
 # --- checks ------------------------------------------------------------------------------------
 def check_image(image: Any, name: str = "image", channels: Iterable[int] = (1, 3, 4),
                 nan: str = "error") -> torch.Tensor:
@@ -96,6 +104,26 @@ def check_image(image: Any, name: str = "image", channels: Iterable[int] = (1, 3
             raise ValueError(f"{name}: {bad} pixel value(s) are NaN or infinite")
         image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
     return image.contiguous()
+
+
+def prepare_image(image: Any, name: str = "image") -> Tuple[torch.Tensor, List[str]]:
+    """:func:`check_image` (NaN/inf is an error) plus range handling for classical nodes.
+
+    Values above 1 are read as 8-bit (max ≤ 255, scaled by 1/255) or 16-bit (scaled by 1/65535)
+    data; what remains outside 0..1 is clipped.  Returns ``(tensor, notes)``; ``notes`` says what
+    was done, for the node's info text.
+    """
+    x = check_image(image, name)
+    notes: List[str] = []
+    mx = float(x.max())
+    if mx > 1.0 + 1e-3:
+        div = 255.0 if mx <= 255.0 + 1e-3 else 65535.0
+        x = x / div
+        notes.append(f"input max {mx:.4g} > 1: read as {'8' if div == 255 else '16'}-bit data, scaled by 1/{div:.0f}")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        x = x.clamp(0.0, 1.0)
+        notes.append("values outside 0..1 clipped")
+    return x.contiguous(), notes
 
 
 def split_alpha(image: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    resolve_device,
     CATEGORY_ROOT,
     DEVICE_INPUT,
     check_image,
@@ -53,18 +54,6 @@ ALPHA_INPUT = float_input(
 
 #: pixels per processing chunk (float64: 1.5 MB per [N, 3] tensor, so temporaries stay in cache)
 CHUNK = 1 << 16
-
-
-def _device(choice: str):
-    """(torch.device, note) for the DEVICE_INPUT choice."""
-    from ..scripts.runtime import get_runtime
-
-    if choice == "cpu":
-        return torch.device("cpu"), "cpu"
-    dev = torch.device(get_runtime().default_device())
-    if choice == "gpu" and dev.type == "cpu":
-        return dev, "cpu (no GPU available)"
-    return dev, str(dev)
 
 
 def _per_pixel(rgb: torch.Tensor, fn, device) -> torch.Tensor:
@@ -157,7 +146,7 @@ class RestoreKitPerceptualAdjust:
         if space not in perceptual.SPACES:
             raise ValueError(f"space: unknown colour space {space!r}; choose one of {perceptual.SPACES}")
         rgb, alpha, note = _as_rgb(image)
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         stats = {"out": 0.0, "n": 0}
 
         def fn(px):
@@ -225,7 +214,7 @@ class RestoreKitColourSplit:
         if space not in perceptual.CHANNELS:
             raise ValueError(f"space: unknown space {space!r}; choose one of {tuple(perceptual.CHANNELS)}")
         rgb, alpha, note = _as_rgb(image)
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         with timed() as t:
             enc = _per_pixel(rgb, lambda px: perceptual.split_channels(px, space, white_luminance), dev)
         outs = []
@@ -310,7 +299,7 @@ class RestoreKitColourJoin:
         if alpha is not None and alpha.shape[0] != batch:
             alpha = alpha.expand(batch, *alpha.shape[1:])
         enc = torch.stack(chans, dim=-1)
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         stats = {"out": 0.0, "n": 0}
 
         def fn(px):

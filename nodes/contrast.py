@@ -2,12 +2,9 @@
 scripts/lbclahe.py, scripts/retinex.py)."""
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from ._common import (
+    prepare_image,
     CATEGORY_ROOT,
-    check_image,
     choice_input,
     float_input,
     format_info,
@@ -26,26 +23,6 @@ CLAHE_CHANNELS = {
     "YCbCr Y": "ycbcr",
     "RGB per channel": "rgb",
 }
-
-
-def _prepare(image, name: str = "image"):
-    """check_image plus a range check: values beyond 0..1 that look like 8- or 16-bit data are
-    rescaled (and said so), anything else outside 0..1 is clipped.  Returns (tensor, note)."""
-    image = check_image(image, name, nan="error")
-    note = ""
-    peak = float(image.max())
-    low = float(image.min())
-    if peak > 1.0 + 1e-3:
-        scale = 255.0 if peak <= 255.0 + 1e-3 else 65535.0
-        image = image / scale
-        note = f"input values up to {peak:.4g} look like {'8' if scale == 255 else '16'}-bit data: divided by {scale:g}"
-        if peak > 65535.0 + 1e-3:
-            note += " and clipped to 0..1"
-    if low < 0.0 or float(image.max()) > 1.0:
-        image = image.clamp(0.0, 1.0)
-        if low < 0.0:
-            note = (note + "; " if note else "") + "negative values clipped to 0"
-    return image.contiguous(), note
 
 
 class RestoreKitLBCLAHE:
@@ -89,7 +66,8 @@ class RestoreKitLBCLAHE:
 
         if channel not in CLAHE_CHANNELS:
             raise ValueError(f"channel must be one of {', '.join(CLAHE_CHANNELS)}, got {channel!r}")
-        image, note = _prepare(image)
+        image, notes = prepare_image(image)
+        note = "; ".join(notes)
         ch = CLAHE_CHANNELS[channel]
         need_model = clip_limit <= 0 or grid <= 0
         bundle = lbclahe.load_predictor() if need_model else None
@@ -167,7 +145,8 @@ class RestoreKitRetinex:
         if blur not in ("fast", "exact"):
             raise ValueError(f"blur must be 'fast' or 'exact', got {blur!r}")
         sig = retinex.parse_sigmas(sigmas)
-        image, note = _prepare(image)
+        image, notes = prepare_image(image)
+        note = "; ".join(notes)
         with timed() as t:
             out = map_images(image, lambda img: retinex.retinex(img, mode, sig, low_clip, high_clip, method=blur))
         gray = image.shape[-1] == 1

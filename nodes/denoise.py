@@ -7,7 +7,6 @@ import torch
 
 from ._common import (
     CATEGORY_ROOT,
-    check_image,
     choice_input,
     float_input,
     format_info,
@@ -15,32 +14,13 @@ from ._common import (
     image_input,
     int_input,
     merge_alpha,
+    prepare_image,
     split_alpha,
     timed,
     to_numpy,
 )
 
 CATEGORY = f"{CATEGORY_ROOT}/Denoise"
-
-
-def prepare_image(image, name: str = "image"):
-    """Check an IMAGE and bring out-of-range data into 0..1.
-
-    Returns ``(tensor, notes)``.  NaN/inf is an error (clear ValueError).  Values above 1 are read as
-    8-bit (max ≤ 255, scaled by 1/255) or 16-bit (scaled by 1/65535) data; remaining values outside
-    0..1 are clipped.  ``notes`` says what was done.
-    """
-    x = check_image(image, name)
-    notes = []
-    mx = float(x.max())
-    if mx > 1.0 + 1e-3:
-        div = 255.0 if mx <= 255.0 else 65535.0
-        x = x / div
-        notes.append(f"input max {mx:.4g} > 1: read as {'8' if div == 255 else '16'}-bit data, scaled by 1/{div:.0f}")
-    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        x = x.clamp(0.0, 1.0)
-        notes.append("values outside 0..1 clipped")
-    return x.contiguous(), notes
 
 
 class RestoreKitFilmGrainBM3D:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from ._common import (
+    resolve_device,
+    prepare_image,
     CATEGORY_ROOT,
     DEVICE_INPUT,
     check_image,
@@ -18,24 +20,6 @@ from ._common import (
 )
 
 CATEGORY = f"{CATEGORY_ROOT}/Frequency"
-
-
-def _device(choice: str):
-    """Resolve auto|cpu|gpu to a torch device and a note."""
-    from ..scripts.runtime import get_runtime
-
-    if choice == "cpu":
-        return torch.device("cpu"), "cpu (chosen)"
-    dev = get_runtime().default_device()
-    if dev.type == "cpu":
-        return dev, "cpu (no GPU available)" if choice == "gpu" else "cpu"
-    return dev, str(dev)
-
-
-def _prepare(image, name="image"):
-    from .denoise import prepare_image
-
-    return prepare_image(image, name)
 
 
 def _to_planes(rgb: torch.Tensor, space: str):
@@ -101,9 +85,9 @@ class RestoreKitFrequencyEnhance:
 
         if mode not in ("high_boost", "homomorphic"):
             raise ValueError(f"mode must be high_boost or homomorphic, got '{mode}'")
-        x, notes = _prepare(image)
+        x, notes = prepare_image(image)
         rgb, alpha = split_alpha(x)
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         with timed() as t:
             planes, state = _to_planes(rgb.to(dev), space)
             if mode == "high_boost":
@@ -150,9 +134,9 @@ class RestoreKitFrequencySeparate:
     def separate(self, image, sigma=4.0, scale=0.5, device="auto"):
         from ..scripts import frequency as fq
 
-        x, notes = _prepare(image)
+        x, notes = prepare_image(image)
         rgb, alpha = split_alpha(x)
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         with timed() as t:
             planes = rgb.to(dev).permute(0, 3, 1, 2)
             low, high = fq.separate(planes, sigma=sigma, scale=scale)
@@ -194,7 +178,7 @@ class RestoreKitFrequencyCombine:
     def combine(self, low, high, scale=0.5, detail=1.0, device="auto"):
         from ..scripts import frequency as fq
 
-        lo, notes = _prepare(low, "low")
+        lo, notes = prepare_image(low, "low")
         hi = check_image(high, "high")
         lo_rgb, alpha = split_alpha(lo)
         hi_rgb, _ = split_alpha(hi)
@@ -216,7 +200,7 @@ class RestoreKitFrequencyCombine:
                     alpha = alpha.expand(n, *alpha.shape[1:])
             else:
                 raise ValueError(f"batch sizes differ: low {bl}, high {bh}")
-        dev, dev_note = _device(device)
+        dev, dev_note = resolve_device(device)
         with timed() as t:
             out = fq.combine(lo_rgb.to(dev), hi_rgb.to(dev), scale=scale, detail=detail)
             out = _finish(out, alpha)

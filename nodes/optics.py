@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ._common import (
+    resolve_device,
     CATEGORY_ROOT,
     DEVICE_INPUT,
     bool_input,
@@ -25,19 +26,6 @@ PSF_TYPE = "RESTOREKIT_PSF"
 
 
 # --- shared helpers ------------------------------------------------------------------------------
-def _resolve_device(device: str):
-    """(torch.device, note).  auto/gpu use the host's device (ComfyUI's inside ComfyUI); gpu without
-    one falls back to the CPU with a note instead of failing."""
-    from ..scripts.runtime import get_runtime
-
-    if device == "cpu":
-        return torch.device("cpu"), "cpu (requested)"
-    dev = torch.device(get_runtime().default_device())
-    if dev.type == "cpu":
-        return dev, "cpu (no GPU available)" if device == "gpu" else "cpu"
-    return dev, str(dev)
-
-
 def _deconvolve_batch(image: torch.Tensor, kernels, opts: dict, device: str):
     """Deconvolve every image of a checked batch (alpha kept).  ``kernels``: one 2D kernel or a list
     (one per image).  Returns (IMAGE, list of reports, device note)."""
@@ -45,7 +33,7 @@ def _deconvolve_batch(image: torch.Tensor, kernels, opts: dict, device: str):
     from ..scripts.runtime import get_runtime
 
     rt = get_runtime()
-    dev, note = _resolve_device(device)
+    dev, note = resolve_device(device)
     rgb, alpha = split_alpha(image)
     # memory plan: ~12 float32 buffers of the padded size per channel at once (RL), checked against
     # the free memory of the device; GPU -> CPU, then one channel at a time, then a clear error

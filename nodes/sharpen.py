@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    prepare_image,
     CATEGORY_ROOT,
     bool_input,
     choice_input,
@@ -61,7 +62,6 @@ class RestoreKitSmartSharpen:
     def sharpen(self, image, amount=0.0, radius=0.0, noise_sigma=0.0, threshold=1.0,
                 edge_adaptive=True, halo=0.0, space="oklab"):
         from ..scripts import sharpen as sh
-        from .denoise import prepare_image
 
         x, notes = prepare_image(image)
         rgb, alpha = split_alpha(x)

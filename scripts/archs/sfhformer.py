@@ -32,8 +32,8 @@ the Fourier unit) are kept so that the checkpoints load strictly; they do not en
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Dict, Mapping, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Tuple
 
 import torch
 from torch import nn

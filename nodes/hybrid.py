@@ -121,6 +121,7 @@ class RestoreKitDamageAnalysis:
     RETURN_TYPES = ("STRING", "STRING", "STRING")
     RETURN_NAMES = ("features", "severity", "info")
     FUNCTION = "analyse"
+    OUTPUT_NODE = True  # shows its report in the UI and runs even with nothing connected
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -155,7 +156,7 @@ class RestoreKitDamageAnalysis:
             "estimated by": results[0]["quality_source"],
             "seconds": t["seconds"],
         })
-        return (features, severity, info)
+        return {"ui": {"text": [info + "\nfeatures:\n" + features]}, "result": (features, severity, info)}
 
 
 NODE_CLASS_MAPPINGS = {

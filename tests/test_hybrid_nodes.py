@@ -67,11 +67,13 @@ def test_bad_inputs_give_clear_errors(batch):
 
 
 def test_damage_analysis_node(batch):
-    feats, severity, info = nodes.RestoreKitDamageAnalysis().analyse(batch, 28.0, 24.0)
+    out = nodes.RestoreKitDamageAnalysis().analyse(batch, 28.0, 24.0)
+    assert nodes.RestoreKitDamageAnalysis.OUTPUT_NODE and "features:" in out["ui"]["text"][0]
+    feats, severity, info = out["result"]
     data = json.loads(feats)
     assert len(data) == 2 and len(data[0]["features"]) == 14
     assert severity.count(",") == 1 and "quality estimate" in info
-    one, sev1, _ = nodes.RestoreKitDamageAnalysis().analyse(batch[:1], 80.0, 5.0)
+    one, sev1, _ = nodes.RestoreKitDamageAnalysis().analyse(batch[:1], 80.0, 5.0)["result"]
     assert json.loads(one)["severity"] == "moderate" == sev1  # thresholds as configured
 
 

@@ -14,7 +14,7 @@ loaded only through ``load_joblib`` (hash-checked, only from the pack's ``models
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 

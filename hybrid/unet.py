@@ -190,23 +190,10 @@ def load_keras_h5(path: str, device: str = "auto") -> "ModelHandle":  # noqa: F8
     """
     if not os.path.isfile(path):
         raise ValueError(f"Keras model file '{path}' does not exist")
-    tf = None
-    tf_device, note = "cpu", "tensorflow not installed"
-    try:
-        from ..scripts import memory_utils
+    from ..scripts.memory_utils import configure_tensorflow
 
-        cfg = getattr(memory_utils, "configure_tensorflow", None)
-        if cfg is not None:
-            tf, tf_device, note = cfg(device)
-    except ImportError:
-        pass
-    if tf is None:
-        try:  # configure_tensorflow absent: probe directly
-            import tensorflow as tf  # type: ignore  # noqa: F811
-            tf_device = "/CPU:0" if device == "cpu" else ("/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0")
-            note = "tensorflow"
-        except Exception:
-            tf = None
+    # memory growth and device choice happen before TensorFlow allocates anything
+    tf, tf_device, note = configure_tensorflow(device)
     if tf is not None:
         try:
             model = tf.keras.models.load_model(path, compile=False)

@@ -38,3 +38,15 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, then the previous count: tiny networks and training loops run
+    faster on one thread than with an OpenMP pool spinning on a small shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from restorekit.hybrid import damage, engine, unet
+from restorekit.hybrid import damage, unet
 from restorekit.hybrid.engine import HybridRestorer, Thresholds
 
 

@@ -1,18 +1,11 @@
 """The shipped hybrid models load (hash-checked) and beat the identity on held-out test images."""
-import numpy as np
 import pytest
-import torch
 
 from restorekit.hybrid import analysis, damage, engine, unet
 from restorekit.hybrid.predictor import Predictor, psnr
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

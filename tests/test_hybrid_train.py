@@ -10,13 +10,7 @@ from restorekit.hybrid import classical, damage, predictor, train, unet
 from restorekit.scripts.shipped_models import ShippedModelError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """torch's thread pool spins badly on a shared 2-core machine; tiny nets run best on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ssim_torch_matches_skimage(rng):

@@ -1,5 +1,4 @@
 """The pack as ComfyUI sees it: imports under any folder name, and every node's schema is valid."""
-import importlib.util
 import math
 import os
 import subprocess

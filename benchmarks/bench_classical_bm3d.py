@@ -2,7 +2,9 @@
 
 Time is CPU time of this process (``time.process_time``, all threads): on the shared 2-core
 machine other jobs stretch wall time by ±20 % between runs, CPU time much less.  Wall time is
-printed as well.
+printed as well.  BLAS/OpenMP pools are limited to one thread (``threadpoolctl``) during the
+timings: with two threads the CPU time of the same bm3d call varied by ±4 % between runs (spin
+waits), which is as large as the overhead being measured.
 
 Sizes: 256×256 grey and 192×192 RGB (bm3d needs 10–16 s for 512² grey on 2 cores, so larger
 sizes make the run long without changing the ratio).  Each measurement is the best of ``--repeat``
@@ -79,13 +81,20 @@ def main(argv=None):
         cases.append((f"{name} grain PSD", lambda z=z32, c=call, p=est: c(z, p),
                       lambda t=t_img: node.denoise(t, noise_model="grain spectrum (estimated)")))
     ok_all = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # comes with scikit-learn; without it the pools keep their size
+        import contextlib
+
+        threadpool_limits = lambda **_: contextlib.nullcontext()  # noqa: E731
     for label, direct, via_node in cases:
         direct()  # warm-up (imports, first-call costs)
         via_node()
         t_direct, t_node = [], []
-        for _ in range(args.repeat):  # interleave so load changes hit both alike
-            t_direct.append(measure(direct))
-            t_node.append(measure(via_node))
+        with threadpool_limits(limits=1):
+            for _ in range(args.repeat):  # interleave so load changes hit both alike
+                t_direct.append(measure(direct))
+                t_node.append(measure(via_node))
         d, n = min(t[0] for t in t_direct), min(t[0] for t in t_node)
         dw, nw = min(t[1] for t in t_direct), min(t[1] for t in t_node)
         ratio = n / d

@@ -111,7 +111,7 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
         for lname, xin in layouts.items():
             t_best, m_best = float("inf"), float("inf")
             for _ in range(repeat):
-                with MemoryMonitor() as mon:
+                with MemoryMonitor(collect=True) as mon:
                     t0 = time.perf_counter()
                     with torch.inference_mode():
                         y = handle.module(xin)
@@ -130,7 +130,7 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
         for _ in range(repeat):
             if not warm:  # cold: file read, network build and the runner's memory probe are timed too
                 model_zoo.clear_cache()
-            with MemoryMonitor() as mon:
+            with MemoryMonitor(collect=True) as mon:
                 t0 = time.perf_counter()
                 out, info = node.restore(image, fname, "cpu", **kwargs)
                 best_t = min(best_t, time.perf_counter() - t0)

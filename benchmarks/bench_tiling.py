@@ -86,7 +86,7 @@ def run_one(method: str, width: int, height: int) -> dict:
     with torch.inference_mode():  # warm up kernels outside the measurement
         net(torch.rand(1, 3, 64, 64))
     info = {}
-    with mu.MemoryMonitor(interval_s=0.002) as mon:
+    with mu.MemoryMonitor(interval_s=0.002, collect=True) as mon:
         t0 = time.perf_counter()
         if method == "ours":
             handle = ModelHandle(net, "ESRGAN-small", scale=4, min_overlap=32)

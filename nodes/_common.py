@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..scripts.finite import all_finite
+
 CATEGORY_ROOT = "RestoreKit"
 
 #: the largest image side the pack accepts (px); bigger inputs get a clear error, not a crash
@@ -97,9 +99,8 @@ def check_image(image: Any, name: str = "image", channels: Iterable[int] = (1, 3
     if not image.is_floating_point():
         image = image.float() / (255.0 if image.dtype == torch.uint8 else 1.0)
     image = image.float()
-    finite = torch.isfinite(image)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not all_finite(image):
+        bad = int((~torch.isfinite(image)).sum())
         if nan == "error":
             raise ValueError(f"{name}: {bad} pixel value(s) are NaN or infinite")
         image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)

@@ -234,8 +234,10 @@ def predict_params(plane: np.ndarray, bundle=None) -> Tuple[float, int]:
     """Predicted (clip limit, grid) for a float plane 0..1 ``[H,W]``."""
     if bundle is None:
         bundle = load_predictor()
+    from .forest import predict
+
     x = features(plane)[None, :]
-    c, g = np.asarray(bundle["model"].predict(x), dtype=np.float64).reshape(-1)[:2]
+    c, g = predict(bundle["model"], x).reshape(-1)[:2]
     return decode_params(c, g)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import memory_utils as mu
+from .finite import all_finite
 from .model_handle import ModelHandle
 from .runtime import get_runtime
 from .tiling import count_tiles, tiled_inference
@@ -116,7 +117,7 @@ def _check_input(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected 1, 3 or 4 channels, got {image.shape[-1]}")
     if min(image.shape[:3]) == 0:
         raise ValueError(f"the image is empty (shape {tuple(image.shape)})")
-    if not bool(torch.isfinite(image).all()):
+    if not all_finite(image):
         raise ValueError("the image contains NaN or infinite values")
     return image.to("cpu", torch.float32).contiguous()
 
@@ -145,7 +146,7 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
             f"the output ({b}x{h * s}x{w * s}x{c} float32) needs {mu.format_bytes(out_bytes)} of RAM "
             f"but only {mu.format_bytes(ram_free)} is free: use a smaller image or a smaller scale"
         )
-    out = torch.empty((b, h * s, w * s, c), dtype=torch.float32)
+    out: Optional[torch.Tensor] = None  # allocated only when tiles, a batch or alpha need a buffer
     forward, _ = _channel_forward(handle, rgb_c)
     floor = max(FALLBACK_MIN_TILE if min_tile is None else int(min_tile), handle.size_multiple, handle.min_size)
 
@@ -169,14 +170,21 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                 report.device, report.precision, report.plan = str(dev), pname, plan.describe()
                 report.tile, report.overlap, report.tiles = cur_tile, plan.overlap if cur_tile else 0, n_tiles
                 bar = runtime.progress(b * n_tiles, f"{handle.arch}") if progress else None
+                whole = b == 1 and c != 4 and (cur_tile is None or (cur_tile >= h and cur_tile >= w))
+                if out is None and not whole:
+                    out = torch.empty((b, h * s, w * s, c), dtype=torch.float32)
                 try:
-                    tiled_inference(
+                    res = tiled_inference(
                         forward, image[..., :rgb_c], scale=s, out_channels=rgb_c, tile=cur_tile,
                         overlap=plan.overlap, size_multiple=handle.size_multiple, min_size=handle.min_size,
-                        pad_mode=handle.pad_mode, device=dev, dtype=dtype, out=out[..., :rgb_c],
+                        pad_mode=handle.pad_mode, device=dev, dtype=dtype,
+                        out=None if whole else out[..., :rgb_c],
                         on_tile=(lambda: bar.update(1)) if bar is not None else None,
                         check_interrupt=runtime.check_interrupt, clamp=handle.clamp,
                     )
+                    if whole:  # the network's own output is the result: no second buffer
+                        out = res
+                    del res
                 finally:
                     if bar is not None:
                         bar.close()
@@ -189,7 +197,7 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                 kind = type(exc).__name__
                 where = "whole image" if cur_tile is None else f"tile {cur_tile}px"
                 del exc
-                mu.cleanup(dev)
+                mu.cleanup(dev, after_oom=True)
                 if cur_tile is None:
                     nxt = mu.round_to_multiple(max(h, w) // 2, handle.size_multiple)
                 else:
@@ -201,12 +209,12 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                 if dev.type != "cpu":
                     report.steps.append(f"out of memory ({kind}) on {dev} at {where}: moving to cpu")
                     handle.to("cpu", torch.float32)
-                    mu.cleanup(dev)
+                    mu.cleanup(dev, after_oom=True)
                     dev, forced_tile = torch.device("cpu"), requested_tile
                     continue
                 report.steps.append(f"out of memory ({kind}) on cpu at {where}: no smaller tile left")
                 handle.to("cpu", torch.float32)
-                mu.cleanup(dev)
+                mu.cleanup(dev, after_oom=True)
                 raise mu.OutOfMemoryError(
                     f"{handle.arch} ran out of memory even at the smallest tile ({floor}px) on the cpu. "
                     f"Steps: " + "; ".join(report.steps), report.steps

@@ -31,6 +31,7 @@ checked against the exact DCT-domain blur (:func:`gaussian_blur_exact`) to well 
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable, Sequence, Tuple
 
 import numpy as np
@@ -343,7 +344,9 @@ def _retinex_strips(img: np.ndarray, mode: str, sigmas, low_clip, high_clip, alp
     colour_restore = mode == "MSRCR" and c == 3
     log_alpha = np.float32(math.log(alpha))
     r = np.empty((k, h, w), np.float32)
-    for y0 in range(0, h, strip):
+    starts = range(0, h, strip)
+
+    def retinex_rows(y0: int) -> None:
         y1 = min(h, y0 + strip)
         blk = img[y0:y1]
         chans = [blk[..., i] for i in range(c)]
@@ -366,6 +369,8 @@ def _retinex_strips(img: np.ndarray, mode: str, sigmas, low_clip, high_clip, alp
                 out *= lv
                 if beta < 0:
                     np.negative(out, out=out)
+
+    _for_each_strip(retinex_rows, starts)
     bounds = []
     for i in range(k):
         lo, hi = balance_bounds(r[i], low_clip, high_clip)
@@ -375,7 +380,8 @@ def _retinex_strips(img: np.ndarray, mode: str, sigmas, low_clip, high_clip, alp
     if intensity and bounds[0] is None:
         return img.copy()
     res = np.empty_like(img)
-    for y0 in range(0, h, strip):
+
+    def balance_rows(y0: int) -> None:
         y1 = min(h, y0 + strip)
         balanced = []
         for i in range(k):
@@ -404,7 +410,24 @@ def _retinex_strips(img: np.ndarray, mode: str, sigmas, low_clip, high_clip, alp
             import cv2
 
             cv2.merge(balanced, dst=res[y0:y1])
+
+    _for_each_strip(balance_rows, starts)
     return res
+
+
+def _for_each_strip(fn, starts) -> None:
+    """Run ``fn(y0)`` for every strip; strips write disjoint rows, so with more than one core they
+    run on a small thread pool (numpy and OpenCV release the GIL on arrays this size)."""
+    workers = min(4, os.cpu_count() or 1, len(starts))
+    if workers <= 1:
+        for y0 in starts:
+            fn(y0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(fn, y0) for y0 in starts]:
+            f.result()
 
 
 def retinex(image, mode: str = "MSRCR", sigmas: Sequence[float] = DEFAULT_SIGMAS,

@@ -118,17 +118,24 @@ def tiled_inference(
     ``[1, C_in, h, w]`` on ``device`` in ``dtype`` and returns ``[1, C_out, h*scale, w*scale]``.
     Returns (and fills ``out`` when given) ``[B, H*scale, W*scale, C_out]`` float32 on the CPU.
     ``tile=None`` (or a tile covering the image) runs the whole image at once.
+
+    With ``out=None``, one image and no tiling, the network's own output is returned (as a
+    ``[1, H', W', C]`` view when it is channels-last, which mkldnn produces from a channel-last
+    IMAGE): no second output-sized buffer is allocated, so peak memory equals the bare network call.
     """
     b, h, w, _c = image.shape
     s = int(scale)
+    if tile is not None and tile >= h and tile >= w:
+        tile = None
+    if out is None and tile is None and b == 1:
+        return _whole_image(forward, image, s, out_channels, size_multiple, min_size, pad_mode, device,
+                            dtype, on_tile, check_interrupt, clamp)
     if out is None:
         out = torch.zeros((b, h * s, w * s, out_channels), dtype=torch.float32)
     else:
         if tuple(out.shape) != (b, h * s, w * s, out_channels):
             raise ValueError(f"output buffer has shape {tuple(out.shape)}, expected {(b, h * s, w * s, out_channels)}")
         out.zero_()
-    if tile is not None and tile >= h and tile >= w:
-        tile = None
     ys = tile_starts(h, tile, overlap) if tile else [0]
     xs = tile_starts(w, tile, overlap) if tile else [0]
     th = tile if tile else h
@@ -163,3 +170,34 @@ def tiled_inference(
                 if on_tile is not None:
                     on_tile()
     return out
+
+
+def _whole_image(forward, image, s, out_channels, size_multiple, min_size, pad_mode, device, dtype,
+                 on_tile, check_interrupt, clamp) -> torch.Tensor:
+    """One image, no tiles, no preallocated buffer: returns ``[1, H*s, W*s, C]`` float32 on the CPU.
+
+    Runs under ``no_grad`` rather than ``inference_mode`` so that the returned tensor is an ordinary
+    one (downstream nodes may update it in place outside inference mode).
+    """
+    _b, h, w, _c = image.shape
+    if check_interrupt is not None:
+        check_interrupt()
+    piece = image.permute(0, 3, 1, 2).to(device=device, dtype=dtype, non_blocking=True)
+    piece, _ph, _pw = pad_to_multiple(piece, size_multiple, min_size, pad_mode)
+    with torch.no_grad():
+        result = forward(piece)
+    del piece
+    if result.ndim != 4 or result.shape[0] != 1 or result.shape[1] != out_channels:
+        raise ValueError(f"the network returned shape {tuple(result.shape)}, expected [1, {out_channels}, H, W]")
+    result = result[..., : h * s, : w * s].permute(0, 2, 3, 1)
+    if result.device.type != "cpu" or result.dtype != torch.float32:
+        result = result.to("cpu", torch.float32)
+    if result.untyped_storage().data_ptr() == image.untyped_storage().data_ptr():
+        result = result.clone(memory_format=torch.contiguous_format)  # never hand back the caller's image
+    elif not result.is_contiguous():
+        result = result.contiguous()  # one copy; the network's own output is then freed
+    if clamp:
+        result.clamp_(0.0, 1.0)
+    if on_tile is not None:
+        on_tile()
+    return result

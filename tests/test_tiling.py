@@ -92,3 +92,35 @@ def test_identity_network_never_modifies_the_input():
     out = tiled_inference(torch.nn.Identity(), image, scale=1, out_channels=3, tile=None)
     assert torch.equal(image, before)
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_whole_image_result_is_the_network_output_not_a_copy():
+    """One image, no tiles: the runner hands back the network's own (channels-last) output, so the
+    peak memory is that of the bare call (issue 5's RSS goal) and values are clamped in place."""
+    seen = {}
+
+    def forward(x):
+        y = (x * 3.0 - 1.0).contiguous(memory_format=torch.channels_last)
+        seen["ptr"] = y.untyped_storage().data_ptr()
+        return y
+
+    img = torch.rand(1, 37, 53, 3, generator=torch.Generator().manual_seed(0))
+    out = tiled_inference(forward, img, scale=1, out_channels=3, tile=None)
+    assert out.untyped_storage().data_ptr() == seen["ptr"]
+    assert out.shape == (1, 37, 53, 3) and out.is_contiguous() and not out.is_inference()
+    torch.testing.assert_close(out, (img * 3.0 - 1.0).clamp(0, 1))
+    # an NCHW output is copied once into a contiguous IMAGE with the same values
+    out2 = tiled_inference(lambda x: (x * 3.0 - 1.0).contiguous(), img, scale=1, out_channels=3, tile=None)
+    assert out2.is_contiguous()
+    torch.testing.assert_close(out2, out)
+
+
+def test_runner_whole_image_with_identity_network_returns_a_new_tensor():
+    img = torch.rand(1, 40, 40, 3, generator=torch.Generator().manual_seed(1)) * 1.5
+    before = img.clone()
+    h = ModelHandle(module=torch.nn.Identity(), arch="identity")
+    out, rep = run_model(h, img, device="cpu", progress=False)
+    assert rep.tile is None
+    assert out.untyped_storage().data_ptr() != img.untyped_storage().data_ptr()
+    torch.testing.assert_close(img, before)
+    torch.testing.assert_close(out, before.clamp(0, 1))

@@ -1,0 +1,28 @@
+"""Fast single-image prediction with a fitted scikit-learn random forest.
+
+``RandomForestRegressor.predict`` validates its input and dispatches every tree through joblib,
+which costs ~0.1 ms per tree even for one sample (≈ 6.5 ms for 60 trees, as much as the feature
+extraction of a 4K image).  :func:`predict` averages the trees' own ``tree_.predict`` directly,
+which is what scikit-learn computes (the mean of the trees' leaf values), in ~0.3 ms.  Anything
+that is not a fitted forest of regression trees goes through its own ``predict``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def predict(model, X) -> np.ndarray:
+    """``model.predict(X)`` for a fitted forest regressor, computed tree by tree without joblib.
+
+    ``X``: ``[n, n_features]``.  Returns ``[n]`` (one output) or ``[n, n_outputs]``, float64,
+    equal to ``model.predict(X)`` (the trees' mean; tested against it).
+    """
+    trees = getattr(model, "estimators_", None)
+    if not trees or not all(hasattr(t, "tree_") for t in trees) or getattr(model, "n_outputs_", None) is None:
+        return np.asarray(model.predict(X), np.float64)
+    x = np.ascontiguousarray(np.asarray(X, np.float32).reshape(len(X), -1))
+    acc = np.zeros((x.shape[0], model.n_outputs_), np.float64)
+    for t in trees:
+        acc += t.tree_.predict(x).reshape(x.shape[0], model.n_outputs_)
+    acc /= len(trees)
+    return acc[:, 0] if model.n_outputs_ == 1 else acc

@@ -1,0 +1,38 @@
+"""scripts/forest.predict must equal scikit-learn's own forest prediction (its reference)."""
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_forest_predict_equals_sklearn(pack, rng, n_outputs):
+    from sklearn.ensemble import RandomForestRegressor
+
+    from restorekit.scripts import forest
+
+    X = rng.normal(size=(200, 5))
+    Y = np.stack([np.sin(X[:, 0]) + X[:, k % 5] ** 2 for k in range(n_outputs)], axis=1)
+    Y = Y[:, 0] if n_outputs == 1 else Y
+    m = RandomForestRegressor(n_estimators=7, max_depth=6, random_state=0).fit(X, Y)
+    Xt = rng.normal(size=(9, 5))
+    ours = forest.predict(m, Xt)
+    assert ours.shape == m.predict(Xt).shape
+    np.testing.assert_allclose(ours, m.predict(Xt), rtol=1e-12, atol=1e-12)
+
+
+def test_non_forest_goes_through_its_own_predict(pack, rng):
+    from sklearn.linear_model import LinearRegression
+
+    from restorekit.scripts import forest
+
+    X = rng.normal(size=(30, 3))
+    m = LinearRegression().fit(X, X @ np.array([1.0, -2.0, 0.5]))
+    np.testing.assert_allclose(forest.predict(m, X[:4]), m.predict(X[:4]))
+
+
+def test_shipped_lbclahe_predictor_unchanged(pack):
+    """The shipped LB-CLAHE forest predicts exactly what scikit-learn predicts."""
+    from restorekit.scripts import forest, lbclahe
+
+    b = lbclahe.load_predictor()
+    x = np.random.default_rng(3).uniform(0, 1, (4, len(b["feature_names"])))
+    np.testing.assert_allclose(forest.predict(b["model"], x), b["model"].predict(x), atol=1e-12)

@@ -36,7 +36,7 @@ LEVEL_NAMES = ("light", "moderate", "severe")
 #: train / validation / test split by source image (never by crop)
 SPLITS: Dict[str, Tuple[str, ...]] = {
     "train": ("astronaut", "camera", "coffee", "hubble_deep_field", "retina", "grass", "gravel",
-              "page", "text", "china"),
+              "page", "text", "china", "coins", "immunohistochemistry", "clock", "cell", "motorcycle"),
     "val": ("flower", "moon"),
     "test": ("chelsea", "rocket", "brick"),
 }
@@ -65,7 +65,8 @@ _PAPER = np.array([0.93, 0.89, 0.80], np.float32)  # aged paper tone, sRGB
 def load_source(name: str, max_side: Optional[int] = 384) -> np.ndarray:
     """A clean source image as float32 RGB 0..1, downscaled (area) so its longer side ≤ max_side.
 
-    ``name`` is a ``skimage.data`` function name or ``china`` / ``flower`` (sklearn sample images).
+    ``name`` is a ``skimage.data`` function name, ``motorcycle`` (the left view of
+    ``skimage.data.stereo_motorcycle``) or ``china`` / ``flower`` (sklearn sample images).
     Greyscale sources are replicated to three channels.
     """
     if name in ("china", "flower"):
@@ -77,7 +78,7 @@ def load_source(name: str, max_side: Optional[int] = 384) -> np.ndarray:
 
         if name not in ALL_SOURCES:
             raise ValueError(f"unknown source image '{name}' (expected one of {ALL_SOURCES})")
-        arr = getattr(skimage.data, name)()
+        arr = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)

@@ -163,7 +163,9 @@ class HybridRestorer:
             p = dict(p, why="predictor unavailable: rule-based parameters")
             return out, p
         p = pred.predict(feats)
-        p["why"] = "random forest: grid combination with the highest predicted PSNR gain"
+        p["why"] = ("random forest: no grid combination is predicted to gain, image left unchanged"
+                    if p.get("no_change") else
+                    "random forest: grid combination with the highest predicted PSNR gain")
         return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
 
     def _deep(self, rgb) -> Tuple[np.ndarray, Dict[str, object]]:

@@ -5,7 +5,9 @@ to the damaged image and scored by PSNR against the clean one.  The model (sciki
 ``RandomForestRegressor``, multi-output, after a ``StandardScaler`` on the 14 features of
 :mod:`.analysis`) predicts 41 numbers: the PSNR *gain* (dB) of each of the 40 combinations over the
 damaged input, and the input's own PSNR (dB) against its unknown clean original — the engine's
-quality estimate.  At inference the combination with the highest predicted gain is applied.
+quality estimate.  At inference the combination with the highest predicted gain is applied, or
+nothing at all ("no change") when no combination is predicted to gain (best gain ≤ 0 dB): on lightly
+damaged images every sharpening / stretch of the grid tends to lower PSNR.
 
 The bundle (scaler, forest, grid, feature names, metadata) is saved with
 ``scripts.shipped_models.save_joblib`` to ``models/hybrid/predictor.joblib`` with its sha256, and
@@ -22,6 +24,8 @@ from . import analysis, classical
 
 RELPATH = "hybrid/predictor.joblib"
 BUNDLE_VERSION = 1
+#: the ML-guided method leaves the image unchanged when the best predicted gain is at most this (dB)
+NO_CHANGE_BELOW_DB = 0.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,13 +64,13 @@ def _targets(data: Dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fit(data: Dict[str, np.ndarray], n_estimators: int = 200, max_depth: Optional[int] = 12,
-        seed: int = 0) -> Dict[str, object]:
+        seed: int = 0, min_samples_leaf: int = 2) -> Dict[str, object]:
     """Fit scaler + forest on a dataset from :func:`build_dataset`; returns the bundle dict."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(data["X"])
-    forest = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, min_samples_leaf=2,
+    forest = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, min_samples_leaf=min_samples_leaf,
                                    random_state=seed, n_jobs=1)
     forest.fit(scaler.transform(data["X"]), _targets(data))
     return {"version": BUNDLE_VERSION, "scaler": scaler, "forest": forest,
@@ -92,6 +96,8 @@ def cross_validate(data: Dict[str, np.ndarray], folds: int = 5, **fit_kw) -> Dic
         pred[te] = b["forest"].predict(b["scaler"].transform(data["X"][te]))
     chosen = pred[:, :-1].argmax(axis=1)
     rows = np.arange(len(chosen))
+    keep = pred[rows, chosen] <= NO_CHANGE_BELOW_DB  # the "no change" choice of Predictor.predict
+    with_no_change = np.where(keep, data["q"], data["S"][rows, chosen])
     rule = []
     for x in data["X"]:
         p = classical.rule_parameters(dict(zip(analysis.FEATURE_NAMES, x)))
@@ -102,6 +108,8 @@ def cross_validate(data: Dict[str, np.ndarray], folds: int = 5, **fit_kw) -> Dic
         "quality_mae_db": float(np.mean(np.abs(T[:, -1] - pred[:, -1]))),
         "psnr_input": float(data["q"].mean()),
         "psnr_predicted_combo": float(data["S"][rows, chosen].mean()),
+        "psnr_predicted_or_no_change": float(with_no_change.mean()),
+        "no_change_fraction": float(keep.mean()),
         "psnr_oracle_combo": float(data["S"].max(axis=1).mean()),
         "psnr_rule_combo": float(data["S"][rows, np.array(rule)].mean()),
         "n": int(len(T)),
@@ -142,17 +150,28 @@ class Predictor:
         return cls(load_joblib(relpath, **({"models_dir": models_dir} if models_dir else {})), relpath)
 
     def _predict(self, features: Dict[str, float]) -> np.ndarray:
+        from ..scripts.forest import predict
+
         x = analysis.feature_vector(features)[None]
-        return self.bundle["forest"].predict(self.bundle["scaler"].transform(x))[0]
+        return predict(self.bundle["forest"], self.bundle["scaler"].transform(x))[0]
 
     def predict(self, features: Dict[str, float]) -> Dict[str, object]:
-        """Best grid combination and the quality estimate for an :func:`analysis.analyze` result."""
+        """Best grid combination and the quality estimate for an :func:`analysis.analyze` result.
+
+        When no combination is predicted to gain more than :data:`NO_CHANGE_BELOW_DB`, the answer
+        is "no change" (``colour_correction`` False, ``strength`` 0, ``no_change`` True).
+        """
         y = self._predict(features)
         gains = y[:-1]
         i = int(np.argmax(gains))
         colour, sigma, strength = self.bundle["grid"][i]
-        return {"colour_correction": bool(colour), "sigma": float(sigma), "strength": float(strength),
-                "predicted_gain_db": float(gains[i]), "quality_db": float(y[-1])}
+        out = {"colour_correction": bool(colour), "sigma": float(sigma), "strength": float(strength),
+               "predicted_gain_db": float(gains[i]), "quality_db": float(y[-1]), "no_change": False}
+        if gains[i] <= NO_CHANGE_BELOW_DB:
+            out.update(colour_correction=False, strength=0.0, no_change=True,
+                       best_combination={"colour_correction": bool(colour), "sigma": float(sigma),
+                                         "strength": float(strength)})
+        return out
 
     def quality_db(self, features: Dict[str, float]) -> float:
         """Estimated PSNR (dB) of the image against its undamaged original."""

@@ -1,7 +1,9 @@
 """Training of the hybrid restorer's models: the U-Net, the parameter predictor, and ``retrain_all``.
 
 U-Net: pairs are generated on the fly from the training sources (:mod:`.damage`): a random crop
-of a clean source (random flips and 90° rotations) is damaged at a random level.  Loss
+of a clean source (random flips and 90° rotations) is damaged at a random level; a fraction
+``clean_fraction`` of the crops is left undamaged (target = input), so the network learns to leave
+intact images alone instead of "restoring" every low-contrast image as if it were faded.  Loss
 ``MSE + ssim_weight · (1 − SSIM)`` (SSIM of Wang et al. 2004 with an 11-tap Gaussian window,
 sigma 1.5), Adam, gradient-norm clipping, ``ReduceLROnPlateau`` on the validation loss (fixed validation pairs from the
 validation sources) and early stopping.  Everything is seeded: the same arguments give the same
@@ -23,9 +25,9 @@ import torch.nn.functional as F
 
 from . import damage
 
-UNET_DEFAULTS = dict(base=16, crop=64, batch=12, steps=4000, lr=1e-3, ssim_weight=0.2,
-                     eval_every=250, patience=8, lr_patience=3, seed=0, train_sides=(256, 384),
-                     val_side=128, val_per_level=3, clip_grad=0.5)
+UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=14000, lr=1e-3, ssim_weight=0.2,
+                     eval_every=500, patience=10, lr_patience=3, seed=0, train_sides=(256, 384),
+                     val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15)
 QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
                   train_sides=(128,), val_side=64, val_per_level=1)
 
@@ -121,6 +123,8 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
         for _ in range(cfg["batch"]):
             src = pool[int(rng.integers(0, len(pool)))]
             c, d, _ = damage.random_crop_pair(src, rng, cfg["crop"])
+            if rng.random() < cfg["clean_fraction"]:
+                d = c
             xs.append(d)
             ys.append(c)
         # apply one joint augmentation to both crops of each pair
@@ -177,8 +181,8 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
 
 
 # --- predictor ---------------------------------------------------------------------------------------
-PREDICTOR_DEFAULTS = dict(per_level=6, max_sides=(192, 288), n_estimators=200, max_depth=12, folds=5,
-                          seed=0)
+PREDICTOR_DEFAULTS = dict(per_level=6, max_sides=(192, 288), n_estimators=100, max_depth=12, folds=5,
+                          seed=0, min_samples_leaf=3)
 QUICK_PREDICTOR = dict(per_level=1, max_sides=(96,), n_estimators=10, max_depth=4, folds=2)
 
 
@@ -202,7 +206,8 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
                                    base_seed=100 + i + cfg["seed"])
     log(f"[predictor] {len(pairs)} training pairs from {len(sources)} sources")
     data = predictor.build_dataset(pairs, log=log)
-    fit_kw = dict(n_estimators=cfg["n_estimators"], max_depth=cfg["max_depth"], seed=cfg["seed"])
+    fit_kw = dict(n_estimators=cfg["n_estimators"], max_depth=cfg["max_depth"], seed=cfg["seed"],
+                  min_samples_leaf=cfg.get("min_samples_leaf", 2))
     cv = predictor.cross_validate(data, folds=cfg["folds"], **fit_kw)
     log(f"[predictor] grouped {cv['folds']}-fold CV: " + ", ".join(
         f"{k} {v:.3f}" for k, v in cv.items() if isinstance(v, float)))
@@ -220,7 +225,8 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
 # --- everything -----------------------------------------------------------------------------------------
 def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Callable[[str], None] = print,
                 include_lbclahe: bool = True, unet_minutes: Optional[float] = None) -> Dict[str, object]:
-    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, LB-CLAHE predictor.
+    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, LB-CLAHE predictor,
+    then calibrate the engine's severity thresholds with the new predictor and U-Net.
 
     ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
     as the shipped models.  ``models_dir``: write there instead of the pack's ``models/``.
@@ -230,14 +236,17 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     res = train_predictor(models_dir=models_dir, log=log, **(QUICK_PREDICTOR if quick else {}))
     results["predictor"] = {k: v for k, v in res.items() if k != "bundle"}
     from .predictor import Predictor
+    from .unet import handle_from_module
 
-    results["thresholds"] = calibrate_thresholds(Predictor(res["bundle"]), per_level=1 if quick else 10,
-                                                 max_side=96 if quick else 256, log=log)
-    log("[retrain] the engine's default Thresholds (hybrid/engine.py) should equal the calibrated values")
+    pred = Predictor(res["bundle"])
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
     results["unet"] = {k: v for k, v in res.items() if k not in ("model", "history")}
+    results["thresholds"] = calibrate_thresholds(pred, handle_from_module(res["model"]),
+                                                 per_level=1 if quick else 10,
+                                                 max_side=96 if quick else 256, log=log)
+    log("[retrain] the engine's default Thresholds (hybrid/engine.py) should equal the calibrated values")
     if include_lbclahe:
         try:
             from ..scripts import lbclahe_train
@@ -250,28 +259,45 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     return results
 
 
-def calibrate_thresholds(pred=None, per_level: int = 10, max_side: int = 256,
-                         log: Callable[[str], None] = print) -> Dict[str, float]:
-    """Severity thresholds (dB) that best separate the generator's levels on the validation split.
+def calibrate_thresholds(pred=None, unet=None, per_level: int = 10, max_side: int = 256,
+                         log: Callable[[str], None] = print, step_db: float = 0.25) -> Dict[str, float]:
+    """Severity thresholds (dB) chosen on the validation split for the best restoration.
 
-    The predictor's quality estimate is computed for every validation pair; the pair
-    ``(light_min_db, severe_max_db)`` on a 0.25 dB grid maximising the balanced accuracy of
-    light / moderate / severe is returned.  These are the engine's defaults (:class:`.engine.Thresholds`).
+    Every validation pair is restored by each of the three methods (rule-based classical,
+    ML-guided, U-Net) and its quality estimate ``q`` is computed.  The pair
+    ``(light_min_db, severe_max_db)`` on a ``step_db`` grid that maximises the mean PSNR of the
+    ``auto`` routing (``q ≥ light`` → classical, ``q < severe`` → U-Net, else ML-guided) is returned;
+    among equal scores the cheapest (fewest U-Net runs) wins.  The balanced accuracy with which those
+    thresholds reproduce the generator's own light / moderate / severe labels is reported too.
+    These are the engine's defaults (:class:`.engine.Thresholds`).
     """
     from . import analysis
+    from .engine import HybridRestorer
+    from .evaluate import psnr
     from .predictor import Predictor
 
     pred = pred or Predictor.load()
+    restorer = HybridRestorer(predictor=pred, unet=unet, device="cpu")
     pairs = damage.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7)
     q = np.array([pred.quality_db(analysis.analyze(p["damaged"])) for p in pairs])
     lv = np.array([damage.LEVEL_NAMES.index(p["level"]) for p in pairs])
-    grid = np.arange(np.floor(q.min()), np.ceil(q.max()) + 0.25, 0.25)
-    best = (-1.0, 0.0, 0.0)
+    methods = ("classical", "ml_guided", "deep_learning")
+    scores = np.array([[psnr(restorer.restore(p["damaged"], m)[0], p["clean"]) for m in methods]
+                       for p in pairs])  # [n, 3] in severity order light / moderate / severe
+    grid = np.arange(np.floor(q.min()) - step_db, np.ceil(q.max()) + 2 * step_db, step_db)
+    best = None
     for hi in grid:
         for lo in grid[grid <= hi]:
             cls = np.where(q >= hi, 0, np.where(q < lo, 2, 1))
-            acc = np.mean([np.mean(cls[lv == k] == k) for k in range(3)])
-            if acc > best[0] + 1e-9:
-                best = (float(acc), float(hi), float(lo))
-    log(f"[calibrate] balanced accuracy {best[0]:.3f} with light >= {best[1]:.2f} dB, severe < {best[2]:.2f} dB")
-    return {"balanced_accuracy": best[0], "light_min_db": best[1], "severe_max_db": best[2], "n": int(len(q))}
+            mean = float(scores[np.arange(len(q)), cls].mean())
+            key = (round(mean, 6), -int(np.sum(cls == 2)))
+            if best is None or key > best[0]:
+                acc = float(np.mean([np.mean(cls[lv == k] == k) for k in range(3) if np.any(lv == k)]))
+                best = (key, float(hi), float(lo), acc, mean)
+    _, hi, lo, acc, mean = best
+    per_method = {m: float(v) for m, v in zip(methods, scores.mean(axis=0))}
+    log(f"[calibrate] auto {mean:.2f} dB on {len(q)} validation pairs (classical {per_method['classical']:.2f}, "
+        f"ml_guided {per_method['ml_guided']:.2f}, U-Net {per_method['deep_learning']:.2f}) with "
+        f"light >= {hi:.2f} dB, severe < {lo:.2f} dB; level balanced accuracy {acc:.3f}")
+    return {"objective": "mean validation PSNR of auto", "auto_psnr_db": mean, "method_psnr_db": per_method,
+            "balanced_accuracy": acc, "light_min_db": hi, "severe_max_db": lo, "n": int(len(q))}

@@ -21,7 +21,12 @@ from ._common import (
     from_numpy,
 )
 
+from ..hybrid.engine import Thresholds
+
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
+#: the engine's calibrated defaults (hybrid/engine.py), the one place they are set
+LIGHT_DB = Thresholds().light_min_db
+SEVERE_DB = Thresholds().severe_max_db
 STRATEGY_HELP = (
     "auto: analyse the damage and route light -> classical, moderate -> ML-guided classical, severe -> U-Net. "
     "classical: colour correction + unsharp mask chosen by rules. ml_guided: parameters predicted by the "
@@ -67,19 +72,19 @@ class RestoreKitHybridRestore:
                 "image": image_input(),
                 "strategy": choice_input(["auto", "classical", "ml_guided", "deep_learning"], STRATEGY_HELP),
                 "light_min_db": float_input(
-                    20.25, 5.0, 60.0, 0.25,
+                    LIGHT_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality (PSNR against the undamaged original, dB, "
                     "predicted from the damage features) is at least this are 'light' -> classical. Default "
-                    "calibrated on the validation split (the estimate runs low: clean-looking photos score ~20-25)."),
+                    "calibrated on the validation split for the best restored PSNR."),
                 "severe_max_db": float_input(
-                    16.0, 5.0, 60.0, 0.25,
+                    SEVERE_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality is below this (dB) are 'severe' -> U-Net; "
                     "between the two thresholds -> ML-guided classical. Must not exceed light_min_db."),
                 "device": DEVICE_INPUT,
             }
         }
 
-    def restore(self, image, strategy="auto", light_min_db=20.25, severe_max_db=16.0, device="auto"):
+    def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto"):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
@@ -128,14 +133,14 @@ class RestoreKitDamageAnalysis:
         return {
             "required": {
                 "image": image_input(),
-                "light_min_db": float_input(20.25, 5.0, 60.0, 0.25,
+                "light_min_db": float_input(LIGHT_DB, 5.0, 60.0, 0.25,
                                             "Estimated quality (dB) at or above which the damage is 'light'."),
-                "severe_max_db": float_input(16.0, 5.0, 60.0, 0.25,
+                "severe_max_db": float_input(SEVERE_DB, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
             }
         }
 
-    def analyse(self, image, light_min_db=20.25, severe_max_db=16.0):
+    def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")

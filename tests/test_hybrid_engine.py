@@ -108,3 +108,35 @@ def test_batch_restore_skips_unreadable_and_never_overwrites(tmp_path, img, iden
     assert os.path.basename(out) == "good_restored_1.png" and os.path.isfile(out)
     with open(res["report"]) as f:
         assert json.load(f)["skipped"] == res["skipped"]
+
+
+def _toy_predictor(gain_db: float, best: int = 7):
+    """A real forest bundle fitted on toy data where combination ``best`` gains ``gain_db`` and the
+    others lose 1 dB more."""
+    from restorekit.hybrid import analysis, classical, predictor
+
+    rng = np.random.default_rng(0)
+    n = 24
+    q = rng.uniform(18, 30, n)
+    S = q[:, None] + gain_db - 1.0 + np.zeros((n, len(classical.GRID)))
+    S[:, best] = q + gain_db
+    data = {"X": rng.normal(size=(n, len(analysis.FEATURE_NAMES))), "S": S, "q": q,
+            "groups": np.array(["a"] * n), "levels": np.array(["light"] * n)}
+    return predictor.Predictor(predictor.fit(data, n_estimators=5, max_depth=3))
+
+
+def test_ml_guided_leaves_the_image_alone_when_nothing_is_predicted_to_gain(img, identity_unet):
+    r = HybridRestorer(predictor=_toy_predictor(-0.5), unet=identity_unet)
+    out, info = r.restore(img, "ml_guided")
+    assert info["parameters"]["no_change"] and info["parameters"]["strength"] == 0.0
+    assert "unchanged" in info["parameters"]["why"]
+    np.testing.assert_array_equal(out, img)
+    r = HybridRestorer(predictor=_toy_predictor(+0.8), unet=identity_unet)
+    out, info = r.restore(img, "ml_guided")
+    from restorekit.hybrid import classical
+
+    c, s, a = classical.GRID[7]
+    p = info["parameters"]
+    assert not p["no_change"] and (p["colour_correction"], p["sigma"], p["strength"]) == (c, s, a)
+    assert p["predicted_gain_db"] == pytest.approx(0.8)
+    assert not np.allclose(out, img)

@@ -9,6 +9,7 @@ Examples::
     restorekit restore old.jpg scan.png -o out/ --strategy deep_learning
     restorekit evaluate -o report/                             # test split: CSV + PNG plots
     restorekit retrain                                         # every shipped model from scratch
+    restorekit calibrate                                       # severity thresholds for the models
     restorekit status
 """
 from __future__ import annotations
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="tiny settings (seconds), for smoke tests")
     t.add_argument("--models-dir", default=None, help="write the models here instead of the pack's models/")
     t.add_argument("--no-lbclahe", action="store_true", help="skip the LB-CLAHE predictor")
+    c = sub.add_parser("calibrate", help="choose the severity thresholds for the shipped (or given) models "
+                                         "on the validation split")
+    c.add_argument("--models-dir", default=None, help="read the models from here instead of the pack's models/")
+    c.add_argument("--per-level", type=int, default=10, help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
     return ap
 
@@ -93,6 +98,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         res = retrain_all(quick=args.quick, models_dir=args.models_dir, include_lbclahe=not args.no_lbclahe)
         print(json.dumps(res, indent=1, default=str))
+        return 0
+    if args.command == "calibrate":
+        from .predictor import Predictor
+        from .train import calibrate_thresholds
+        from .unet import load_shipped
+
+        res = calibrate_thresholds(Predictor.load(models_dir=args.models_dir),
+                                   load_shipped(models_dir=args.models_dir), per_level=args.per_level)
+        print(json.dumps(res, indent=1))
+        print("set these as the defaults of Thresholds in hybrid/engine.py")
         return 0
     if args.command == "status":
         try:

@@ -284,20 +284,39 @@ def calibrate_thresholds(pred=None, unet=None, per_level: int = 10, max_side: in
     methods = ("classical", "ml_guided", "deep_learning")
     scores = np.array([[psnr(restorer.restore(p["damaged"], m)[0], p["clean"]) for m in methods]
                        for p in pairs])  # [n, 3] in severity order light / moderate / severe
-    grid = np.arange(np.floor(q.min()) - step_db, np.ceil(q.max()) + 2 * step_db, step_db)
-    best = None
-    for hi in grid:
-        for lo in grid[grid <= hi]:
-            cls = np.where(q >= hi, 0, np.where(q < lo, 2, 1))
-            mean = float(scores[np.arange(len(q)), cls].mean())
-            key = (round(mean, 6), -int(np.sum(cls == 2)))
-            if best is None or key > best[0]:
-                acc = float(np.mean([np.mean(cls[lv == k] == k) for k in range(3) if np.any(lv == k)]))
-                best = (key, float(hi), float(lo), acc, mean)
-    _, hi, lo, acc, mean = best
+    hi, lo, mean, acc = choose_thresholds(q, scores, lv, step_db)
     per_method = {m: float(v) for m, v in zip(methods, scores.mean(axis=0))}
     log(f"[calibrate] auto {mean:.2f} dB on {len(q)} validation pairs (classical {per_method['classical']:.2f}, "
         f"ml_guided {per_method['ml_guided']:.2f}, U-Net {per_method['deep_learning']:.2f}) with "
         f"light >= {hi:.2f} dB, severe < {lo:.2f} dB; level balanced accuracy {acc:.3f}")
     return {"objective": "mean validation PSNR of auto", "auto_psnr_db": mean, "method_psnr_db": per_method,
             "balanced_accuracy": acc, "light_min_db": hi, "severe_max_db": lo, "n": int(len(q))}
+
+
+def choose_thresholds(q: np.ndarray, scores: np.ndarray, levels: Optional[np.ndarray] = None,
+                      step_db: float = 0.25):
+    """The threshold pair that maximises the mean score of the routing.
+
+    ``q [n]``: quality estimates (dB); ``scores [n, 3]``: each image's PSNR after classical,
+    ML-guided and U-Net (severity order light / moderate / severe); ``levels [n]``: optional true
+    level indices 0..2 for the balanced accuracy.  Grid: ``step_db`` steps from below ``min(q)`` to
+    above ``max(q)``; ties go to the fewest U-Net runs, then to the first pair found.  Returns
+    ``(light_min_db, severe_max_db, mean_score, balanced_accuracy or nan)``.
+    """
+    q = np.asarray(q, np.float64)
+    scores = np.asarray(scores, np.float64)
+    grid = np.arange(np.floor(q.min()) - step_db, np.ceil(q.max()) + 2 * step_db, step_db)
+    rows = np.arange(len(q))
+    best = None
+    for hi in grid:
+        for lo in grid[grid <= hi]:
+            cls = np.where(q >= hi, 0, np.where(q < lo, 2, 1))
+            mean = float(scores[rows, cls].mean())
+            key = (round(mean, 6), -int(np.sum(cls == 2)))
+            if best is None or key > best[0]:
+                acc = float("nan")
+                if levels is not None:
+                    lv = np.asarray(levels)
+                    acc = float(np.mean([np.mean(cls[lv == k] == k) for k in range(3) if np.any(lv == k)]))
+                best = (key, float(hi), float(lo), mean, acc)
+    return best[1], best[2], best[3], best[4]

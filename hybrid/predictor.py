@@ -24,8 +24,11 @@ from . import analysis, classical
 
 RELPATH = "hybrid/predictor.joblib"
 BUNDLE_VERSION = 1
-#: the ML-guided method leaves the image unchanged when the best predicted gain is at most this (dB)
+#: the ML-guided method leaves the image unchanged when the best predicted gain is at most this
+#: margin (dB); a trained bundle carries its own margin, chosen by cross-validation from
+#: :data:`MARGINS_DB` (``no_change_below_db``); this is the default for bundles without one
 NO_CHANGE_BELOW_DB = 0.0
+MARGINS_DB = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,7 +99,12 @@ def cross_validate(data: Dict[str, np.ndarray], folds: int = 5, **fit_kw) -> Dic
         pred[te] = b["forest"].predict(b["scaler"].transform(data["X"][te]))
     chosen = pred[:, :-1].argmax(axis=1)
     rows = np.arange(len(chosen))
-    keep = pred[rows, chosen] <= NO_CHANGE_BELOW_DB  # the "no change" choice of Predictor.predict
+    best_gain = pred[rows, chosen]
+    # the "no change" choice of Predictor.predict, for each candidate margin; the best margin is kept
+    by_margin = {float(m): float(np.where(best_gain <= m, data["q"], data["S"][rows, chosen]).mean())
+                 for m in MARGINS_DB}
+    margin = max(by_margin, key=lambda m: (round(by_margin[m], 9), m))
+    keep = best_gain <= margin
     with_no_change = np.where(keep, data["q"], data["S"][rows, chosen])
     rule = []
     for x in data["X"]:
@@ -109,6 +117,8 @@ def cross_validate(data: Dict[str, np.ndarray], folds: int = 5, **fit_kw) -> Dic
         "psnr_input": float(data["q"].mean()),
         "psnr_predicted_combo": float(data["S"][rows, chosen].mean()),
         "psnr_predicted_or_no_change": float(with_no_change.mean()),
+        "no_change_below_db": float(margin),
+        "psnr_by_no_change_margin": by_margin,
         "no_change_fraction": float(keep.mean()),
         "psnr_oracle_combo": float(data["S"].max(axis=1).mean()),
         "psnr_rule_combo": float(data["S"][rows, np.array(rule)].mean()),
@@ -141,6 +151,7 @@ class Predictor:
             raise ValueError(f"{source or 'predictor'}: trained on different features; retrain it")
         self.bundle = bundle
         self.source = source
+        self.no_change_below_db = float(bundle.get("no_change_below_db", NO_CHANGE_BELOW_DB))
 
     @classmethod
     def load(cls, relpath: str = RELPATH, models_dir: Optional[str] = None) -> "Predictor":
@@ -158,8 +169,9 @@ class Predictor:
     def predict(self, features: Dict[str, float]) -> Dict[str, object]:
         """Best grid combination and the quality estimate for an :func:`analysis.analyze` result.
 
-        When no combination is predicted to gain more than :data:`NO_CHANGE_BELOW_DB`, the answer
-        is "no change" (``colour_correction`` False, ``strength`` 0, ``no_change`` True).
+        When no combination is predicted to gain more than the bundle's cross-validated margin
+        (``no_change_below_db``, default :data:`NO_CHANGE_BELOW_DB`), the answer is "no change"
+        (``colour_correction`` False, ``strength`` 0, ``no_change`` True).
         """
         y = self._predict(features)
         gains = y[:-1]
@@ -167,7 +179,7 @@ class Predictor:
         colour, sigma, strength = self.bundle["grid"][i]
         out = {"colour_correction": bool(colour), "sigma": float(sigma), "strength": float(strength),
                "predicted_gain_db": float(gains[i]), "quality_db": float(y[-1]), "no_change": False}
-        if gains[i] <= NO_CHANGE_BELOW_DB:
+        if gains[i] <= self.no_change_below_db:
             out.update(colour_correction=False, strength=0.0, no_change=True,
                        best_combination={"colour_correction": bool(colour), "sigma": float(sigma),
                                          "strength": float(strength)})

@@ -213,6 +213,7 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
         f"{k} {v:.3f}" for k, v in cv.items() if isinstance(v, float)))
     bundle = predictor.fit(data, **fit_kw)
     bundle["cv"] = cv
+    bundle["no_change_below_db"] = cv["no_change_below_db"]  # chosen by the grouped CV above
     bundle["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     bundle["train_sources"] = sources
     digest = None

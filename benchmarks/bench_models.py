@@ -8,8 +8,9 @@ measurements):
   multiple beforehand), under ``torch.inference_mode``, in NCHW and in channels-last layout; the
   faster layout is the reference (a permuted ComfyUI IMAGE is channels-last, which mkldnn runs
   faster, so an NCHW-only baseline would flatter the node);
-* node: the ComfyUI node's ``restore`` on the ``[1, H, W, 3]`` IMAGE (file read, runner planning and
-  probe, padding, clamping, output assembly included; the model cache is cold; module imports were
+* node: the ComfyUI node's ``restore`` on the ``[1, H, W, 3]`` IMAGE, under ``torch.inference_mode``
+  as ComfyUI's executor runs every node (file read, runner planning and probe, padding, clamping,
+  output assembly included; the model cache is cold; module imports were
   warmed by one call on a 64 px crop, as they happen once per ComfyUI session).
 
 Time is the best of ``--repeat`` runs; memory is the peak RSS above the process RSS before the call
@@ -126,13 +127,15 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
     else:
         node = getattr(nodes, cls_name)()
         # one-time costs of a ComfyUI session (imports of spandrel, cv2, the runner) stay outside
-        node.restore(image[:, :64, :64], fname, "cpu", **kwargs)
+        with torch.inference_mode():
+            node.restore(image[:, :64, :64], fname, "cpu", **kwargs)
         for _ in range(repeat):
             if not warm:  # cold: file read, network build and the runner's memory probe are timed too
                 model_zoo.clear_cache()
             with MemoryMonitor(collect=True) as mon:
                 t0 = time.perf_counter()
-                out, info = node.restore(image, fname, "cpu", **kwargs)
+                with torch.inference_mode():  # ComfyUI runs every node in inference mode
+                    out, info = node.restore(image, fname, "cpu", **kwargs)
                 best_t = min(best_t, time.perf_counter() - t0)
             del out
             best_mem = min(best_mem, mon.ram_delta_bytes)

@@ -254,6 +254,17 @@ def lb_clahe(image, channel: str = "oklab", clip_limit: Optional[float] = None,
     want_grid = grid is None or grid <= 0
     params = {"clip_source": "predicted" if want_clip else "manual",
               "grid_source": "predicted" if want_grid else "manual"}
+    colour_plane = img.ndim == 3 and img.shape[-1] == 3 and channel != "rgb"
+    if colour_plane and (want_clip or want_grid):
+        # convert once: predict on the working plane, then equalise that same plane
+        planes, rest = _clahe.split_channel(img, channel)
+        pc, pg = predict_params(planes[0], bundle)
+        clip_limit = pc if want_clip else clip_limit
+        grid = pg if want_grid else grid
+        params["clip"] = float(clip_limit)
+        params["grid"] = int(grid)
+        out = [_clahe.clahe_channel(p, clip_limit, grid) for p in planes]
+        return _clahe.merge_channel(out, rest, channel, img), params
     if want_clip or want_grid:
         pc, pg = predict_params(_clahe.working_channel(img, channel), bundle)
         clip_limit = pc if want_clip else clip_limit

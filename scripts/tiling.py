@@ -176,28 +176,33 @@ def _whole_image(forward, image, s, out_channels, size_multiple, min_size, pad_m
                  on_tile, check_interrupt, clamp) -> torch.Tensor:
     """One image, no tiles, no preallocated buffer: returns ``[1, H*s, W*s, C]`` float32 on the CPU.
 
-    Runs under ``no_grad`` rather than ``inference_mode`` so that the returned tensor is an ordinary
-    one (downstream nodes may update it in place outside inference mode).
+    The network runs under ``inference_mode`` (as ComfyUI runs every node; faster and leaner than
+    ``no_grad``).  Inside inference mode the network's output is handed back as it is; called
+    outside it (tests, the CLI) the result is cloned once into an ordinary tensor, so callers may
+    still update it in place.
     """
     _b, h, w, _c = image.shape
     if check_interrupt is not None:
         check_interrupt()
     piece = image.permute(0, 3, 1, 2).to(device=device, dtype=dtype, non_blocking=True)
     piece, _ph, _pw = pad_to_multiple(piece, size_multiple, min_size, pad_mode)
-    with torch.no_grad():
+    with torch.inference_mode():
         result = forward(piece)
-    del piece
-    if result.ndim != 4 or result.shape[0] != 1 or result.shape[1] != out_channels:
-        raise ValueError(f"the network returned shape {tuple(result.shape)}, expected [1, {out_channels}, H, W]")
-    result = result[..., : h * s, : w * s].permute(0, 2, 3, 1)
-    if result.device.type != "cpu" or result.dtype != torch.float32:
-        result = result.to("cpu", torch.float32)
-    if result.untyped_storage().data_ptr() == image.untyped_storage().data_ptr():
+        del piece
+        if result.ndim != 4 or result.shape[0] != 1 or result.shape[1] != out_channels:
+            raise ValueError(f"the network returned shape {tuple(result.shape)}, expected [1, {out_channels}, H, W]")
+        result = result[..., : h * s, : w * s].permute(0, 2, 3, 1)
+        if result.device.type != "cpu" or result.dtype != torch.float32:
+            result = result.to("cpu", torch.float32)
+    shares_input = result.untyped_storage().data_ptr() == image.untyped_storage().data_ptr()
+    if shares_input or (result.is_inference() and not torch.is_inference_mode_enabled()):
         result = result.clone(memory_format=torch.contiguous_format)  # never hand back the caller's image
     elif not result.is_contiguous():
-        result = result.contiguous()  # one copy; the network's own output is then freed
+        with torch.inference_mode(result.is_inference()):
+            result = result.contiguous()  # one copy; the network's own output is then freed
     if clamp:
-        result.clamp_(0.0, 1.0)
+        with torch.inference_mode(result.is_inference()):
+            result.clamp_(0.0, 1.0)
     if on_tile is not None:
         on_tile()
     return result

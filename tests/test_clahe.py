@@ -289,3 +289,14 @@ def test_fast_oklab_matches_colour_module(rng):
         np.testing.assert_allclose(clahe.oklab_to_srgb_fast(lab), img, atol=2e-4)
     red = clahe.srgb_to_oklab_fast(np.array([[[1.0, 0.0, 0.0]]], np.float32))[0, 0]
     np.testing.assert_allclose(red, [0.627955, 0.224863, 0.125846], atol=1e-4)  # REFERENCES.md
+
+
+@pytest.mark.parametrize("channel", ["oklab", "lab", "ycbcr", "rgb"])
+def test_lb_clahe_predicted_equals_clahe_with_the_predicted_values(channel):
+    """Predicting on the working plane and equalising it in one conversion gives exactly what
+    CLAHE gives with the predicted (clip, grid) (the single-conversion path of lb_clahe)."""
+    img = _astronaut(80) * 0.6 + 0.2
+    out, params = lbclahe.lb_clahe(img, channel)
+    assert params["clip_source"] == params["grid_source"] == "predicted"
+    assert (params["clip"], params["grid"]) == lbclahe.predict_params(clahe.working_channel(img, channel))
+    np.testing.assert_allclose(out, clahe.clahe(img, params["clip"], params["grid"], channel), atol=1e-6)

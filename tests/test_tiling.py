@@ -105,10 +105,16 @@ def test_whole_image_result_is_the_network_output_not_a_copy():
         return y
 
     img = torch.rand(1, 37, 53, 3, generator=torch.Generator().manual_seed(0))
-    out = tiled_inference(forward, img, scale=1, out_channels=3, tile=None)
+    with torch.inference_mode():  # as ComfyUI runs every node
+        out = tiled_inference(forward, img, scale=1, out_channels=3, tile=None)
     assert out.untyped_storage().data_ptr() == seen["ptr"]
-    assert out.shape == (1, 37, 53, 3) and out.is_contiguous() and not out.is_inference()
+    assert out.shape == (1, 37, 53, 3) and out.is_contiguous()
     torch.testing.assert_close(out, (img * 3.0 - 1.0).clamp(0, 1))
+    # outside inference mode the caller gets an ordinary tensor it may update in place
+    plain = tiled_inference(forward, img, scale=1, out_channels=3, tile=None)
+    assert not plain.is_inference()
+    plain.mul_(1.0)
+    torch.testing.assert_close(plain, out)
     # an NCHW output is copied once into a contiguous IMAGE with the same values
     out2 = tiled_inference(lambda x: (x * 3.0 - 1.0).contiguous(), img, scale=1, out_channels=3, tile=None)
     assert out2.is_contiguous()

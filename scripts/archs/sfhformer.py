@@ -315,6 +315,9 @@ class SFHformer(nn.Module):
         h, w = x.shape[-2:]
         if h % 4 or w % 4:
             raise ValueError(f"SFHformer needs height and width that are multiples of 4, got {w}x{h}")
+        # NCHW throughout: on a channels-last input (what a permuted ComfyUI IMAGE is) the FFT and
+        # GELU-heavy blocks ran 15 % slower at 1 MP on the CPU (benchmarks/bench_models.py)
+        x = x.contiguous()
         e1 = s1(self.patch_embed.proj(x))
         e2 = s2(self.downsample1.proj(e1))
         y = s3(self.downsample2.proj(e2))

@@ -86,19 +86,13 @@ SHORT_CALL_S = 2.0
 SHORT_REPEATS = 5
 
 
-class _repeats:
-    """``repeat`` iterations, extended to SHORT_REPEATS while the best time so far is short.
-
-    ``for _ in _repeats(n, lambda: best)``: the callable is read after every iteration."""
-
-    def __init__(self, repeat: int, best):
-        self.repeat, self.best = repeat, best
-
-    def __iter__(self):
-        i = 0
-        while i < self.repeat or (i < SHORT_REPEATS and self.best() < SHORT_CALL_S):
-            yield i
-            i += 1
+def _repeats(repeat: int, best):
+    """``repeat`` iterations, extended to SHORT_REPEATS while ``best()`` (read after every
+    iteration) is shorter than SHORT_CALL_S."""
+    i = 0
+    while i < repeat or (i < SHORT_REPEATS and best() < SHORT_CALL_S):
+        yield i
+        i += 1
 
 
 def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: bool = False) -> dict:

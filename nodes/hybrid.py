@@ -30,7 +30,7 @@ SEVERE_DB = Thresholds().severe_max_db
 STRATEGY_HELP = (
     "auto: analyse the damage and route light -> classical, moderate -> ML-guided classical, severe -> U-Net. "
     "classical: colour correction + unsharp mask chosen by rules. ml_guided: parameters predicted by the "
-    "random forest. deep_learning: the shipped U-Net."
+    "random forest, or no change when no setting is predicted to help. deep_learning: the shipped U-Net."
 )
 
 _RESTORERS = {}

@@ -8,13 +8,15 @@ element-wise check run, so the answer is always exact.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
 
 
 def all_finite(x) -> bool:
     """True when every element of the tensor or array ``x`` is finite (exact, fast path first)."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported; numpy callers need not import it
+    if torch is not None and isinstance(x, torch.Tensor):
         if not x.is_floating_point() or x.numel() == 0:
             return True
         if bool(torch.isfinite(x.sum())):

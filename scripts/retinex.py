@@ -36,6 +36,8 @@ from typing import Iterable, Sequence, Tuple
 
 import numpy as np
 
+from .finite import all_finite
+
 DEFAULT_SIGMAS: Tuple[float, ...] = (15.0, 80.0, 250.0)
 DEFAULT_CLIP_PERCENT = 1.0
 ALPHA = 125.0
@@ -297,7 +299,7 @@ def _checked_image(image) -> np.ndarray:
     if a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"expected an image [H,W], [H,W,1] or [H,W,3], got shape {np.shape(image)}")
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a.sum(dtype=np.float64)):
+    if not all_finite(a):
         raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
     if a.min() < 0:
         a = np.maximum(a, 0.0)
@@ -314,7 +316,7 @@ def _as_planes(image):
     if a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"expected an image [H,W], [H,W,1] or [H,W,3], got shape {np.shape(image)}")
     a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a.sum(dtype=np.float64)):
+    if not all_finite(a):
         raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
     import cv2
 

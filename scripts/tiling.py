@@ -198,11 +198,9 @@ def _whole_image(forward, image, s, out_channels, size_multiple, min_size, pad_m
     if shares_input or (result.is_inference() and not torch.is_inference_mode_enabled()):
         result = result.clone(memory_format=torch.contiguous_format)  # never hand back the caller's image
     elif not result.is_contiguous():
-        with torch.inference_mode(result.is_inference()):
-            result = result.contiguous()  # one copy; the network's own output is then freed
-    if clamp:
-        with torch.inference_mode(result.is_inference()):
-            result.clamp_(0.0, 1.0)
+        result = result.contiguous()  # one copy; the network's own output is then freed
+    if clamp:  # an inference tensor is only kept inside inference mode, where in-place is allowed
+        result.clamp_(0.0, 1.0)
     if on_tile is not None:
         on_tile()
     return result

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--strategy", default="auto", choices=["auto", "classical", "ml_guided", "deep_learning"])
     r.add_argument("--light-min-db", type=float, default=None, help="quality estimate (dB) at or above which an image is 'light'")
     r.add_argument("--severe-max-db", type=float, default=None, help="quality estimate (dB) below which an image is 'severe'")
+    r.add_argument("--estimator", default=None, choices=["unet", "forest"],
+                   help="quality estimate the thresholds apply to: unet (PSNR of the input against its U-Net "
+                        "restoration; default) or forest (random forest on the damage features; faster)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="device for the U-Net")
     r.add_argument("--tile", type=int, default=0, help="U-Net tile side in px (0 = planned from free memory)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 def _thresholds(args):
     from .engine import Thresholds
 
-    d = Thresholds()
+    d = Thresholds.calibrated(args.estimator) if args.estimator else Thresholds()
     return Thresholds(light_min_db=d.light_min_db if args.light_min_db is None else args.light_min_db,
-                      severe_max_db=d.severe_max_db if args.severe_max_db is None else args.severe_max_db)
+                      severe_max_db=d.severe_max_db if args.severe_max_db is None else args.severe_max_db,
+                      estimator=d.estimator)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -107,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = calibrate_thresholds(Predictor.load(models_dir=args.models_dir),
                                    load_shipped(models_dir=args.models_dir), per_level=args.per_level)
         print(json.dumps(res, indent=1))
-        print("set these as the defaults of Thresholds in hybrid/engine.py")
+        print("set these as CALIBRATED (and the better one as DEFAULT_ESTIMATOR) in hybrid/engine.py")
         return 0
     if args.command == "status":
         try:

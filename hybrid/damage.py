@@ -315,13 +315,32 @@ def make_pairs(split: str, per_level: int = 4, max_side: int = 256, levels=LEVEL
     return out
 
 
+def vary_tone(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible *undamaged* tonal variant of ``img``: ``lo + (hi - lo) · x^gamma``.
+
+    ``gamma = exp(U(-0.4, 0.4))``, black point ``lo ~ U(0, 0.2)``, white point ``hi ~ U(0.8, 1)``,
+    the same for all channels (no cast).  Used as training augmentation of the *clean* image, so the
+    U-Net meets clean images that are low in contrast, dark or light (a grey wall, a night scene) and
+    does not take every raised black point for fading.
+    """
+    gamma = float(np.exp(rng.uniform(-0.4, 0.4)))
+    lo, hi = float(rng.uniform(0.0, 0.2)), float(rng.uniform(0.8, 1.0))
+    return (lo + (hi - lo) * np.power(np.clip(img, 0, 1), gamma)).astype(np.float32)
+
+
 def random_crop_pair(clean: np.ndarray, rng: np.random.Generator, size: int,
-                     level: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, str]:
-    """A random ``size``² crop of ``clean`` and its damaged version (damage applied to the crop)."""
+                     level: Optional[str] = None, tone: float = 0.0) -> Tuple[np.ndarray, np.ndarray, str]:
+    """A random ``size``² crop of ``clean`` and its damaged version (damage applied to the crop).
+
+    With probability ``tone`` the clean crop is first replaced by a :func:`vary_tone` variant (which
+    is then the target).
+    """
     h, w = clean.shape[:2]
     y = int(rng.integers(0, max(1, h - size + 1)))
     x = int(rng.integers(0, max(1, w - size + 1)))
     c = clean[y:y + size, x:x + size]
+    if tone > 0 and rng.random() < tone:
+        c = vary_tone(c, rng)
     lv = level or LEVEL_NAMES[int(rng.integers(0, 3))]
     d, _ = damage_image(c, lv, int(rng.integers(0, 2**31 - 1)))
     return c, d, lv

@@ -1,9 +1,17 @@
 """Decision engine: analyse an image, judge its severity, send it to the cheapest adequate method.
 
-Severity comes from the quality estimate ``q`` (dB): the random-forest predictor's estimate of the
-image's PSNR against its undamaged original, computed from the 14 analysis features
-(:mod:`.predictor`).  Without a predictor a documented fallback formula on the two detections
-is used (:func:`fallback_quality_db`).  With the configurable thresholds (:class:`Thresholds`):
+Severity comes from the quality estimate ``q`` (dB), an estimate of the image's PSNR against its
+undamaged original.  Two estimators (``Thresholds.estimator``):
+
+* ``unet`` (default): the PSNR of the input against the U-Net's restoration of it.  If the U-Net
+  restores well, its output stands in for the unknown original, so this *is* an estimate of the
+  input's PSNR; when the image is routed to the U-Net its output is reused, so the estimate costs
+  one U-Net run (≈0.24 s/MP on CPU) only for images that end up elsewhere.
+* ``forest``: the random-forest predictor's estimate from the 14 analysis features
+  (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
+  detections (:func:`fallback_quality_db`).
+
+With the configurable thresholds (:class:`Thresholds`):
 
 * ``q ≥ light_min_db``                    → ``light``    → ``classical`` (rule-based colour + unsharp mask)
 * ``severe_max_db ≤ q < light_min_db``   → ``moderate`` → ``ml_guided`` (predicted grid parameters)
@@ -28,13 +36,24 @@ import numpy as np
 from . import analysis, classical
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
+ESTIMATORS = ("unet", "forest")
+#: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
+MAX_QUALITY_DB = 60.0
 METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "ml_guided", "severe": "deep_learning"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
+#: thresholds ``(light_min_db, severe_max_db)`` calibrated for each estimator by
+#: :func:`.train.calibrate_thresholds` (``restorekit calibrate``) with the shipped models
+CALIBRATED = {"unet": (34.0, 24.0), "forest": (37.25, 20.75)}
+#: the estimator with the higher validation PSNR of ``auto`` in that calibration
+DEFAULT_ESTIMATOR = "unet"
+
+
 @dataclass
 class Thresholds:
-    """Severity thresholds on the quality estimate, dB (``severe_max_db ≤ light_min_db``).
+    """Severity thresholds on the quality estimate, dB (``severe_max_db ≤ light_min_db``), and
+    the ``estimator`` they apply to (``unet`` or ``forest``, see the module docstring).
 
     Defaults: calibrated on the validation split by :func:`.train.calibrate_thresholds`
     (``restorekit calibrate``): the pair that maximises the mean restored PSNR of ``auto`` there
@@ -44,10 +63,21 @@ class Thresholds:
     is predicted to help) or, below 20.75 dB, to the U-Net.
     """
 
-    light_min_db: float = 37.25
-    severe_max_db: float = 20.75
+    light_min_db: float = CALIBRATED[DEFAULT_ESTIMATOR][0]
+    severe_max_db: float = CALIBRATED[DEFAULT_ESTIMATOR][1]
+    estimator: str = DEFAULT_ESTIMATOR
+
+    @classmethod
+    def calibrated(cls, estimator: str = DEFAULT_ESTIMATOR) -> "Thresholds":
+        """The calibrated thresholds of ``estimator`` (:data:`CALIBRATED`)."""
+        if estimator not in CALIBRATED:
+            raise ValueError(f"unknown quality estimator '{estimator}' (expected one of {', '.join(ESTIMATORS)})")
+        light, severe = CALIBRATED[estimator]
+        return cls(light, severe, estimator)
 
     def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown quality estimator '{self.estimator}' (expected one of {', '.join(ESTIMATORS)})")
         if not np.isfinite(self.light_min_db) or not np.isfinite(self.severe_max_db):
             raise ValueError("thresholds must be finite numbers (dB)")
         if self.severe_max_db > self.light_min_db:
@@ -58,6 +88,13 @@ class Thresholds:
 def fallback_quality_db(features: Dict[str, float]) -> float:
     """Quality estimate without a trained predictor: ``34 − 12·sharpening_need − 8·colour_balance_need``."""
     return 34.0 - 12.0 * float(features["sharpening_need"]) - 8.0 * float(features["colour_balance_need"])
+
+
+def residual_quality_db(image: np.ndarray, restored: np.ndarray) -> float:
+    """PSNR (dB, peak 1) of ``image`` against its restoration, capped at :data:`MAX_QUALITY_DB`."""
+    diff = np.asarray(image, np.float64) - np.asarray(restored, np.float64)
+    mse = float(np.mean(diff * diff))
+    return float(min(MAX_QUALITY_DB, 10.0 * np.log10(1.0 / max(mse, 1e-12))))
 
 
 def classify(quality_db: float, thresholds: Thresholds) -> str:
@@ -140,21 +177,37 @@ class HybridRestorer:
         return self._unet
 
     # --- steps ------------------------------------------------------------------------------
-    def analyse(self, rgb: np.ndarray) -> Dict[str, object]:
-        """Features, quality estimate and severity of an RGB 0..1 image."""
+    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Dict[str, object]:
+        """Features, quality estimate and severity of an RGB 0..1 image.
+
+        ``estimator``: ``unet`` / ``forest``; default the thresholds' own.
+        """
+        return self._analyse(rgb, estimator)[0]
+
+    def _analyse(self, rgb: np.ndarray, estimator: Optional[str] = None):
+        """``(analysis dict, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
         feats = analysis.analyze(rgb)
         pred = self.predictor
         if pred is not None:
-            q = pred.quality_db(feats)
-            q_source = "random-forest predictor"
+            q_forest = float(pred.quality_db(feats))
+            forest_source = "random-forest predictor"
         else:
-            q = fallback_quality_db(feats)
-            q_source = "fallback formula (no predictor)"
+            q_forest = float(fallback_quality_db(feats))
+            forest_source = "fallback formula (no predictor)"
+        estimator = estimator or self.thresholds.estimator
+        deep = None
+        if estimator == "unet":
+            deep = self._deep(rgb)
+            q = residual_quality_db(rgb, deep[0])
+            q_source = "U-Net residual (PSNR of the input against its U-Net restoration)"
+        else:
+            q, q_source = q_forest, forest_source
         severity = classify(q, self.thresholds)
         return {"features": {k: feats[k] for k in analysis.FEATURE_NAMES},
                 "spectral_slopes": {"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
-                "quality_db": float(q), "quality_source": q_source, "severity": severity,
-                "thresholds": asdict(self.thresholds), "analysis_seconds": feats["seconds"]}
+                "quality_db": float(q), "quality_source": q_source, "forest_quality_db": q_forest,
+                "severity": severity, "thresholds": asdict(self.thresholds),
+                "analysis_seconds": feats["seconds"]}, deep
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
         p = classical.rule_parameters(feats)
@@ -206,7 +259,9 @@ class HybridRestorer:
                 alpha = arr[..., 3]
             rgb = np.repeat(arr, 3, axis=-1) if channels == 1 else arr[..., :3]
             rgb = np.clip(rgb, 0, 1)
-        info_an = self.analyse(rgb)
+        # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
+        estimator = "forest" if strategy in ("classical", "ml_guided") else None
+        info_an, deep = self._analyse(rgb, estimator)
         severity = info_an["severity"]
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
         feats = info_an["features"]
@@ -215,7 +270,7 @@ class HybridRestorer:
         elif method == "ml_guided":
             out, params = self._ml_guided(rgb, feats)
         else:
-            out, params = self._deep(rgb)
+            out, params = deep if deep is not None else self._deep(rgb)
         out = np.clip(np.nan_to_num(out, nan=0.0), 0, 1).astype(np.float32)
         if channels == 1:
             out = out.mean(axis=-1, keepdims=True)

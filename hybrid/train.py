@@ -1,13 +1,21 @@
 """Training of the hybrid restorer's models: the U-Net, the parameter predictor, and ``retrain_all``.
 
-U-Net: pairs are generated on the fly from the training sources (:mod:`.damage`): a random crop
-of a clean source (random flips and 90° rotations) is damaged at a random level; a fraction
-``clean_fraction`` of the crops is left undamaged (target = input), so the network learns to leave
-intact images alone instead of "restoring" every low-contrast image as if it were faded.  Loss
-``MSE + ssim_weight · (1 − SSIM)`` (SSIM of Wang et al. 2004 with an 11-tap Gaussian window,
-sigma 1.5), Adam, gradient-norm clipping, ``ReduceLROnPlateau`` on the validation loss (fixed validation pairs from the
-validation sources) and early stopping.  Everything is seeded: the same arguments give the same
-weights on the same machine (torch CPU kernels, one thread).
+U-Net: pairs are generated on the fly from the training sources (:mod:`.damage`).  A random crop
+of a clean source (random flips and 90° rotations) is damaged at a random level.  Two
+augmentations teach the network when to leave an image alone:
+
+* a fraction ``clean_fraction`` of the crops is left undamaged (target = input);
+* a fraction ``tone_fraction`` of the clean crops is first given another plausible tone curve
+  (:func:`.damage.vary_tone`: black point up to 0.2, white point down to 0.8, gamma 0.67–1.5).
+  The network then meets clean images that are dark, light or low in contrast, and does not take
+  every raised black point for fading.
+
+Loss ``MSE + ssim_weight · (1 − SSIM)`` (SSIM of Wang et al. 2004 with an 11-tap Gaussian window,
+sigma 1.5), Adam, gradient-norm clipping.  An exponential moving average of the weights (decay
+``ema``, Polyak averaging) is what is evaluated, kept and shipped.  ``ReduceLROnPlateau`` and early
+stopping watch the validation loss on fixed pairs from the validation sources.  Everything is
+seeded: the same arguments give the same weights on the same machine (torch CPU kernels, one
+thread).
 
 Run all of it with ``restorekit retrain`` (``python -m restorekit.hybrid.cli retrain``).
 """
@@ -25,9 +33,10 @@ import torch.nn.functional as F
 
 from . import damage
 
-UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=14000, lr=1e-3, ssim_weight=0.2,
+UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=10000, lr=1e-3, ssim_weight=0.2,
                      eval_every=500, patience=10, lr_patience=3, seed=0, train_sides=(256, 384),
-                     val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15)
+                     val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15,
+                     tone_fraction=0.3, ema=0.999)
 QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
                   train_sides=(128,), val_side=64, val_per_level=1)
 
@@ -91,28 +100,31 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
     vy = [_to_tensor([p["clean"]]) for p in val]
 
     model = RestoreUNet(base=cfg["base"])
+    # exponential moving average of the weights (Polyak averaging): evaluated, kept and shipped
+    ema = RestoreUNet(base=cfg["base"])
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
                                                        patience=cfg["lr_patience"])
     mult = RestoreUNet.size_multiple
 
     def evaluate() -> Dict[str, float]:
-        model.eval()
+        ema.eval()
         losses, psnrs = [], []
         with torch.no_grad():
             for x, y in zip(vx, vy):
                 h, w = x.shape[-2:]
                 xp = F.pad(x, (0, (-w) % mult, 0, (-h) % mult), mode="reflect")
-                out = model(xp)[..., :h, :w].clamp(0, 1)
+                out = ema(xp)[..., :h, :w].clamp(0, 1)
                 mse = F.mse_loss(out, y)
                 losses.append(float(mse + cfg["ssim_weight"] * (1 - ssim_torch(out, y))))
                 psnrs.append(float(10 * torch.log10(1 / mse.clamp_min(1e-10))))
-        model.train()
         return {"loss": float(np.mean(losses)), "psnr": float(np.mean(psnrs))}
 
     t0 = time.perf_counter()
     best = {"loss": math.inf, "psnr": 0.0, "step": 0}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
     bad_evals = 0
     history = []
     step = 0
@@ -122,7 +134,7 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
         xs, ys = [], []
         for _ in range(cfg["batch"]):
             src = pool[int(rng.integers(0, len(pool)))]
-            c, d, _ = damage.random_crop_pair(src, rng, cfg["crop"])
+            c, d, _ = damage.random_crop_pair(src, rng, cfg["crop"], tone=cfg["tone_fraction"])
             if rng.random() < cfg["clean_fraction"]:
                 d = c
             xs.append(d)
@@ -138,6 +150,10 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
         opt.step()
+        with torch.no_grad():  # warm-up so early averages are not dominated by the random start
+            decay = min(cfg["ema"], (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
             ev = evaluate()
             sched.step(ev["loss"])
@@ -148,7 +164,7 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
                 f"({time.perf_counter() - t0:.0f} s)")
             if ev["loss"] < best["loss"] - 1e-5:
                 best = {"loss": ev["loss"], "psnr": ev["psnr"], "step": step}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
                 bad_evals = 0
                 if out_relpath:
                     shipped_models.save_torch_weights(best_state, out_relpath,
@@ -161,6 +177,7 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
             if max_minutes and time.perf_counter() - t0 > max_minutes * 60:
                 stopped = f"time budget {max_minutes} min"
                 break
+    model = ema
     model.load_state_dict(best_state)
     if out_relpath:
         shipped_models.save_torch_weights(best_state, out_relpath,
@@ -261,37 +278,54 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
 
 
 def calibrate_thresholds(pred=None, unet=None, per_level: int = 10, max_side: int = 256,
-                         log: Callable[[str], None] = print, step_db: float = 0.25) -> Dict[str, float]:
-    """Severity thresholds (dB) chosen on the validation split for the best restoration.
+                         log: Callable[[str], None] = print, step_db: float = 0.25) -> Dict[str, object]:
+    """Quality estimator and severity thresholds (dB) chosen on the validation split for the best
+    restoration.
 
     Every validation pair is restored by each of the three methods (rule-based classical,
-    ML-guided, U-Net) and its quality estimate ``q`` is computed.  The pair
+    ML-guided, U-Net), and both quality estimates are computed: the forest's ``q`` from the
+    features and the U-Net residual ``PSNR(input, U-Net(input))``.  For each estimator the pair
     ``(light_min_db, severe_max_db)`` on a ``step_db`` grid that maximises the mean PSNR of the
-    ``auto`` routing (``q ≥ light`` → classical, ``q < severe`` → U-Net, else ML-guided) is returned;
-    among equal scores the cheapest (fewest U-Net runs) wins.  The balanced accuracy with which those
-    thresholds reproduce the generator's own light / moderate / severe labels is reported too.
-    These are the engine's defaults (:class:`.engine.Thresholds`).
+    ``auto`` routing (``q ≥ light`` → classical, ``q < severe`` → U-Net, else ML-guided) is found
+    (:func:`choose_thresholds`; among equal scores the fewest U-Net runs win); the estimator with the
+    higher mean is returned.  The balanced accuracy with which the thresholds reproduce the
+    generator's own light / moderate / severe labels is reported too.  These are the engine's
+    defaults (:class:`.engine.Thresholds`).
     """
     from . import analysis
-    from .engine import HybridRestorer
+    from .engine import HybridRestorer, residual_quality_db
     from .evaluate import psnr
     from .predictor import Predictor
 
     pred = pred or Predictor.load()
     restorer = HybridRestorer(predictor=pred, unet=unet, device="cpu")
     pairs = damage.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7)
-    q = np.array([pred.quality_db(analysis.analyze(p["damaged"])) for p in pairs])
     lv = np.array([damage.LEVEL_NAMES.index(p["level"]) for p in pairs])
     methods = ("classical", "ml_guided", "deep_learning")
-    scores = np.array([[psnr(restorer.restore(p["damaged"], m)[0], p["clean"]) for m in methods]
-                       for p in pairs])  # [n, 3] in severity order light / moderate / severe
-    hi, lo, mean, acc = choose_thresholds(q, scores, lv, step_db)
+    scores, q = [], {"forest": [], "unet": []}
+    for p in pairs:
+        outs = [restorer.restore(p["damaged"], m)[0] for m in methods]
+        scores.append([psnr(o, p["clean"]) for o in outs])  # severity order light / moderate / severe
+        q["forest"].append(pred.quality_db(analysis.analyze(p["damaged"])))
+        q["unet"].append(residual_quality_db(p["damaged"], outs[2]))
+    scores = np.array(scores)
     per_method = {m: float(v) for m, v in zip(methods, scores.mean(axis=0))}
-    log(f"[calibrate] auto {mean:.2f} dB on {len(q)} validation pairs (classical {per_method['classical']:.2f}, "
-        f"ml_guided {per_method['ml_guided']:.2f}, U-Net {per_method['deep_learning']:.2f}) with "
-        f"light >= {hi:.2f} dB, severe < {lo:.2f} dB; level balanced accuracy {acc:.3f}")
-    return {"objective": "mean validation PSNR of auto", "auto_psnr_db": mean, "method_psnr_db": per_method,
-            "balanced_accuracy": acc, "light_min_db": hi, "severe_max_db": lo, "n": int(len(q))}
+    per_estimator = {}
+    for name, qs in q.items():
+        hi, lo, mean, acc = choose_thresholds(np.array(qs), scores, lv, step_db)
+        per_estimator[name] = {"auto_psnr_db": mean, "light_min_db": hi, "severe_max_db": lo,
+                               "balanced_accuracy": acc,
+                               "quality_vs_true_correlation": float(np.corrcoef(
+                                   qs, [psnr(p["damaged"], p["clean"]) for p in pairs])[0, 1])}
+        log(f"[calibrate] {name} estimate: auto {mean:.2f} dB with light >= {hi:.2f} dB, severe < {lo:.2f} dB; "
+            f"level balanced accuracy {acc:.3f}")
+    best = max(per_estimator, key=lambda k: per_estimator[k]["auto_psnr_db"])
+    b = per_estimator[best]
+    log(f"[calibrate] on {len(pairs)} validation pairs: classical {per_method['classical']:.2f}, "
+        f"ml_guided {per_method['ml_guided']:.2f}, U-Net {per_method['deep_learning']:.2f} dB; best: the {best} "
+        f"estimate, auto {b['auto_psnr_db']:.2f} dB")
+    return {"objective": "mean validation PSNR of auto", "estimator": best, **b,
+            "method_psnr_db": per_method, "estimators": per_estimator, "n": int(len(pairs))}
 
 
 def choose_thresholds(q: np.ndarray, scores: np.ndarray, levels: Optional[np.ndarray] = None,

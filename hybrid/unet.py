@@ -2,14 +2,21 @@
 
 Architecture (Ronneberger et al. 2015, "U-Net", reduced): a 2× pixel-unshuffle (space-to-depth),
 three encoder levels of two 3×3 conv + LeakyReLU blocks (``base``, ``2·base``, ``4·base``
-channels), a ``8·base`` bottleneck at 1/16 resolution with a global-context branch (mean over the image → linear → added back, so global
-colour casts and fading are seen by every pixel), and a mirrored decoder with transposed-conv
-upsampling, concatenated skips and a pixel shuffle back to full size.  The output is a
-global colour transform predicted from the bottleneck (a 3×3 matrix ``A`` and an offset ``b`` per
-image, bounded to ±0.5 around the identity by a tanh: fading, yellowing and colour casts are such transforms) plus a
-local residual from the decoder: ``out = A x + b + f(x)``, images float 0..1, ``[N, 3, H, W]`` with H, W multiples of 16.
+channels), a ``8·base`` bottleneck at 1/16 resolution with a global-context branch, and a mirrored
+decoder with transposed-conv upsampling, concatenated skips and a pixel shuffle back to full size.
 
-With ``base=16`` it has ~0.5 M parameters (~2 MB as float32 safetensors) and needs about 9 GMAC
+Global context: the bottleneck mean is joined by the input's own per-channel statistics
+(:func:`input_statistics`: 1/10/50/90/99 % quantiles, mean, std).  A mean of conv features cannot
+easily tell a raised black point (fading) from a bright subject, the quantiles state it directly.
+This vector goes through an MLP that is added back to the bottleneck, so every pixel sees the
+global cast and fading.  A second MLP predicts a global colour transform: a 3×3 matrix ``A`` and an
+offset ``b`` per image, bounded to ±0.5 around the identity by a tanh.  Fading, yellowing and colour
+casts are such transforms.  The decoder adds a local residual:
+``out = A x + b + f(x)``.  Images are float 0..1, ``[N, 3, H, W]`` with H, W multiples of 16.  The
+first shipped weights had no statistics (``stats=False``: colour transform from the bottleneck
+mean by one linear layer); :func:`model_from_state_dict` still loads that layout.
+
+With ``base=16`` it has ~0.54 M parameters (~2.2 MB as float32 safetensors) and needs about 9 GMAC
 per megapixel.
 
 This module also loads a Keras ``.h5`` U-Net saved by the original TensorFlow design
@@ -18,6 +25,7 @@ torch backend.  Either way the result is a :class:`~scripts.model_handle.ModelHa
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, Optional
 
@@ -36,6 +44,29 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+#: quantiles of each input channel given to the global branches (with the mean and std)
+STAT_QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
+_STAT_SAMPLES = 65536
+
+
+def input_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel quantiles (:data:`STAT_QUANTILES`), mean and std of ``x [N,C,H,W]`` → ``[N, 7C]``.
+
+    Computed on a strided subsample of at most ~65k pixels per channel (quantiles by sorting, no
+    size limit), in float32 whatever the input dtype.  They tell the colour branch the black and
+    white points and the spread directly: fading raises the 1 % quantile, yellowing lowers the blue
+    channel's quantiles, a cast separates the channel medians.
+    """
+    n, c, h, w = x.shape
+    step = max(1, math.ceil(math.sqrt(h * w / _STAT_SAMPLES)))
+    xs = x[:, :, ::step, ::step].reshape(n, c, -1).float()
+    srt = xs.sort(dim=2).values
+    last = srt.shape[2] - 1
+    idx = torch.tensor([round(q * last) for q in STAT_QUANTILES], device=x.device)
+    qs = srt.index_select(2, idx).reshape(n, -1)
+    return torch.cat([qs, xs.mean(2), xs.std(2, unbiased=False)], 1).to(x.dtype)
+
+
 class RestoreUNet(nn.Module):
     """Residual U-Net on a 2× space-to-depth input.  Input/output ``[N,3,H,W]`` 0..1, H, W % 16 == 0.
 
@@ -47,10 +78,11 @@ class RestoreUNet(nn.Module):
 
     size_multiple = 16
 
-    def __init__(self, base: int = 16, in_channels: int = 3, out_channels: int = 3):
+    def __init__(self, base: int = 16, in_channels: int = 3, out_channels: int = 3, stats: bool = True):
         super().__init__()
         c1, c2, c3, c4 = base, base * 2, base * 4, base * 8
         self.base = base
+        self.stats = stats
         self.out_channels = out_channels
         self.enc1 = _block(in_channels * 4, c1)
         self.enc2 = _block(c1, c2)
@@ -67,10 +99,20 @@ class RestoreUNet(nn.Module):
         self.head = nn.Conv2d(c1, out_channels * 4, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        # global colour transform predicted from the bottleneck: out = A x + b (+ local residual)
-        self.colour = nn.Linear(c4, out_channels * in_channels + out_channels)
-        nn.init.zeros_(self.colour.weight)
-        nn.init.zeros_(self.colour.bias)
+        n_colour = out_channels * in_channels + out_channels
+        if stats:
+            # global colour transform from the bottleneck context and the input's own statistics
+            n_stats = in_channels * (len(STAT_QUANTILES) + 2)
+            self.glob = nn.Sequential(nn.Linear(c4 + n_stats, c4), nn.LeakyReLU(0.1, inplace=True),
+                                      nn.Linear(c4, c4))
+            self.colour = nn.Sequential(nn.Linear(c4 + n_stats, c4), nn.LeakyReLU(0.1, inplace=True),
+                                        nn.Linear(c4, n_colour))
+            last = self.colour[-1]
+        else:  # layout of the first shipped weights: colour transform from the bottleneck mean only
+            self.colour = nn.Linear(c4, n_colour)
+            last = self.colour
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(F.pixel_unshuffle(x, 2))
@@ -78,6 +120,8 @@ class RestoreUNet(nn.Module):
         e3 = self.enc3(self.pool(e2))
         m = self.mid(self.pool(e3))
         g = m.mean(dim=(2, 3))
+        if self.stats:
+            g = torch.cat([g, input_statistics(x)], 1)
         m = m + self.glob(g)[:, :, None, None]
         d3 = self.dec3(torch.cat([self.up3(m), e3], 1))
         d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
@@ -114,14 +158,19 @@ def base_from_state_dict(sd: Dict[str, torch.Tensor]) -> int:
     return int(w.shape[0])
 
 
+def model_from_state_dict(sd: Dict[str, torch.Tensor]) -> RestoreUNet:
+    """A :class:`RestoreUNet` of the size and layout the state dict was saved from (strict load)."""
+    model = RestoreUNet(base=base_from_state_dict(sd), stats="colour.weight" not in sd)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
 def load_shipped(relpath: str = WEIGHTS_RELPATH, models_dir: Optional[str] = None) -> "ModelHandle":  # noqa: F821
     """The trained U-Net shipped in ``models/`` (sha256-checked, safetensors, strict load)."""
     from ..scripts.shipped_models import load_torch_weights, model_path
 
     kw = {"models_dir": models_dir} if models_dir else {}
-    sd = load_torch_weights(relpath, **kw)
-    model = RestoreUNet(base=base_from_state_dict(sd))
-    model.load_state_dict(sd, strict=True)
+    model = model_from_state_dict(load_torch_weights(relpath, **kw))
     return handle_from_module(model, source=model_path(relpath, **kw))
 
 
@@ -131,9 +180,7 @@ def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
         return load_keras_h5(path)
     from ..scripts.model_files import load_state_dict, unwrap_state_dict
 
-    sd = unwrap_state_dict(load_state_dict(path))
-    model = RestoreUNet(base=base_from_state_dict(sd))
-    model.load_state_dict(sd, strict=True)
+    model = model_from_state_dict(unwrap_state_dict(load_state_dict(path)))
     return handle_from_module(model, source=path)
 
 

@@ -21,12 +21,19 @@ from ._common import (
     from_numpy,
 )
 
-from ..hybrid.engine import Thresholds
+from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, Thresholds
 
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 #: the engine's calibrated defaults (hybrid/engine.py), the one place they are set
 LIGHT_DB = Thresholds().light_min_db
 SEVERE_DB = Thresholds().severe_max_db
+ESTIMATOR_CHOICES = [DEFAULT_ESTIMATOR] + [k for k in CALIBRATED if k != DEFAULT_ESTIMATOR]
+ESTIMATOR_HELP = (
+    "What the thresholds compare. unet: PSNR of the image against the U-Net's restoration of it (the "
+    "restoration stands in for the unknown original; costs one U-Net run, reused when the image goes to the "
+    "U-Net). forest: the random forest's estimate from the 14 damage features (about 1 ms). Calibrated "
+    "thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB" for k, v in CALIBRATED.items())
+    + ".")
 STRATEGY_HELP = (
     "auto: analyse the damage and route light -> classical, moderate -> ML-guided classical, severe -> U-Net. "
     "classical: colour correction + unsharp mask chosen by rules. ml_guided: parameters predicted by the "
@@ -36,11 +43,11 @@ STRATEGY_HELP = (
 _RESTORERS = {}
 
 
-def _restorer(light_min_db: float, severe_max_db: float, device: str):
+def _restorer(light_min_db: float, severe_max_db: float, device: str, estimator: str = DEFAULT_ESTIMATOR):
     from ..hybrid.engine import HybridRestorer, Thresholds
 
-    th = Thresholds(light_min_db=float(light_min_db), severe_max_db=float(severe_max_db))
-    key = (th.light_min_db, th.severe_max_db, device)
+    th = Thresholds(light_min_db=float(light_min_db), severe_max_db=float(severe_max_db), estimator=estimator)
+    key = (th.light_min_db, th.severe_max_db, th.estimator, device)
     if key not in _RESTORERS:
         shared = next(iter(_RESTORERS.values()), None)
         r = HybridRestorer(thresholds=th, device=device)
@@ -73,22 +80,25 @@ class RestoreKitHybridRestore:
                 "strategy": choice_input(["auto", "classical", "ml_guided", "deep_learning"], STRATEGY_HELP),
                 "light_min_db": float_input(
                     LIGHT_DB, 5.0, 60.0, 0.25,
-                    "auto only: images whose estimated quality (PSNR against the undamaged original, dB, "
-                    "predicted from the damage features) is at least this are 'light' -> classical. Default "
-                    "calibrated on the validation split for the best restored PSNR."),
+                    "auto only: images whose estimated quality (PSNR against the undamaged original, dB; "
+                    "see estimator) is at least this are 'light' -> classical. Default calibrated on the "
+                    "validation split for the best restored PSNR."),
                 "severe_max_db": float_input(
                     SEVERE_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality is below this (dB) are 'severe' -> U-Net; "
                     "between the two thresholds -> ML-guided classical. Must not exceed light_min_db."),
                 "device": DEVICE_INPUT,
-            }
+            },
+            # optional, so prompts written before it existed still validate
+            "optional": {"estimator": choice_input(ESTIMATOR_CHOICES, ESTIMATOR_HELP)},
         }
 
-    def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto"):
+    def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
+                estimator=DEFAULT_ESTIMATOR):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
-        restorer = _restorer(light_min_db, severe_max_db, device)
+        restorer = _restorer(light_min_db, severe_max_db, device, estimator)
         rgb, alpha = split_alpha(image)
         gray = rgb.shape[-1] == 1
         arr = to_numpy(_gray_to_rgb(rgb))
@@ -109,7 +119,7 @@ class RestoreKitHybridRestore:
         notes = sorted({n for inf in infos for n in inf.get("notes", [])})
         info = format_info("Hybrid restore", {
             "strategy": strategy,
-            "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality)",
+            "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, {estimator})",
             "images": json.dumps(per_image, default=str),
             "notes": notes or "shipped models (models/hybrid) used",
             "seconds": t["seconds"],
@@ -137,14 +147,15 @@ class RestoreKitDamageAnalysis:
                                             "Estimated quality (dB) at or above which the damage is 'light'."),
                 "severe_max_db": float_input(SEVERE_DB, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
-            }
+            },
+            "optional": {"estimator": choice_input(ESTIMATOR_CHOICES, ESTIMATOR_HELP)},
         }
 
-    def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB):
+    def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
         image = check_image(image, "image", nan="error")
         if severe_max_db > light_min_db:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
-        restorer = _restorer(light_min_db, severe_max_db, "cpu")
+        restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
         rgb, _alpha = split_alpha(image)
         arr = to_numpy(_gray_to_rgb(rgb))
         results = []
@@ -152,7 +163,8 @@ class RestoreKitDamageAnalysis:
             for i in range(arr.shape[0]):
                 a = restorer.analyse(arr[i])
                 results.append({"features": a["features"], "quality_db": a["quality_db"],
-                                "severity": a["severity"], "quality_source": a["quality_source"]})
+                                "severity": a["severity"], "quality_source": a["quality_source"],
+                                "forest_quality_db": a["forest_quality_db"]})
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(r["severity"] for r in results)
         info = format_info("Damage analysis", {

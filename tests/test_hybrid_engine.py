@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from restorekit.hybrid import damage, unet
 from restorekit.hybrid.engine import HybridRestorer, Thresholds
@@ -35,13 +36,13 @@ def img():
 
 
 @pytest.mark.parametrize("q, th, severity, method", [
-    (35.0, Thresholds(28, 24), "light", "classical"),
-    (26.0, Thresholds(28, 24), "moderate", "ml_guided"),
-    (15.0, Thresholds(28, 24), "severe", "deep_learning"),
-    (35.0, Thresholds(40, 30), "moderate", "ml_guided"),
-    (26.0, Thresholds(40, 30), "severe", "deep_learning"),
-    (28.0, Thresholds(28, 24), "light", "classical"),   # boundaries: >= light_min is light
-    (24.0, Thresholds(28, 24), "moderate", "ml_guided"),  # < severe_max is severe
+    (35.0, Thresholds(28, 24, "forest"), "light", "classical"),
+    (26.0, Thresholds(28, 24, "forest"), "moderate", "ml_guided"),
+    (15.0, Thresholds(28, 24, "forest"), "severe", "deep_learning"),
+    (35.0, Thresholds(40, 30, "forest"), "moderate", "ml_guided"),
+    (26.0, Thresholds(40, 30, "forest"), "severe", "deep_learning"),
+    (28.0, Thresholds(28, 24, "forest"), "light", "classical"),   # boundaries: >= light_min is light
+    (24.0, Thresholds(28, 24, "forest"), "moderate", "ml_guided"),  # < severe_max is severe
 ])
 def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity, method):
     r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet)
@@ -53,7 +54,7 @@ def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity,
 
 
 def test_forced_strategies_and_their_effect(img, identity_unet):
-    r = HybridRestorer(predictor=StubPredictor(40.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
     for s in ("classical", "ml_guided", "deep_learning"):
         out, info = r.restore(img, s)
         assert info["method"] == s and info["severity"] == "light"
@@ -68,10 +69,64 @@ def test_forced_strategies_and_their_effect(img, identity_unet):
 def test_thresholds_are_validated():
     with pytest.raises(ValueError, match="must not exceed"):
         Thresholds(light_min_db=20, severe_max_db=25)
+    with pytest.raises(ValueError, match="unknown quality estimator 'oracle'"):
+        Thresholds(30, 20, "oracle")
+    assert Thresholds() == Thresholds.calibrated()
+    for name in ("unet", "forest"):
+        assert Thresholds.calibrated(name).estimator == name
+
+
+class _CountingNet(torch.nn.Module):
+    """Returns a constant grey image and counts its forward calls."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.calls = 0
+        self.register_buffer("anchor", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.full_like(x, self.value)
+
+
+def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reused(img):
+    net = _CountingNet(0.5)
+    handle = unet._handle(net, "grey", "", "constant 0.5", size_multiple=16)
+    expect = 10 * np.log10(1 / np.mean((img.astype(np.float64) - 0.5) ** 2))
+    unet.run(handle, img, device="cpu")  # the runner's one-off memory probe (cached) is not counted
+    cases = [(Thresholds(expect + 2, expect + 1, "unet"), "severe", "deep_learning"),
+             (Thresholds(expect + 1, expect - 1, "unet"), "moderate", "ml_guided"),
+             (Thresholds(expect - 1, expect - 2, "unet"), "light", "classical")]
+    for th, severity, method in cases:
+        net.calls = 0
+        r = HybridRestorer(thresholds=th, predictor=StubPredictor(99.0), unet=handle)
+        out, info = r.restore(img, "auto")
+        assert info["severity"] == severity and info["method"] == method
+        assert info["analysis"]["quality_db"] == pytest.approx(expect, abs=1e-3)
+        assert info["analysis"]["forest_quality_db"] == 99.0 and "U-Net" in info["analysis"]["quality_source"]
+        assert net.calls == 1  # the estimate's U-Net run is the restoration when it is routed there
+        if method == "deep_learning":
+            np.testing.assert_allclose(out, 0.5)
+    net.calls = 0
+    r = HybridRestorer(thresholds=Thresholds(expect + 2, expect + 1, "unet"), predictor=StubPredictor(99.0),
+                       unet=handle)
+    for forced in ("classical", "ml_guided"):  # forced classical methods never run the U-Net
+        _, info = r.restore(img, forced)
+        assert info["analysis"]["quality_db"] == 99.0
+    assert net.calls == 0
+
+
+def test_an_unchanged_image_has_the_capped_unet_estimate(img, identity_unet):
+    from restorekit.hybrid.engine import MAX_QUALITY_DB
+
+    r = HybridRestorer(thresholds=Thresholds(50, 20, "unet"), predictor=StubPredictor(10.0), unet=identity_unet)
+    out, info = r.restore(img, "auto")
+    assert info["analysis"]["quality_db"] == MAX_QUALITY_DB and info["method"] == "classical"
 
 
 def test_grey_and_rgba_inputs_keep_their_channels(img, identity_unet):
-    r = HybridRestorer(predictor=StubPredictor(15.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(28, 24, "forest"), predictor=StubPredictor(15.0), unet=identity_unet)
     out, _ = r.restore(img[..., :1], "auto")
     assert out.shape == img[..., :1].shape
     rgba = np.concatenate([img, np.linspace(0, 1, img.shape[0] * img.shape[1], dtype=np.float32)
@@ -96,7 +151,7 @@ def test_batch_restore_skips_unreadable_and_never_overwrites(tmp_path, img, iden
     (src / "notes.txt").write_text("not an image")
     (src / "good_restored.png").write_bytes(b"an existing file that must survive")
     before = {p.name: _digest(p) for p in src.iterdir()}
-    r = HybridRestorer(thresholds=Thresholds(28, 24), predictor=StubPredictor(26.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(28, 24, "forest"), predictor=StubPredictor(26.0), unet=identity_unet)
     res = r.batch_restore(str(src), str(src), progress=False)  # output folder == input folder
     after = {p.name: _digest(src / p.name) for p in src.iterdir() if p.name in before}
     assert after == before  # no input touched

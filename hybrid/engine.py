@@ -45,7 +45,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 #: thresholds ``(light_min_db, severe_max_db)`` calibrated for each estimator by
 #: :func:`.train.calibrate_thresholds` (``restorekit calibrate``) with the shipped models
-CALIBRATED = {"unet": (34.0, 24.0), "forest": (37.25, 20.75)}
+CALIBRATED = {"unet": (45.0, 26.25), "forest": (37.25, 20.75)}
 #: the estimator with the higher validation PSNR of ``auto`` in that calibration
 DEFAULT_ESTIMATOR = "unet"
 

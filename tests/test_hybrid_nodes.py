@@ -23,10 +23,32 @@ def batch():
 
 def test_input_types_have_tooltips_and_valid_defaults():
     for cls in nodes.NODE_CLASS_MAPPINGS.values():
-        for name, spec in cls.INPUT_TYPES()["required"].items():
+        types = cls.INPUT_TYPES()
+        for name, spec in {**types["required"], **types.get("optional", {})}.items():
             assert "tooltip" in spec[1], name
             if isinstance(spec[0], str) and spec[0] in ("FLOAT", "INT"):
                 assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
+            elif isinstance(spec[0], list):
+                assert spec[1]["default"] in spec[0], name
+
+
+def test_hybrid_examples_use_the_calibrated_defaults():
+    """The example prompts carry the engine's calibrated thresholds and estimator (hybrid/engine.py)."""
+    from restorekit.hybrid.engine import Thresholds
+
+    d = Thresholds()
+    root = os.path.join(os.path.dirname(__file__), "..", "examples", "api")
+    seen = 0
+    for name in ("hybrid_restore.json", "damage_analysis.json"):
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            prompt = json.load(f)["prompt"]
+        for node in prompt.values():
+            if node["class_type"] in nodes.NODE_CLASS_MAPPINGS:
+                i = node["inputs"]
+                assert (i["light_min_db"], i["severe_max_db"], i["estimator"]) == (
+                    d.light_min_db, d.severe_max_db, d.estimator), name
+                seen += 1
+    assert seen == 3
 
 
 def test_hybrid_restore_batch_and_info(batch):

@@ -55,12 +55,13 @@ class Thresholds:
     """Severity thresholds on the quality estimate, dB (``severe_max_db ≤ light_min_db``), and
     the ``estimator`` they apply to (``unet`` or ``forest``, see the module docstring).
 
-    Defaults: calibrated on the validation split by :func:`.train.calibrate_thresholds`
-    (``restorekit calibrate``): the pair that maximises the mean restored PSNR of ``auto`` there
-    (27.06 dB on 60 validation pairs, against 24.87 dB for the U-Net alone and 24.65 dB for
-    ML-guided alone).  With the shipped models almost no image is estimated above 37.25 dB, so
-    ``auto`` sends most images either to ML-guided (which leaves them unchanged unless a setting
-    is predicted to help) or, below 20.75 dB, to the U-Net.
+    Defaults: :data:`CALIBRATED` for :data:`DEFAULT_ESTIMATOR`, chosen on the validation split by
+    :func:`.train.calibrate_thresholds` (``restorekit calibrate``): the estimator and threshold pair
+    that maximise the mean restored PSNR of ``auto`` there (27.29 dB on 60 validation pairs with the
+    U-Net estimate, 27.11 dB with the forest's, against 25.47 dB for the U-Net alone and 24.65 dB for
+    ML-guided alone).  With the U-Net estimate almost no image reaches 45 dB, so ``auto`` sends an
+    image to the U-Net when the PSNR between the image and the U-Net's output is below 26.25 dB,
+    and otherwise to ML-guided (which leaves it unchanged unless a setting is predicted to help).
     """
 
     light_min_db: float = CALIBRATED[DEFAULT_ESTIMATOR][0]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import damage
 
-UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=15000, lr=1e-3, ssim_weight=0.2,
+UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=10000, lr=1e-3, ssim_weight=0.2,
                      eval_every=500, patience=10, lr_patience=3, seed=0, train_sides=(256, 384),
                      val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15,
                      tone_fraction=0.3, ema=0.999)

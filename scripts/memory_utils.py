@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import weakref
 
 import threading
 
@@ -191,7 +192,9 @@ def format_bytes(n: float) -> str:
 
 
 # --- probing and planning --------------------------------------------------------------------------
-_PROBE_CACHE: Dict[tuple, float] = {}
+#: probe results per live module (weak keys: an ``id()`` key could be reused by a new module after
+#: the old one is freed, and would hand it the old module's measurement)
+_PROBE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _hook_estimate(module: torch.nn.Module, x: torch.Tensor) -> int:
@@ -223,9 +226,13 @@ def probe_bytes_per_pixel(handle, device, dtype=torch.float32, probe_side: int =
     The result includes :data:`ACTIVATION_SAFETY` and is cached per model, device and dtype.
     """
     device = torch.device(device)
-    key = (id(handle.module), str(device), str(dtype))
-    if key in _PROBE_CACHE:
-        return _PROBE_CACHE[key]
+    key = (str(device), str(dtype))
+    try:
+        per_module = _PROBE_CACHE.setdefault(handle.module, {})
+    except TypeError:  # not weak-referenceable: measure every time
+        per_module = {}
+    if key in per_module:
+        return per_module[key]
     mult = max(1, handle.size_multiple)
     side = probe_side or max(64, handle.min_size)
     side = int(math.ceil(side / mult) * mult)
@@ -246,7 +253,7 @@ def probe_bytes_per_pixel(handle, device, dtype=torch.float32, probe_side: int =
         used = max(mon.ram_delta_bytes, 2 * _hook_estimate(handle.module, x))
     del x
     bpp = max(float(used) / pixels, 64.0) * ACTIVATION_SAFETY
-    _PROBE_CACHE[key] = bpp
+    per_module[key] = bpp
     return bpp
 
 

@@ -86,6 +86,19 @@ def test_probe_grows_with_network_width():
     assert large > small and large >= 256
 
 
+def test_probe_cache_forgets_freed_models():
+    """A freed model's measurement must not be handed to a new model that reuses its address."""
+    import gc
+
+    net = ConvNet(width=4)
+    mu.probe_bytes_per_pixel(ModelHandle(net, "s"), "cpu")
+    assert net in mu._PROBE_CACHE
+    n = len(mu._PROBE_CACHE)
+    del net
+    gc.collect()
+    assert len(mu._PROBE_CACHE) == n - 1
+
+
 def test_memory_monitor_sees_an_allocation():
     with mu.MemoryMonitor(interval_s=0.001) as mon:
         block = np.ones(200 << 20, dtype=np.uint8)  # 200 MiB, touched

@@ -264,7 +264,7 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     results["thresholds"] = calibrate_thresholds(pred, handle_from_module(res["model"]),
                                                  per_level=1 if quick else 10,
                                                  max_side=96 if quick else 256, log=log)
-    log("[retrain] the engine's default Thresholds (hybrid/engine.py) should equal the calibrated values")
+    log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
     if include_lbclahe:
         try:
             from ..scripts import lbclahe_train

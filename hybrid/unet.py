@@ -101,7 +101,9 @@ class RestoreUNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         n_colour = out_channels * in_channels + out_channels
         if stats:
-            # global colour transform from the bottleneck context and the input's own statistics
+            # global context and colour transform from the bottleneck mean and the input's own
+            # statistics.  This glob replaces the plain one above; that one is still created first
+            # so the seeded initialisation, and with it `restorekit retrain`, stays as shipped.
             n_stats = in_channels * (len(STAT_QUANTILES) + 2)
             self.glob = nn.Sequential(nn.Linear(c4 + n_stats, c4), nn.LeakyReLU(0.1, inplace=True),
                                       nn.Linear(c4, c4))

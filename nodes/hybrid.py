@@ -21,13 +21,12 @@ from ._common import (
     from_numpy,
 )
 
-from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, Thresholds
+from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, Thresholds
 
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 #: the engine's calibrated defaults (hybrid/engine.py), the one place they are set
 LIGHT_DB = Thresholds().light_min_db
 SEVERE_DB = Thresholds().severe_max_db
-ESTIMATOR_CHOICES = [DEFAULT_ESTIMATOR] + [k for k in CALIBRATED if k != DEFAULT_ESTIMATOR]
 ESTIMATOR_HELP = (
     "What the thresholds compare. unet: PSNR of the image against the U-Net's restoration of it (the "
     "restoration stands in for the unknown original; costs one U-Net run, reused when the image goes to the "
@@ -90,7 +89,7 @@ class RestoreKitHybridRestore:
                 "device": DEVICE_INPUT,
             },
             # optional, so prompts written before it existed still validate
-            "optional": {"estimator": choice_input(ESTIMATOR_CHOICES, ESTIMATOR_HELP)},
+            "optional": {"estimator": choice_input(list(ESTIMATORS), ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
         }
 
     def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
@@ -148,7 +147,7 @@ class RestoreKitDamageAnalysis:
                 "severe_max_db": float_input(SEVERE_DB, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
             },
-            "optional": {"estimator": choice_input(ESTIMATOR_CHOICES, ESTIMATOR_HELP)},
+            "optional": {"estimator": choice_input(list(ESTIMATORS), ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
         }
 
     def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):

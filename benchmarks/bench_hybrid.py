@@ -19,7 +19,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from restorekit.hybrid import analysis, damage, unet  # noqa: E402
+from restorekit.hybrid import analysis, unet
+from restorekit.hybrid.tools import damage  # noqa: E402
 
 
 def best_of(fn, n):

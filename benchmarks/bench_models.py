@@ -103,9 +103,9 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
 
     _pack.load()
     from restorekit.nodes import models as nodes
-    from restorekit.scripts import model_zoo
-    from restorekit.scripts.memory_utils import MemoryMonitor
-    from restorekit.scripts.runtime import get_runtime
+    from restorekit.scripts.inference import zoo
+    from restorekit.scripts.inference.memory_utils import MemoryMonitor
+    from restorekit.scripts.inference.runtime import get_runtime
 
     cls_name, kind, fname, kwargs = MODELS[name]
     rt = get_runtime()
@@ -118,7 +118,7 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
         path = os.path.join(folder, kind, fname)
         family = {"RestoreKitRealESRGAN": "realesrgan", "RestoreKitSCUNet": "scunet",
                   "RestoreKitSFHformer": "sfhformer", "RestoreKitNoiseDA": "noise_da"}[cls_name]
-        handle, _ = model_zoo.load(family, path)
+        handle, _ = zoo.load(family, path)
         m = handle.size_multiple
         x = image.permute(0, 3, 1, 2).contiguous()
         ph, pw = (-side) % m, (-side) % m
@@ -150,7 +150,7 @@ def measure(name: str, mode: str, folder: str, side: int, repeat: int, warm: boo
             node.restore(image[:, :64, :64], fname, "cpu", **kwargs)
         for _ in _repeats(repeat, lambda: best_t):
             if not warm:  # cold: file read, network build and the runner's memory probe are timed too
-                model_zoo.clear_cache()
+                zoo.clear_cache()
             with MemoryMonitor(collect=True) as mon:
                 t0 = time.perf_counter()
                 with torch.inference_mode():  # ComfyUI runs every node in inference mode

@@ -4,7 +4,7 @@ Input 3840x2160 (``--width/--height``), a small random-weight ESRGAN x4 (RRDBNet
 Each method runs in its own subprocess so its peak RSS is its own (RAM above the process's RSS once
 model and input exist):
 
-* ``ours``  — ``scripts.model_runner.run_model``: planned tile, feathered blending straight into the
+* ``ours``  — ``scripts.inference.runner.run_model``: planned tile, feathered blending straight into the
   final ``[B,H*s,W*s,C]`` buffer with a tile-sized weight map.
 * ``core``  — ComfyUI core's method re-implemented here: fixed 512 px tiles, overlap 32, a linear
   feather on every tile edge, output and divisor accumulated in two full-size float32 buffers, then
@@ -76,9 +76,9 @@ def run_one(method: str, width: int, height: int) -> dict:
     import _pack
 
     _pack.load()
-    from restorekit.scripts import memory_utils as mu
-    from restorekit.scripts.model_handle import ModelHandle
-    from restorekit.scripts.model_runner import run_model
+    from restorekit.scripts.inference import memory_utils as mu
+    from restorekit.scripts.inference.handle import ModelHandle
+    from restorekit.scripts.inference.runner import run_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     net = build_model()

@@ -21,7 +21,7 @@ per megapixel.
 
 This module also loads a Keras ``.h5`` U-Net saved by the original TensorFlow design
 (:func:`load_keras_h5`): through TensorFlow when it is installed, otherwise through Keras 3 on the
-torch backend.  Either way the result is a :class:`~scripts.model_handle.ModelHandle`.
+torch backend.  Either way the result is a :class:`~scripts.inference.handle.ModelHandle`.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class RestoreUNet(nn.Module):
 
 def _handle(module: nn.Module, arch: str, source: str, description: str, size_multiple: int = 8,
             supports_half: bool = False):
-    from ..scripts.model_handle import ModelHandle
+    from ..scripts.inference.handle import ModelHandle
 
     return ModelHandle(module=module.eval(), arch=arch, scale=1, in_channels=3, out_channels=3,
                        size_multiple=size_multiple, pad_mode="reflect", min_overlap=32,
@@ -180,7 +180,7 @@ def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
     """A U-Net from a user file: ``.h5``/``.keras`` through Keras, else a RestoreUNet state dict."""
     if path.lower().endswith((".h5", ".hdf5", ".keras")):
         return load_keras_h5(path)
-    from ..scripts.model_files import load_state_dict, unwrap_state_dict
+    from ..scripts.inference.files import load_state_dict, unwrap_state_dict
 
     model = model_from_state_dict(unwrap_state_dict(load_state_dict(path)))
     return handle_from_module(model, source=path)
@@ -233,13 +233,13 @@ def load_keras_h5(path: str, device: str = "auto") -> "ModelHandle":  # noqa: F8
     """Load a Keras U-Net ``.h5`` (NHWC, 3 → 3 channels, 0..1) as a ModelHandle.
 
     Backend: TensorFlow when it is installed (device and GPU memory growth set by
-    ``scripts.memory_utils.configure_tensorflow``), otherwise Keras 3 on the torch backend.  Keras'
+    ``scripts.inference.memory_utils.configure_tensorflow``), otherwise Keras 3 on the torch backend.  Keras'
     ``safe_mode`` stays on (no Lambda-layer code is deserialised).  Raises ``ValueError`` naming the
     file for anything that is not a loadable Keras model.
     """
     if not os.path.isfile(path):
         raise ValueError(f"Keras model file '{path}' does not exist")
-    from ..scripts.memory_utils import configure_tensorflow
+    from ..scripts.inference.memory_utils import configure_tensorflow
 
     # memory growth and device choice happen before TensorFlow allocates anything
     tf, tf_device, note = configure_tensorflow(device)
@@ -280,7 +280,7 @@ def load_keras_h5(path: str, device: str = "auto") -> "ModelHandle":  # noqa: F8
 def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = False):
     """Run a U-Net handle on ``image`` (numpy ``[H,W,3]`` or ``[B,H,W,3]`` float 0..1).
 
-    Uses the memory-safe runner ``scripts.model_runner.run_model`` (tiling, OOM fallback); returns
+    Uses the memory-safe runner ``scripts.inference.runner.run_model`` (tiling, OOM fallback); returns
     ``(numpy image of the input's rank, report dict)``.
     """
     import numpy as np
@@ -289,7 +289,7 @@ def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = Fal
     single = arr.ndim == 3
     batch = torch.from_numpy(np.ascontiguousarray(arr[None] if single else arr))
     try:
-        from ..scripts.model_runner import run_model
+        from ..scripts.inference.runner import run_model
     except ImportError:
         run_model = None
     if run_model is not None:

@@ -59,7 +59,7 @@ DEVICE_INPUT = choice_input(
 def resolve_device(choice: str):
     """(torch.device, note) for the DEVICE_INPUT choice: the host's device for auto/gpu (ComfyUI's
     inside ComfyUI), the CPU with a note when gpu is asked for and none exists."""
-    from ..scripts.memory_utils import resolve_device as _resolve
+    from ..scripts.inference.memory_utils import resolve_device as _resolve
 
     return _resolve(choice)
 

@@ -3,7 +3,7 @@
 Inside ComfyUI this runtime answers with ``comfy.model_management`` (device, free memory, cache,
 interrupts), ``comfy.utils.ProgressBar`` (progress in the UI, which is also an interrupt point) and
 ``folder_paths`` (model folders, ``extra_model_paths.yaml`` included).  Outside ComfyUI, every method
-falls back to :class:`scripts.runtime.PlainRuntime` (psutil, torch, tqdm), so the nodes can be tested
+falls back to :class:`scripts.inference.runtime.PlainRuntime` (psutil, torch, tqdm), so the nodes can be tested
 without ComfyUI.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..scripts.runtime import PlainRuntime, get_runtime, resolve_inside, set_runtime
+from ..scripts.inference.runtime import PlainRuntime, get_runtime, resolve_inside, set_runtime
 
 
 def _optional(module: str):

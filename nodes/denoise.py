@@ -92,7 +92,7 @@ class RestoreKitFilmGrainBM3D:
         paths = set()
         fields_per = []
         grain_mode = noise_model.startswith("grain")
-        from ..scripts.runtime import get_runtime
+        from ..scripts.inference.runtime import get_runtime
 
         runtime = get_runtime()
         bar = runtime.progress(b, "Film grain BM3D")

@@ -1,7 +1,7 @@
 """Model nodes: Real-ESRGAN, SCUNet, SFHformer and Noise-DA on official weight files.
 
-Each node loads its file with ``scripts.model_zoo`` (weights only, strict architecture checks), runs
-it through the memory-safe runner ``scripts.model_runner.run_model`` (device, tile and precision
+Each node loads its file with ``scripts.inference.zoo`` (weights only, strict architecture checks), runs
+it through the memory-safe runner ``scripts.inference.runner.run_model`` (device, tile and precision
 chosen from free memory, progress per tile, interruptible, out-of-memory fallback), and reports in
 ``info`` which path ran.  With ``fallback`` on, a failure of the full model moves to a lighter model
 the user names, then to a classical method (Lanczos for upscaling, non-local means for denoising,
@@ -39,7 +39,7 @@ NOISE_DA_LICENSE = (
 
 
 def _runtime():
-    from ..scripts.runtime import get_runtime
+    from ..scripts.inference.runtime import get_runtime
 
     return get_runtime()
 
@@ -71,7 +71,7 @@ def _common_inputs(kind: str, what: str) -> dict:
 
 
 def _is_interrupt(exc: BaseException) -> bool:
-    from ..scripts.runtime import InterruptedByUser
+    from ..scripts.inference.runtime import InterruptedByUser
 
     return isinstance(exc, InterruptedByUser) or type(exc).__name__ == "InterruptProcessingException"
 
@@ -93,9 +93,9 @@ class _ModelNode:
 
     # subclasses: _load(path, opts) -> (handle, note); _classical(image, opts) -> (tensor, name)
     def _load(self, path, opts):
-        from ..scripts import model_zoo
+        from ..scripts.inference import zoo
 
-        return model_zoo.load(self.FAMILY, path, **opts)
+        return zoo.load(self.FAMILY, path, **opts)
 
     def _prepare(self, handle, opts):
         """Per-family handle adjustments and run_model keyword arguments."""
@@ -105,8 +105,8 @@ class _ModelNode:
         raise NotImplementedError
 
     def _run_chain(self, image, model_name, device, tile, overlap, precision, fallback, fallback_model, opts):
-        from ..scripts.model_runner import run_model
-        from ..scripts.model_zoo import FOLDER_KINDS
+        from ..scripts.inference.runner import run_model
+        from ..scripts.inference.zoo import FOLDER_KINDS
 
         kind = FOLDER_KINDS[self.FAMILY]
         chain = [("full model", model_name)]
@@ -266,9 +266,9 @@ class RestoreKitRealESRGAN(_ModelNode):
         return {"required": req}
 
     def _load(self, path, opts):
-        from ..scripts import model_zoo
+        from ..scripts.inference import zoo
 
-        return model_zoo.load("realesrgan", path, denoise_strength=opts["denoise_strength"])
+        return zoo.load("realesrgan", path, denoise_strength=opts["denoise_strength"])
 
     def _classical(self, image, opts):
         s = opts["output_scale"] or 4.0
@@ -314,7 +314,7 @@ class RestoreKitSCUNet(_ModelNode):
 
     def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
                 fallback_model=NONE):
-        from ..scripts.model_zoo import SCUNET_MIN_OVERLAP, SCUNET_TILE_MULTIPLE
+        from ..scripts.inference.zoo import SCUNET_MIN_OVERLAP, SCUNET_TILE_MULTIPLE
 
         image = check_image(image)
         m = SCUNET_TILE_MULTIPLE
@@ -348,9 +348,9 @@ class RestoreKitSFHformer(_ModelNode):
         return {"required": req}
 
     def _load(self, path, opts):
-        from ..scripts import model_zoo
+        from ..scripts.inference import zoo
 
-        return model_zoo.load("sfhformer", path, task=opts["task"])
+        return zoo.load("sfhformer", path, task=opts["task"])
 
     def _classical(self, image, opts):
         task = opts["task"]

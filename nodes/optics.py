@@ -30,7 +30,7 @@ def _deconvolve_batch(image: torch.Tensor, kernels, opts: dict, device: str):
     """Deconvolve every image of a checked batch (alpha kept).  ``kernels``: one 2D kernel or a list
     (one per image).  Returns (IMAGE, list of reports, device note)."""
     from ..scripts.deconvolution import deconvolve
-    from ..scripts.runtime import get_runtime
+    from ..scripts.inference.runtime import get_runtime
 
     rt = get_runtime()
     dev, note = resolve_device(device)

@@ -1,7 +1,7 @@
 """Generic model nodes over the memory-safe runner: load any spandrel model, run it safely; status.
 
-Thin wrappers: ``scripts.model_files`` loads (weights only, never unpickled code),
-``scripts.model_runner`` plans device, tile and precision and falls back on out-of-memory.
+Thin wrappers: ``scripts.inference.files`` loads (weights only, never unpickled code),
+``scripts.inference.runner`` plans device, tile and precision and falls back on out-of-memory.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ UPSCALE_FOLDER = "upscale_models"
 
 
 def _runtime():
-    from ..scripts.runtime import get_runtime
+    from ..scripts.inference.runtime import get_runtime
 
     return get_runtime()
 
@@ -46,7 +46,7 @@ class RestoreKitLoadModel:
         }
 
     def load(self, model_name):
-        from ..scripts.model_files import load_spandrel
+        from ..scripts.inference.files import load_spandrel
 
         path = _runtime().resolve_model_file(UPSCALE_FOLDER, model_name)
         handle = load_spandrel(path)
@@ -89,7 +89,7 @@ class RestoreKitRestoreWithModel:
         }
 
     def restore(self, model, image, device, tile, overlap, precision):
-        from ..scripts.model_runner import run_model
+        from ..scripts.inference.runner import run_model
 
         image = check_image(image)
         ov = max(int(overlap), int(model.min_overlap))

@@ -8,8 +8,8 @@ import importlib.util
 import platform
 from typing import Dict, List
 
-from . import memory_utils as mu
-from .runtime import get_runtime
+from .inference import memory_utils as mu
+from .inference.runtime import get_runtime
 
 OPTIONAL_DEPENDENCIES = {
     "bm3d": "BM3D film-grain denoising (non-commercial licence; fallback denoiser without it)",

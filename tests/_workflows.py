@@ -567,7 +567,7 @@ def write_models(example: Example, models_dir: str) -> List[str]:
     """
     from importlib import import_module
 
-    runtime = import_module(load_pack().__name__ + ".scripts.runtime").get_runtime()
+    runtime = import_module(load_pack().__name__ + ".scripts.inference.runtime").get_runtime()
     written = []
     for spec in example.models:
         for key in ("folder", "name", "arch"):

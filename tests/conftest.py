@@ -1,6 +1,6 @@
 """Load the pack the way ComfyUI does: the repository folder imported as a package.
 
-The tests import it as ``restorekit`` (``from restorekit.scripts import tiling``); one test in
+The tests import it as ``restorekit`` (``from restorekit.scripts.inference import tiling``); one test in
 test_pack_schema.py loads it again under a random name to prove the imports are relative only.
 """
 import importlib.util

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restorekit.scripts import model_zoo
+from restorekit.scripts.inference import zoo
 from restorekit.scripts.archs import noise_da as nda
-from restorekit.scripts.model_files import ModelFileError, load_state_dict
-from restorekit.scripts.model_runner import run_model
+from restorekit.scripts.inference.files import ModelFileError, load_state_dict
+from restorekit.scripts.inference.runner import run_model
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -40,7 +40,7 @@ def test_training_state_keeps_restoration_net_only(tmp_path):
     state["gammas"] = torch.linspace(0, 1, 10)  # noise-schedule buffer of the training Network
     path = tmp_path / "denoise.pth"
     torch.save(state, path)
-    handle = model_zoo.load_noise_da(str(path))
+    handle = zoo.load_noise_da(str(path))
     keys = set(handle.module.state_dict())
     assert keys == set(net.state_dict()) and not any("denoise_fn" in k for k in keys)
     assert handle.size_multiple == 8 and handle.pad_mode == "replicate"
@@ -50,7 +50,7 @@ def test_runner_pads_by_replication_like_official(tmp_path):
     """Official test_split_fn: ReplicationPad2d on the right/bottom to a multiple of 8, crop back."""
     net = _tiny()
     torch.save(nda.official_layout(net), tmp_path / "deblur.pth")
-    handle = model_zoo.load_noise_da(str(tmp_path / "deblur.pth"))
+    handle = zoo.load_noise_da(str(tmp_path / "deblur.pth"))
     x = torch.rand(1, 3, 30, 45, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = net(F.pad(x, (0, 3, 0, 2), mode="replicate"))[..., :30, :45].clamp(0, 1)
@@ -61,6 +61,6 @@ def test_runner_pads_by_replication_like_official(tmp_path):
 def test_other_checkpoint_refused(tmp_path):
     torch.save({"RestorationNet.foo.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ModelFileError, match="bad.pth.*Noise-DA checkpoint"):
-        model_zoo.load_noise_da(str(tmp_path / "bad.pth"))
+        zoo.load_noise_da(str(tmp_path / "bad.pth"))
     with pytest.raises(ValueError, match="multiples of 8"):
         _tiny()(torch.rand(1, 3, 20, 24))

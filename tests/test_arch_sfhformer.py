@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from restorekit.scripts import model_zoo
+from restorekit.scripts.inference import zoo
 from restorekit.scripts.archs import sfhformer as sfh
-from restorekit.scripts.model_files import ModelFileError, load_state_dict
-from restorekit.scripts.model_runner import run_model
+from restorekit.scripts.inference.files import ModelFileError, load_state_dict
+from restorekit.scripts.inference.runner import run_model
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -63,7 +63,7 @@ def test_official_pth_through_zoo_and_runner(tmp_path):
     net, _ = sfh.build_from_state_dict(_fixture("sfhformer_lol_tiny.safetensors"))
     path = tmp_path / "sfhformer_tiny_lolv2s.pth"
     torch.save(sfh.official_layout(net), path)
-    handle, variant = model_zoo.load_sfhformer(str(path))
+    handle, variant = zoo.load_sfhformer(str(path))
     assert handle.arch == "SFHformer" and handle.size_multiple == 8 and variant == "custom"
     x = _input()
     img = x.permute(0, 2, 3, 1)
@@ -80,9 +80,9 @@ def test_its_name_turns_fourier_bn_off(tmp_path):
     sd = _fixture("sfhformer_haze_tiny.safetensors")
     for name, bn in (("sfhformer_haze_its.pth", False), ("sfhformer_haze_ots.pth", True)):
         torch.save({"state_dict": sd}, tmp_path / name)
-        handle, _ = model_zoo.load_sfhformer(str(tmp_path / name))
+        handle, _ = zoo.load_sfhformer(str(tmp_path / name))
         assert handle.extra["fft_bn"] is bn
-    handle, _ = model_zoo.load_sfhformer(str(tmp_path / "sfhformer_haze_its.pth"), task="dehaze-outdoor")
+    handle, _ = zoo.load_sfhformer(str(tmp_path / "sfhformer_haze_its.pth"), task="dehaze-outdoor")
     assert handle.extra["fft_bn"] is True
 
 
@@ -90,11 +90,11 @@ def test_wrong_task_and_missing_key_refused(tmp_path):
     sd = dict(_fixture("sfhformer_lol_tiny.safetensors"))
     torch.save({"state_dict": sd}, tmp_path / "lol.pth")
     with pytest.raises(ModelFileError, match="lol.pth.*not the 'dehaze-indoor' task"):
-        model_zoo.load_sfhformer(str(tmp_path / "lol.pth"), task="dehaze-indoor")
+        zoo.load_sfhformer(str(tmp_path / "lol.pth"), task="dehaze-indoor")
     sd.pop("module.layer2.blocks.0.mixer.ca.1.weight")
     torch.save({"state_dict": sd}, tmp_path / "broken.pth")
     with pytest.raises(ModelFileError, match="broken.pth.*SFHformer checkpoint"):
-        model_zoo.load_sfhformer(str(tmp_path / "broken.pth"))
+        zoo.load_sfhformer(str(tmp_path / "broken.pth"))
 
 
 def test_size_not_multiple_of_4_rejected():

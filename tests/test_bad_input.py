@@ -10,9 +10,9 @@ import torch
 from _nets import ConvNet, write_esrgan
 from restorekit.nodes._common import check_image
 from restorekit.nodes.restore_model import RestoreKitLoadModel, RestoreKitRestoreWithModel
-from restorekit.scripts.model_files import ModelFileError, load_spandrel, load_state_dict
-from restorekit.scripts.model_handle import ModelHandle
-from restorekit.scripts.runtime import get_runtime
+from restorekit.scripts.inference.files import ModelFileError, load_spandrel, load_state_dict
+from restorekit.scripts.inference.handle import ModelHandle
+from restorekit.scripts.inference.runtime import get_runtime
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from restorekit.nodes import comfy_adapter
-from restorekit.scripts import runtime as rt
+from restorekit.scripts.inference import runtime as rt
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_user_configured_folder_is_merged_not_replaced(fake_comfy):
 
 def test_interrupt_between_tiles_stops_the_runner(fake_comfy):
     from _nets import ConvNet
-    from restorekit.scripts.model_handle import ModelHandle
-    from restorekit.scripts.model_runner import run_model
+    from restorekit.scripts.inference.handle import ModelHandle
+    from restorekit.scripts.inference.runner import run_model
 
     calls, mm, fp, Interrupted = fake_comfy
     rt.set_runtime(rt.PlainRuntime())

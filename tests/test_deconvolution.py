@@ -186,7 +186,7 @@ def test_deconvolve_node(pack, camera, rng):
 def test_deconvolve_node_memory_plan(pack, camera, monkeypatch):
     """Too little free memory: channels one at a time (same result), then a clear error."""
     from restorekit.nodes import optics
-    from restorekit.scripts.runtime import get_runtime
+    from restorekit.scripts.inference.runtime import get_runtime
 
     node = optics.RestoreKitDeconvolve()
     _, blurred = camera

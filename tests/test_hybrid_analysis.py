@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from restorekit.hybrid import analysis, damage
+from restorekit.hybrid import analysis
+from restorekit.hybrid.tools import damage
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The paired-data generator (hybrid/damage.py): determinism, split by source, level ordering."""
+"""The paired-data generator (hybrid/tools/damage.py): determinism, split by source, level ordering."""
 import numpy as np
 
-from restorekit.hybrid import damage
+from restorekit.hybrid.tools import damage
 from restorekit.hybrid.predictor import psnr
 
 

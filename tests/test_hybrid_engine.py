@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from restorekit.hybrid import damage, unet
+from restorekit.hybrid import unet
+from restorekit.hybrid.tools import damage
 from restorekit.hybrid.engine import HybridRestorer, Thresholds
 
 

@@ -1,4 +1,4 @@
-"""Hybrid nodes (nodes/hybrid.py) and the CLI (hybrid/cli.py)."""
+"""Hybrid nodes (nodes/hybrid.py) and the CLI (hybrid/tools/cli.py)."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from restorekit.hybrid import cli, damage
+from restorekit.hybrid.tools import cli, damage
 from restorekit.nodes import hybrid as nodes
 
 

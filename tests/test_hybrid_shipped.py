@@ -1,7 +1,8 @@
 """The shipped hybrid models load (hash-checked) and beat the identity on held-out test images."""
 import pytest
 
-from restorekit.hybrid import analysis, damage, engine, unet
+from restorekit.hybrid import analysis, engine, unet
+from restorekit.hybrid.tools import damage
 from restorekit.hybrid.predictor import Predictor, psnr
 
 

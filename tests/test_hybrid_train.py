@@ -1,4 +1,4 @@
-"""Training runs end to end on a tiny data set (hybrid/train.py, hybrid/predictor.py, the CLI)."""
+"""Training runs end to end on a tiny data set (hybrid/tools/train.py, hybrid/predictor.py, the CLI)."""
 import json
 import os
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from restorekit.hybrid import classical, damage, predictor, train, unet
+from restorekit.hybrid import classical, predictor, unet
+from restorekit.hybrid.tools import damage, train
 from restorekit.scripts.shipped_models import ShippedModelError
 
 
@@ -43,7 +44,7 @@ def test_grid_scores_agree_with_direct_application():
 
 def test_tiny_training_end_to_end(tmp_path, capsys):
     """`restorekit retrain --quick` (predictor, threshold calibration, U-Net) into a scratch models dir."""
-    from restorekit.hybrid import cli
+    from restorekit.hybrid.tools import cli
 
     md = str(tmp_path / "models")
     assert cli.main(["retrain", "--quick", "--models-dir", md, "--no-lbclahe"]) == 0
@@ -108,7 +109,7 @@ def test_choose_thresholds_prefers_fewer_unet_runs_on_ties():
 
 
 def test_cli_calibrate_on_quick_models(tmp_path, capsys):
-    from restorekit.hybrid import cli
+    from restorekit.hybrid.tools import cli
 
     md = str(tmp_path / "models")
     train.train_predictor(models_dir=md, log=lambda s: None, **train.QUICK_PREDICTOR)

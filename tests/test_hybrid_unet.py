@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from restorekit.hybrid import damage, unet
+from restorekit.hybrid import unet
+from restorekit.hybrid.tools import damage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,9 +5,9 @@ import torch
 
 from _nets import ConvNet, FailAbove
 from restorekit.nodes.restore_model import RestoreKitRestoreWithModel
-from restorekit.scripts import memory_utils as mu
-from restorekit.scripts.model_handle import ModelHandle
-from restorekit.scripts.model_runner import run_model
+from restorekit.scripts.inference import memory_utils as mu
+from restorekit.scripts.inference.handle import ModelHandle
+from restorekit.scripts.inference.runner import run_model
 
 
 def test_is_oom_error_classifies_real_exception_types():
@@ -124,7 +124,7 @@ def test_resolve_device():
 
 
 def test_precision_falls_back_where_unsupported():
-    from restorekit.scripts.model_runner import choose_precision
+    from restorekit.scripts.inference.runner import choose_precision
 
     handle = ModelHandle(ConvNet(), "n", supports_half=False)
     dtype, name, note = choose_precision(handle, torch.device("cpu"), "fp16")

@@ -1,4 +1,4 @@
-"""Model loaders (scripts/model_zoo.py) and model nodes (nodes/models.py).
+"""Model loaders (scripts/inference/zoo.py) and model nodes (nodes/models.py).
 
 Random-weight checkpoints are written in each project's OFFICIAL layout (basicsr RRDBNet keys in
 ``{'params_ema': sd}``, SRVGGNetCompact in ``{'params': sd}``, SCUNet raw, SFHformer
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from restorekit.nodes import models as nodes
-from restorekit.scripts import model_zoo
+from restorekit.scripts.inference import zoo
 from restorekit.scripts.archs import noise_da as nda
 from restorekit.scripts.archs import sfhformer as sfh
-from restorekit.scripts.model_files import ModelFileError, load_state_dict
-from restorekit.scripts.model_runner import run_model
-from restorekit.scripts.runtime import get_runtime
+from restorekit.scripts.inference.files import ModelFileError, load_state_dict
+from restorekit.scripts.inference.runner import run_model
+from restorekit.scripts.inference.runtime import get_runtime
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -82,7 +82,7 @@ def model_dirs(tmp_path_factory):
     rt = get_runtime()
     rt.register_model_folder("upscale_models", str(up))
     rt.register_model_folder("restorekit", str(rk))
-    model_zoo.clear_cache()
+    zoo.clear_cache()
     return {"upscale_models": up, "restorekit": rk}
 
 
@@ -98,7 +98,7 @@ def test_realesrgan_rrdb_official_layout_matches_spandrel(model_dirs):
     from spandrel import ModelLoader
 
     sd = rrdbnet_official()
-    handle, _ = model_zoo.load_realesrgan(str(model_dirs["upscale_models"] / "RealESRGAN_x4plus.pth"))
+    handle, _ = zoo.load_realesrgan(str(model_dirs["upscale_models"] / "RealESRGAN_x4plus.pth"))
     assert handle.arch == "ESRGAN" and handle.scale == 4
     ref = ModelLoader().load_from_state_dict(sd).model.eval()
     x = _image(20, 24)
@@ -114,12 +114,12 @@ def test_general_x4v3_denoise_strength_blends_weights(model_dirs):
 
     a, b = compact_official(1), compact_official(2)
     path = str(model_dirs["upscale_models"] / "realesr-general-x4v3.pth")
-    handle, note = model_zoo.load_realesrgan(path, denoise_strength=0.3)
+    handle, note = zoo.load_realesrgan(path, denoise_strength=0.3)
     got = handle.module.state_dict()
     for k in a:  # w = 0.3 * general + 0.7 * wdn (official --denoise_strength)
         torch.testing.assert_close(got[k], 0.3 * a[k] + 0.7 * b[k], atol=1e-6, rtol=1e-6)
     assert "realesr-general-wdn-x4v3.pth" in note
-    full, _ = model_zoo.load_realesrgan(path, denoise_strength=1.0)
+    full, _ = zoo.load_realesrgan(path, denoise_strength=1.0)
     x = _image(16, 16)
     with torch.no_grad():
         ya = full.module(x.permute(0, 3, 1, 2))
@@ -130,14 +130,14 @@ def test_general_x4v3_denoise_strength_blends_weights(model_dirs):
 def test_general_x4v3_missing_twin_is_named(tmp_path):
     torch.save({"params": compact_official(1)}, tmp_path / "realesr-general-x4v3.pth")
     with pytest.raises(ModelFileError, match="realesr-general-wdn-x4v3.pth"):
-        model_zoo.load_realesrgan(str(tmp_path / "realesr-general-x4v3.pth"), denoise_strength=0.5)
+        zoo.load_realesrgan(str(tmp_path / "realesr-general-x4v3.pth"), denoise_strength=0.5)
 
 
 def test_scunet_pads_by_replication_to_64(model_dirs):
     """Official SCUNet pads replicate to a multiple of 64; the handle makes the runner do the same."""
     from spandrel import ModelLoader
 
-    handle = model_zoo.load_scunet(str(model_dirs["upscale_models"] / "scunet_color_real_psnr.pth"))
+    handle = zoo.load_scunet(str(model_dirs["upscale_models"] / "scunet_color_real_psnr.pth"))
     assert (handle.size_multiple, handle.pad_mode, handle.min_overlap) == (64, "replicate", 64)
     net = ModelLoader().load_from_state_dict(scunet_official()).model.eval()
     x = _image(50, 70)
@@ -167,12 +167,12 @@ TILE_CASES = [  # label, folder, file, tile, overlap, max_tol, mean_tol, mean_to
 def _load_any(kind, name, dirs):
     path = str(dirs[kind] / name)
     if "scunet" in name:
-        return model_zoo.load_scunet(path)
+        return zoo.load_scunet(path)
     if "sfhformer" in name:
-        return model_zoo.load_sfhformer(path)[0]
+        return zoo.load_sfhformer(path)[0]
     if name == "denoise.pth":
-        return model_zoo.load_noise_da(path)
-    return model_zoo.load_realesrgan(path)[0]
+        return zoo.load_noise_da(path)
+    return zoo.load_realesrgan(path)[0]
 
 
 @pytest.mark.parametrize("label, kind, name, tile, overlap, max_tol, mean_tol, rel_tol", TILE_CASES,
@@ -221,13 +221,13 @@ def _bad_files(tmp_path, good_path):
 
 
 LOADERS = {
-    "realesrgan": (lambda p: model_zoo.load_realesrgan(p), "upscale_models", "RealESRGAN_x4plus.pth",
+    "realesrgan": (lambda p: zoo.load_realesrgan(p), "upscale_models", "RealESRGAN_x4plus.pth",
                    "scunet_color_real_psnr.pth", "Real-ESRGAN"),
-    "scunet": (lambda p: model_zoo.load_scunet(p), "upscale_models", "scunet_color_real_psnr.pth",
+    "scunet": (lambda p: zoo.load_scunet(p), "upscale_models", "scunet_color_real_psnr.pth",
                "RealESRGAN_x4plus.pth", "SCUNet"),
-    "sfhformer": (lambda p: model_zoo.load_sfhformer(p), "restorekit", "sfhformer_11211_lolv2s.pth",
+    "sfhformer": (lambda p: zoo.load_sfhformer(p), "restorekit", "sfhformer_11211_lolv2s.pth",
                   "denoise.pth", "SFHformer"),
-    "noise_da": (lambda p: model_zoo.load_noise_da(p), "restorekit", "denoise.pth",
+    "noise_da": (lambda p: zoo.load_noise_da(p), "restorekit", "denoise.pth",
                  "sfhformer_11211_lolv2s.pth", "Noise-DA"),
 }
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from _nets import ConvNet
-from restorekit.scripts.model_handle import ModelHandle
-from restorekit.scripts.model_runner import run_model
-from restorekit.scripts.tiling import axis_weights, pad_to_multiple, tile_starts, tiled_inference
+from restorekit.scripts.inference.handle import ModelHandle
+from restorekit.scripts.inference.runner import run_model
+from restorekit.scripts.inference.tiling import axis_weights, pad_to_multiple, tile_starts, tiled_inference
 
 
 @pytest.mark.parametrize("length,tile,overlap,scale", [

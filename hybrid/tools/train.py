@@ -17,7 +17,7 @@ stopping watch the validation loss on fixed pairs from the validation sources.  
 seeded: the same arguments give the same weights on the same machine (torch CPU kernels, one
 thread).
 
-Run all of it with ``restorekit retrain`` (``python -m restorekit.hybrid.cli retrain``).
+Run all of it with ``restorekit retrain`` (``python -m restorekit.hybrid.tools.cli retrain``).
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
     ``overrides`` replace entries of :data:`UNET_DEFAULTS`.  ``out_relpath=None`` saves nothing.
     Returns a summary dict (steps, best validation loss/PSNR, seconds, the config).
     """
-    from .unet import RestoreUNet
-    from ..scripts import shipped_models
+    from ..unet import RestoreUNet
+    from ...scripts import shipped_models
 
     cfg = dict(UNET_DEFAULTS)
     cfg.update(overrides)
@@ -188,7 +188,7 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                "train_sources": train_sources, "val_sources": val_sources, "history": history}
     if out_relpath:
-        from ..scripts.shipped_models import model_path
+        from ...scripts.shipped_models import model_path
 
         path = model_path(out_relpath, **({"models_dir": models_dir} if models_dir else {}))
         with open(os.path.splitext(path)[0] + "_training.json", "w", encoding="utf-8") as f:
@@ -211,7 +211,7 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
     Pairs: every training source at each of ``max_sides`` × 3 levels × ``per_level`` variants.
     Saves the bundle (scaler + forest + metadata incl. CV metrics) with ``save_joblib``.
     """
-    from . import predictor
+    from .. import predictor
 
     cfg = dict(PREDICTOR_DEFAULTS)
     cfg.update(overrides)
@@ -253,8 +253,8 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] hybrid predictor")
     res = train_predictor(models_dir=models_dir, log=log, **(QUICK_PREDICTOR if quick else {}))
     results["predictor"] = {k: v for k, v in res.items() if k != "bundle"}
-    from .predictor import Predictor
-    from .unet import handle_from_module
+    from ..predictor import Predictor
+    from ..unet import handle_from_module
 
     pred = Predictor(res["bundle"])
     log("[retrain] hybrid U-Net")
@@ -267,7 +267,7 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
     if include_lbclahe:
         try:
-            from ..scripts import lbclahe_train
+            from ...scripts import lbclahe_train
         except ImportError as exc:
             log(f"[retrain] LB-CLAHE trainer not available ({exc}); skipped")
             results["lbclahe"] = "skipped: scripts/lbclahe_train.py not available"
@@ -292,10 +292,10 @@ def calibrate_thresholds(pred=None, unet=None, per_level: int = 10, max_side: in
     generator's own light / moderate / severe labels is reported too.  These are the engine's
     defaults (:class:`.engine.Thresholds`).
     """
-    from . import analysis
-    from .engine import HybridRestorer, residual_quality_db
+    from .. import analysis
+    from ..engine import HybridRestorer, residual_quality_db
     from .evaluate import psnr
-    from .predictor import Predictor
+    from ..predictor import Predictor
 
     pred = pred or Predictor.load()
     restorer = HybridRestorer(predictor=pred, unet=unet, device="cpu")

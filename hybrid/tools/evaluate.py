@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import damage
-from .engine import HybridRestorer, Thresholds
+from ..engine import HybridRestorer, Thresholds
 
 METHODS = ("input", "classical", "ml_guided", "deep_learning", "auto")
 COLOURS = {"input": (150, 150, 150), "classical": (70, 130, 200), "ml_guided": (90, 180, 90),
@@ -37,7 +37,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from .predictor import psnr as _p
+    from ..predictor import psnr as _p
 
     return _p(a, b)
 
@@ -113,8 +113,8 @@ def unet_timing(restorer: HybridRestorer, side: int = 1024, repeats: int = 2) ->
     """Seconds per megapixel of the U-Net (CPU, whole image) and of the damage analysis."""
     import torch
 
-    from . import analysis
-    from .unet import run
+    from .. import analysis
+    from ..unet import run
 
     rng = np.random.default_rng(0)
     img = damage.load_source("retina", side)

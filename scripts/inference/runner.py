@@ -1,9 +1,9 @@
-"""Run a :class:`~scripts.model_handle.ModelHandle` on an image without running out of memory.
+"""Run a :class:`~scripts.inference.handle.ModelHandle` on an image without running out of memory.
 
 :func:`run_model` picks the device (``auto``/``cpu``/``gpu``) and precision, plans whole-image or
-tiled inference from measured free memory (:func:`scripts.memory_utils.plan_tiles`), and on
+tiled inference from measured free memory (:func:`scripts.inference.memory_utils.plan_tiles`), and on
 out-of-memory walks a fallback chain: free memory, halve the tile down to the minimum, move to the
-CPU, then raise :class:`scripts.memory_utils.OutOfMemoryError` listing every step.  The report it
+CPU, then raise :class:`scripts.inference.memory_utils.OutOfMemoryError` listing every step.  The report it
 returns says what ran: device, tile, precision, fallbacks, time, peak RAM and VRAM.
 
 Images are ComfyUI-style ``[B, H, W, C]`` float32 0..1 on the CPU, C = 1, 3 or 4.  Grey images are
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import memory_utils as mu
-from .finite import all_finite
-from .model_handle import ModelHandle
+from ..finite import all_finite
+from .handle import ModelHandle
 from .runtime import get_runtime
 from .tiling import count_tiles, tiled_inference
 

@@ -1,7 +1,7 @@
 """``restorekit`` command line: restore, evaluate, retrain, status.
 
-Installed as the console script ``restorekit`` (``restorekit.hybrid.cli:main``); also runnable as
-``python -m restorekit.hybrid.cli``.  Tests call :func:`main` with an argv list.
+Installed as the console script ``restorekit`` (``restorekit.hybrid.tools.cli:main``); also runnable as
+``python -m restorekit.hybrid.tools.cli``.  Tests call :func:`main` with an argv list.
 
 Examples::
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _thresholds(args):
-    from .engine import Thresholds
+    from ..engine import Thresholds
 
     d = Thresholds.calibrated(args.estimator) if args.estimator else Thresholds()
     return Thresholds(light_min_db=d.light_min_db if args.light_min_db is None else args.light_min_db,
@@ -64,7 +64,7 @@ def _thresholds(args):
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "restore":
-        from .engine import HybridRestorer
+        from ..engine import HybridRestorer
 
         try:
             th = _thresholds(args)
@@ -104,9 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(res, indent=1, default=str))
         return 0
     if args.command == "calibrate":
-        from .predictor import Predictor
+        from ..predictor import Predictor
         from .train import calibrate_thresholds
-        from .unet import load_shipped
+        from ..unet import load_shipped
 
         res = calibrate_thresholds(Predictor.load(models_dir=args.models_dir),
                                    load_shipped(models_dir=args.models_dir), per_level=args.per_level)
@@ -115,14 +115,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.command == "status":
         try:
-            from ..scripts import status_report
+            from ...scripts import status_report
         except ImportError:
             status_report = None
         if status_report is not None and hasattr(status_report, "report_text"):
             print(status_report.report_text())
         else:
             print("status report not available (scripts/status_report.py missing)")
-        from ..scripts.shipped_models import ShippedModelError, verify
+        from ...scripts.shipped_models import ShippedModelError, verify
 
         for rel in ("hybrid/unet.safetensors", "hybrid/predictor.joblib"):
             try:

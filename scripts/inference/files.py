@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Mapping, Union
 
 import torch
 
-from .model_handle import ModelHandle
+from .handle import ModelHandle
 
 StateDict = Dict[str, torch.Tensor]
 

@@ -3,7 +3,7 @@
 A :class:`ModelHandle` wraps a ``torch.nn.Module`` that maps ``[N, C_in, H, W]`` float images in 0..1 to
 ``[N, C_out, H*scale, W*scale]``, plus the facts the tile planner uses: integer scale, the size multiple
 the network needs, the overlap tiles need, whether tiling is advisable, and which precisions work.
-Handles come from spandrel descriptors (:func:`scripts.model_files.handle_from_spandrel`) or from the
+Handles come from spandrel descriptors (:func:`scripts.inference.files.handle_from_spandrel`) or from the
 pack's own architectures in ``scripts/archs/``.
 """
 from __future__ import annotations

@@ -16,8 +16,8 @@ Noise-DA           denoise.pth, derain.pth, deblur.pth         scripts/archs/   
                    (S-Lab licence, non-commercial)             noise_da.py
 =================  ==========================================  ===================  =================
 
-Every loader reads the file without running pickled code (:func:`scripts.model_files.load_state_dict`)
-and refuses a file that is not what it expects with :class:`scripts.model_files.ModelFileError`
+Every loader reads the file without running pickled code (:func:`scripts.inference.files.load_state_dict`)
+and refuses a file that is not what it expects with :class:`scripts.inference.files.ModelFileError`
 naming the file and the expected model.  Handles come back on the CPU in float32 and eval mode.
 
 Real-ESRGAN's "denoise strength" (Wang et al., Real-ESRGAN, ICCVW 2021; the official
@@ -34,8 +34,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .model_files import ModelFileError, load_spandrel, load_state_dict, unwrap_state_dict
-from .model_handle import ModelHandle
+from .files import ModelFileError, load_spandrel, load_state_dict, unwrap_state_dict
+from .handle import ModelHandle
 
 #: node family -> model-folder kind the files live in
 FOLDER_KINDS = {"realesrgan": "upscale_models", "scunet": "upscale_models",
@@ -169,7 +169,7 @@ def load_sfhformer(path: str, task: str = "auto") -> Tuple[ModelHandle, str]:
     unit's BatchNorm (the official test setting), OTS and the other tasks with it; ``auto``
     chooses indoor when the file name contains ``its``.  Returns the handle and the variant name.
     """
-    from .archs import sfhformer as sfh
+    from ..archs import sfhformer as sfh
 
     expected = ("an SFHformer checkpoint ({'state_dict': {'module.patch_embed.proj.weight': ...}} as in "
                 "sfhformer_haze_its.pth / sfhformer_haze_ots.pth / sfhformer_*_lolv2*.pth / GoPro)")
@@ -210,7 +210,7 @@ def load_noise_da(path: str) -> ModelHandle:
 
     Keeps ``RestorationNet.*`` and drops the diffusion model (``denoise_fn.*``).
     """
-    from .archs import noise_da as nda
+    from ..archs import noise_da as nda
 
     expected = ("a Noise-DA checkpoint (the training state with 'RestorationNet.down_path.0.block.0.weight' "
                 "... as in denoise.pth / derain.pth / deblur.pth)")

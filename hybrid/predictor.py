@@ -20,6 +20,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..scripts.metrics import psnr
 from . import analysis, classical
 
 RELPATH = "hybrid/predictor.joblib"
@@ -29,12 +30,6 @@ BUNDLE_VERSION = 1
 #: :data:`MARGINS_DB` (``no_change_below_db``); this is the default for bundles without one
 NO_CHANGE_BELOW_DB = 0.0
 MARGINS_DB = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB for images in 0..1 (capped at 100 dB for identical images)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return 100.0 if mse <= 1e-10 else float(10.0 * np.log10(1.0 / mse))
 
 
 def grid_scores(damaged: np.ndarray, clean: np.ndarray) -> np.ndarray:

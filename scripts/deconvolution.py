@@ -254,8 +254,3 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
         return out.cpu().numpy().astype(np.float32), report
     return out.contiguous(), report
 
-
-def psnr(reference: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(test, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)

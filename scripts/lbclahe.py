@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import clahe as _clahe
+from .metrics import ssim
 
 PREDICTOR_PATH = "lbclahe/predictor.joblib"
 
@@ -127,31 +128,6 @@ def features(plane: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-# --- SSIM (the search target) ----------------------------------------------------------------------
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Mean SSIM (Wang et al., IEEE TIP 2004) of two planes: Gaussian window sigma 1.5 (11 taps),
-    K1 0.01, K2 0.03, population covariances, symmetric borders, the 5-px border excluded from the
-    mean -- the same numbers as ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False)``, at a fraction of the cost."""
-    import cv2
-
-    x = np.asarray(a, dtype=np.float32)
-    y = np.asarray(b, dtype=np.float32)
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-
-    def blur(t):
-        return cv2.GaussianBlur(t, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
-
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    pad = 5
-    if s.shape[0] > 2 * pad and s.shape[1] > 2 * pad:
-        s = s[pad:-pad, pad:-pad]
-    return float(s.astype(np.float64).mean())
 
 
 def grid_search(distorted: np.ndarray, pristine: np.ndarray, clips: Sequence[float] = CLIP_VALUES,

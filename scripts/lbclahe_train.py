@@ -48,9 +48,9 @@ if __package__ in (None, ""):  # run as a file: load the pack as a package so re
         _mod = importlib.util.module_from_spec(_spec)
         sys.modules["restorekit"] = _mod
         _spec.loader.exec_module(_mod)
-    from restorekit.scripts import clahe as _clahe, lbclahe, shipped_models  # type: ignore
+    from restorekit.scripts import clahe as _clahe, lbclahe, metrics, shipped_models  # type: ignore
 else:
-    from . import clahe as _clahe, lbclahe, shipped_models
+    from . import clahe as _clahe, lbclahe, metrics, shipped_models
 
 #: training sources: images that ship inside the scikit-image and scikit-learn wheels
 SKIMAGE_TRAIN = ("astronaut", "camera", "coffee", "chelsea", "hubble_deep_field", "retina", "rocket",
@@ -183,7 +183,7 @@ def build_dataset(sources: Sequence[str], distortions_per_view: int, n_crops: in
             for kind in (DISTORTIONS[int(k)] for k in kinds):
                 dist, info = distort(view, kind, rng)
                 res = lbclahe.grid_search(dist, view, clips, grids)
-                d_ssim = lbclahe.ssim(_clahe.clahe_channel(dist, 2.0, 8), view)
+                d_ssim = metrics.ssim(_clahe.clahe_channel(dist, 2.0, 8), view)
                 X.append(lbclahe.features(dist))
                 Y.append(lbclahe.encode_params(res["clip"], res["grid"]))
                 groups.append(gi)
@@ -215,7 +215,7 @@ def predicted_ssim(model, X: np.ndarray, pairs) -> np.ndarray:
     for x, (dist, pristine) in zip(X, pairs):
         c, g = np.asarray(model.predict(x[None]), dtype=np.float64).reshape(-1)[:2]
         clip, grid = lbclahe.decode_params(c, g)
-        out.append(lbclahe.ssim(_clahe.clahe_channel(dist, clip, grid), pristine))
+        out.append(metrics.ssim(_clahe.clahe_channel(dist, clip, grid), pristine))
     return np.asarray(out)
 
 

@@ -9,11 +9,11 @@ import torch
 
 from restorekit.scripts import bm3d_denoise as bd
 from restorekit.scripts import grain
-
+from restorekit.scripts.metrics import psnr
 
 
 def _psnr(a, b):
-    return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2))
+    return psnr(b, np.clip(a, 0, 1))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import numpy as np
 
 from restorekit.hybrid.tools import damage
-from restorekit.hybrid.predictor import psnr
+from restorekit.scripts.metrics import psnr
 
 
 def test_split_is_by_source_and_disjoint():

@@ -3,7 +3,8 @@ import pytest
 
 from restorekit.hybrid import analysis, engine, unet
 from restorekit.hybrid.tools import damage
-from restorekit.hybrid.predictor import Predictor, psnr
+from restorekit.hybrid.predictor import Predictor
+from restorekit.scripts.metrics import psnr
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from restorekit.hybrid import classical, predictor, unet
+from restorekit.scripts import metrics
 from restorekit.hybrid.tools import damage, train
 from restorekit.scripts.shipped_models import ShippedModelError
 
@@ -39,7 +40,7 @@ def test_grid_scores_agree_with_direct_application():
     s = predictor.grid_scores(dam, clean)
     i = 17
     c, sg, st = classical.GRID[i]
-    assert s[i] == pytest.approx(predictor.psnr(classical.apply(dam, c, sg, st), clean), abs=1e-9)
+    assert s[i] == pytest.approx(metrics.psnr(classical.apply(dam, c, sg, st), clean), abs=1e-9)
 
 
 def test_tiny_training_end_to_end(tmp_path, capsys):

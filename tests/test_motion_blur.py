@@ -95,7 +95,7 @@ def test_unblurred_image_gives_low_score():
 
 
 def test_motion_deblur_improves_psnr(cases):
-    from restorekit.scripts.deconvolution import psnr
+    from restorekit.scripts.metrics import psnr
 
     (_, length, angle), sharp, blurred = cases[0]
     out, rep = M.motion_deblur(blurred.astype(np.float32), iterations=30)

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import damage
+from ...scripts.metrics import psnr, ssim
 from ..engine import HybridRestorer, Thresholds
 
 METHODS = ("input", "classical", "ml_guided", "deep_learning", "auto")
@@ -29,17 +30,6 @@ COLOURS = {"input": (150, 150, 150), "classical": (70, 130, 200), "ml_guided": (
            "deep_learning": (220, 120, 40), "auto": (180, 60, 160)}
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True,
-                                       sigma=1.5, use_sample_covariance=False))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from ..predictor import psnr as _p
-
-    return _p(a, b)
 
 
 def evaluate(restorer: Optional[HybridRestorer] = None, per_level: int = 4, max_side: int = 256,

@@ -294,7 +294,7 @@ def calibrate_thresholds(pred=None, unet=None, per_level: int = 10, max_side: in
     """
     from .. import analysis
     from ..engine import HybridRestorer, residual_quality_db
-    from .evaluate import psnr
+    from ...scripts.metrics import psnr
     from ..predictor import Predictor
 
     pred = pred or Predictor.load()

@@ -19,7 +19,7 @@ With the configurable thresholds (:class:`Thresholds`):
 
 Strategies: ``auto`` (the routing above) or one method forced for every image.
 
-``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``; images are float32
+``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, RestoreReport)``; images are float32
 RGB ``[H, W, 3]`` in 0..1 (grey and RGBA inputs are accepted: grey is replicated, alpha is kept
 and reattached).  :meth:`HybridRestorer.batch_restore` processes a folder.
 """
@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from . import analysis, classical
+from ..scripts.batch import check_finite
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
@@ -92,10 +93,11 @@ def fallback_quality_db(features: Dict[str, float]) -> float:
 
 
 def residual_quality_db(image: np.ndarray, restored: np.ndarray) -> float:
-    """PSNR (dB, peak 1) of ``image`` against its restoration, capped at :data:`MAX_QUALITY_DB`."""
-    diff = np.asarray(image, np.float64) - np.asarray(restored, np.float64)
-    mse = float(np.mean(diff * diff))
-    return float(min(MAX_QUALITY_DB, 10.0 * np.log10(1.0 / max(mse, 1e-12))))
+    """PSNR (dB, peak 1, :func:`scripts.metrics.psnr`) of ``image`` against its restoration, capped
+    at :data:`MAX_QUALITY_DB`."""
+    from ..scripts.metrics import psnr
+
+    return float(min(MAX_QUALITY_DB, psnr(image, restored)))
 
 
 def classify(quality_db: float, thresholds: Thresholds) -> str:
@@ -138,6 +140,82 @@ def write_image(path: str, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) 
     Image.fromarray(u8).save(path)
 
 
+class _Mapping:
+    """Dict-style read access (``report["method"]``) for code written against the reports' old dict
+    form (the CLI, tools); new code reads the attributes."""
+
+    def __getitem__(self, key: str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default)
+
+
+@dataclass
+class Analysis(_Mapping):
+    """Damage analysis of one image: the 14 features, the quality estimate (dB, see the module
+    docstring) and where it came from, the forest's estimate, the severity and the thresholds."""
+
+    features: Dict[str, float]
+    spectral_slopes: Dict[str, float]
+    quality_db: float
+    quality_source: str
+    forest_quality_db: float
+    severity: str
+    thresholds: Dict[str, object]
+    analysis_seconds: float
+
+    def info_fields(self) -> dict:
+        return {"severity": self.severity, "quality estimate (dB)": f"{self.quality_db:.2f}",
+                "estimated by": self.quality_source}
+
+
+@dataclass
+class RestoreReport(_Mapping):
+    """What :meth:`HybridRestorer.restore` did with one image."""
+
+    method: str
+    severity: str
+    strategy: str
+    analysis: Analysis
+    parameters: Dict[str, object]
+    notes: List[str]
+    seconds: float
+
+    def info_fields(self) -> dict:
+        params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model")}
+        out = {"method": self.method, "severity": self.severity,
+               "quality estimate (dB)": f"{self.analysis.quality_db:.2f} ({self.analysis.quality_source})",
+               "parameters": params or None}
+        runner = self.parameters.get("runner")
+        if runner is not None:
+            f = runner.info_fields()
+            out["U-Net run"] = f"{f['device']}, {f['tile']}, {f['precision']}, {f['runner time']}"
+        return out
+
+
+_SHARED: Dict[tuple, "HybridRestorer"] = {}
+
+
+def shared_restorer(light_min_db: float, severe_max_db: float, device: str = "auto",
+                    estimator: str = DEFAULT_ESTIMATOR) -> "HybridRestorer":
+    """The restorer for these thresholds and device, kept between calls (the nodes' cache): the
+    loaded predictor and U-Net are handed on when the settings change."""
+    th = Thresholds(light_min_db=float(light_min_db), severe_max_db=float(severe_max_db), estimator=estimator)
+    key = (th.light_min_db, th.severe_max_db, th.estimator, device)
+    if key not in _SHARED:
+        previous = next(iter(_SHARED.values()), None)
+        r = HybridRestorer(thresholds=th, device=device)
+        if previous is not None:  # share the loaded models between threshold settings
+            r._predictor, r._unet = previous._predictor, previous._unet
+        _SHARED.clear()
+        _SHARED[key] = r
+    return _SHARED[key]
+
+
 class HybridRestorer:
     """Analysis → severity → classical / ML-guided classical / U-Net.
 
@@ -178,7 +256,7 @@ class HybridRestorer:
         return self._unet
 
     # --- steps ------------------------------------------------------------------------------
-    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Dict[str, object]:
+    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Analysis:
         """Features, quality estimate and severity of an RGB 0..1 image.
 
         ``estimator``: ``unet`` / ``forest``; default the thresholds' own.
@@ -186,7 +264,7 @@ class HybridRestorer:
         return self._analyse(rgb, estimator)[0]
 
     def _analyse(self, rgb: np.ndarray, estimator: Optional[str] = None):
-        """``(analysis dict, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
+        """``(Analysis, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
         feats = analysis.analyze(rgb)
         pred = self.predictor
         if pred is not None:
@@ -204,11 +282,11 @@ class HybridRestorer:
         else:
             q, q_source = q_forest, forest_source
         severity = classify(q, self.thresholds)
-        return {"features": {k: feats[k] for k in analysis.FEATURE_NAMES},
-                "spectral_slopes": {"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
-                "quality_db": float(q), "quality_source": q_source, "forest_quality_db": q_forest,
-                "severity": severity, "thresholds": asdict(self.thresholds),
-                "analysis_seconds": feats["seconds"]}, deep
+        return Analysis(features={k: feats[k] for k in analysis.FEATURE_NAMES},
+                        spectral_slopes={"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
+                        quality_db=float(q), quality_source=q_source, forest_quality_db=q_forest,
+                        severity=severity, thresholds=asdict(self.thresholds),
+                        analysis_seconds=feats["seconds"]), deep
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
         p = classical.rule_parameters(feats)
@@ -233,12 +311,13 @@ class HybridRestorer:
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
     # --- API ----------------------------------------------------------------------------------
-    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, Dict[str, object]]:
+    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, RestoreReport]:
         """Restore one image (array ``[H,W,C]`` 0..1, C = 1/3/4, or a file path).
 
-        Returns ``(float32 image [H,W,C] with the input's channel count, info)``; info has
-        ``method``, ``severity``, ``strategy``, ``analysis`` (all features, the quality estimate,
-        thresholds), ``parameters`` of the method that ran and ``seconds``.
+        Returns ``(float32 image [H,W,C] with the input's channel count, RestoreReport)``: ``method``,
+        ``severity``, ``strategy``, ``analysis`` (all features, the quality estimate, thresholds),
+        ``parameters`` of the method that ran and ``seconds``.  A NaN or infinite result is an
+        error (:class:`scripts.batch.NonFiniteError`), never hidden.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
@@ -263,24 +342,23 @@ class HybridRestorer:
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, deep = self._analyse(rgb, estimator)
-        severity = info_an["severity"]
+        severity = info_an.severity
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
-        feats = info_an["features"]
+        feats = info_an.features
         if method == "classical":
             out, params = self._classical(rgb, feats)
         elif method == "ml_guided":
             out, params = self._ml_guided(rgb, feats)
         else:
             out, params = deep if deep is not None else self._deep(rgb)
-        out = np.clip(np.nan_to_num(out, nan=0.0), 0, 1).astype(np.float32)
+        check_finite(out, "Hybrid restore", method)
+        out = np.clip(out, 0, 1).astype(np.float32)
         if channels == 1:
             out = out.mean(axis=-1, keepdims=True)
         elif channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
-        info = {"method": method, "severity": severity, "strategy": strategy,
-                "analysis": info_an, "parameters": params,
-                "notes": list(self.notes), "seconds": time.perf_counter() - t0}
-        return out, info
+        return out, RestoreReport(method, severity, strategy, info_an, params, list(self.notes),
+                                  time.perf_counter() - t0)
 
     def batch_restore(self, inputs, output_dir: str, strategy: str = "auto", progress: bool = True,
                       report_name: str = "restore_report.json") -> Dict[str, object]:

@@ -2,38 +2,32 @@
 scripts/lbclahe.py, scripts/retinex.py)."""
 from __future__ import annotations
 
+from functools import partial
+
 from ._common import (
-    prepare_image,
     CATEGORY_ROOT,
+    ImageNode,
     choice_input,
     float_input,
-    format_info,
     image_input,
+    info_text,
     int_input,
     map_images,
     string_input,
-    timed,
 )
+from ..scripts.clahe import CHANNEL_NAMES
+from ..scripts.retinex import BLURS, MODES as RETINEX_MODES
 
 CATEGORY = f"{CATEGORY_ROOT}/Contrast"
 
-CLAHE_CHANNELS = {
-    "Oklab L": "oklab",
-    "Lab L": "lab",
-    "YCbCr Y": "ycbcr",
-    "RGB per channel": "rgb",
-}
 
-
-class RestoreKitLBCLAHE:
+class RestoreKitLBCLAHE(ImageNode):
     """Learning-based CLAHE (Campos et al., EURASIP JIVP 2019:59): a random forest trained on
     contrast-distorted images predicts the clip limit and tile grid for each image."""
 
     DESCRIPTION = ("Learning-Based CLAHE: contrast-limited adaptive histogram equalisation whose clip limit and "
                    "tile grid are predicted per image (Campos et al. 2019). Works on Oklab lightness by default.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "info")
     FUNCTION = "enhance"
 
     @classmethod
@@ -42,7 +36,7 @@ class RestoreKitLBCLAHE:
             "required": {
                 "image": image_input(),
                 "channel": choice_input(
-                    list(CLAHE_CHANNELS),
+                    CHANNEL_NAMES,
                     "Channel CLAHE equalises. Oklab L: perceptual lightness, colours kept (default). Lab L: CIE "
                     "L*. YCbCr Y: BT.601 luma. RGB per channel: each of R, G, B (can shift colours). "
                     "Grayscale images use their single channel.",
@@ -64,50 +58,19 @@ class RestoreKitLBCLAHE:
     def enhance(self, image, channel="Oklab L", clip_limit=0.0, grid=0):
         from ..scripts import lbclahe
 
-        if channel not in CLAHE_CHANNELS:
-            raise ValueError(f"channel must be one of {', '.join(CLAHE_CHANNELS)}, got {channel!r}")
-        image, notes = prepare_image(image)
-        note = "; ".join(notes)
-        ch = CLAHE_CHANNELS[channel]
-        need_model = clip_limit <= 0 or grid <= 0
-        bundle = lbclahe.load_predictor() if need_model else None
-        chosen = []
-
-        def run(img):
-            out, params = lbclahe.lb_clahe(img, ch, clip_limit if clip_limit > 0 else None,
-                                           grid if grid > 0 else None, bundle)
-            chosen.append(params)
-            return out
-
-        with timed() as t:
-            out = map_images(image, run)
-        fields = {
-            "channel": channel + (" (grayscale input: its one channel)" if image.shape[-1] == 1 else ""),
-            "clip limit (OpenCV)": ", ".join(f"{p['clip']:.1f}" for p in chosen) + f" ({chosen[0]['clip_source']})",
-            "grid": ", ".join(f"{p['grid']}x{p['grid']}" for p in chosen) + f" ({chosen[0]['grid_source']})",
-            "why": ("predicted per image from histogram/gradient features by the shipped LB-CLAHE random forest "
-                    "(target: SSIM to pristine images)" if need_model else "manual values"),
-            "predictor": (f"models/{lbclahe.PREDICTOR_PATH} (sha256 checked)" if need_model else "not used"),
-            "images": int(image.shape[0]),
-            "alpha": "kept" if image.shape[-1] == 4 else "none",
-        }
-        if note:
-            fields["input"] = note
-        fields["seconds"] = t["seconds"]
-        return (out, format_info("Learning-Based CLAHE", fields))
+        if channel not in CHANNEL_NAMES:
+            raise ValueError(f"channel must be one of {', '.join(CHANNEL_NAMES)}, got {channel!r}")
+        out, report = map_images(image, partial(lbclahe.lb_clahe, channel=CHANNEL_NAMES[channel],
+                                                clip_limit=clip_limit, grid=grid), what="Learning-Based CLAHE")
+        return (out, info_text("Learning-Based CLAHE", report.items, report))
 
 
-RETINEX_MODES = ["MSRCR", "MSR", "MSR-intensity"]
-
-
-class RestoreKitRetinex:
+class RestoreKitRetinex(ImageNode):
     """Multi-scale Retinex (Jobson, Rahman, Woodell 1997; Petro, Sbert, Morel, IPOL 2014)."""
 
     DESCRIPTION = ("Multi-Scale Retinex: dynamic-range compression and local contrast from log ratios to Gaussian "
                    "surrounds at three scales, then simplest colour balance (IPOL 2014 defaults).")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "info")
     FUNCTION = "enhance"
 
     @classmethod
@@ -130,7 +93,7 @@ class RestoreKitRetinex:
                 "high_clip": float_input(1.0, 0.0, 20.0, 0.1,
                                          "Simplest colour balance: percent of brightest pixels clipped to white, per channel."),
                 "blur": choice_input(
-                    ["fast", "exact"],
+                    BLURS,
                     "fast: Gaussian surrounds computed on a downsampled image (well within 1/255 of exact). "
                     "exact: full-size DCT blurs (slow on large images).",
                 ),
@@ -140,30 +103,9 @@ class RestoreKitRetinex:
     def enhance(self, image, mode="MSRCR", sigmas="15, 80, 250", low_clip=1.0, high_clip=1.0, blur="fast"):
         from ..scripts import retinex
 
-        if mode not in RETINEX_MODES:
-            raise ValueError(f"mode must be one of {', '.join(RETINEX_MODES)}, got {mode!r}")
-        if blur not in ("fast", "exact"):
-            raise ValueError(f"blur must be 'fast' or 'exact', got {blur!r}")
-        sig = retinex.parse_sigmas(sigmas)
-        image, notes = prepare_image(image)
-        note = "; ".join(notes)
-        with timed() as t:
-            out = map_images(image, lambda img: retinex.retinex(img, mode, sig, low_clip, high_clip, method=blur))
-        gray = image.shape[-1] == 1
-        fields = {
-            "mode": mode + (" (grayscale input: plain MSR)" if gray and mode != "MSR" else ""),
-            "sigmas (Gaussian std, px)": ", ".join(f"{s:g}" for s in sig),
-            "weights": f"equal (1/{len(sig)})",
-            "colour balance": f"clip {low_clip:g} % dark / {high_clip:g} % bright per {'image' if mode == 'MSR-intensity' else 'channel'}",
-            "colour restoration": ("alpha 125, beta 46 (Jobson 1997)" if mode == "MSRCR" and not gray else "none"),
-            "blur": ("downsampled Gaussian, symmetric borders" if blur == "fast" else "exact DCT Gaussian, symmetric borders"),
-            "images": int(image.shape[0]),
-            "alpha": "kept" if image.shape[-1] == 4 else "none",
-        }
-        if note:
-            fields["input"] = note
-        fields["seconds"] = t["seconds"]
-        return (out, format_info("Multi-Scale Retinex", fields))
+        out, report = map_images(image, partial(retinex.retinex, mode=mode, sigmas=sigmas, low_clip=low_clip,
+                                                high_clip=high_clip, method=blur), what="Multi-Scale Retinex")
+        return (out, info_text("Multi-Scale Retinex", report.items, report))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -2,25 +2,22 @@
 automatic amount from the measured edge blur, on Oklab lightness by default."""
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
 
 from ._common import (
-    prepare_image,
     CATEGORY_ROOT,
+    ImageNode,
     bool_input,
     choice_input,
     float_input,
-    format_info,
-    from_numpy,
     image_input,
-    merge_alpha,
-    split_alpha,
-    timed,
-    to_numpy,
+    info_text,
+    map_images,
 )
+from ..scripts.sharpen import SPACES
 
 
-class RestoreKitSmartSharpen:
+class RestoreKitSmartSharpen(ImageNode):
     """Artifact-aware sharpening: no halos (local min/max clamp), little noise boost (threshold
     relative to the estimated noise, edge-adaptive gain), amount and radius chosen from the edge
     blur unless set."""
@@ -47,14 +44,12 @@ class RestoreKitSmartSharpen:
                 "halo": float_input(0.0, -0.05, 0.5, 0.01,
                                     "Overshoot allowed past the local min/max, as a fraction of the "
                                     "local range. 0 = no halos; negative = clamp off (plain USM halos)."),
-                "space": choice_input(["oklab", "luma", "rgb"],
+                "space": choice_input(SPACES,
                                       "oklab: sharpen Oklab lightness only (keeps hue and chroma). "
                                       "luma: Rec.601 Y added to RGB. rgb: each channel."),
             }
         }
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "info")
     FUNCTION = "sharpen"
     CATEGORY = f"{CATEGORY_ROOT}/Sharpen"
     DESCRIPTION = __doc__
@@ -63,40 +58,13 @@ class RestoreKitSmartSharpen:
                 edge_adaptive=True, halo=0.0, space="oklab"):
         from ..scripts import sharpen as sh
 
-        x, notes = prepare_image(image)
-        rgb, alpha = split_alpha(x)
-        arr = to_numpy(rgb).astype(np.float64)
-        outs, reps = [], []
-        with timed() as t:
-            for i in range(arr.shape[0]):
-                o, rep = sh.sharpen(arr[i], amount=amount if amount > 0 else None,
-                                    radius=radius if radius > 0 else None,
-                                    noise_sigma=noise_sigma if noise_sigma > 0 else None,
-                                    threshold=threshold, edge_adaptive=edge_adaptive,
-                                    halo=halo, space=space)
-                outs.append(o)
-                reps.append(rep)
-        out = merge_alpha(from_numpy(np.stack(outs)), alpha)
-
-        def per(fn):
-            vals = [fn(r) for r in reps]
-            return vals[0] if len(vals) == 1 else vals
-
-        fields = {
-            "space": reps[0].space,
-            "amount": per(lambda r: round(r.amount, 3)),
-            "radius px": per(lambda r: round(r.radius, 3)),
-            "edge blur σ px": per(lambda r: "not measured" if r.blur_sigma is None else round(r.blur_sigma, 3)),
-            "noise σ": per(lambda r: round(r.noise_sigma, 5)),
-            "threshold (× noise σ)": float(threshold),
-            "edge adaptive": bool(edge_adaptive),
-            "halo clamp": "off" if halo < 0 else f"local min/max + {halo:g} × range",
-            "why": per(lambda r: "; ".join(r.notes) or "all parameters given"),
-            "seconds": round(t["seconds"], 3),
-        }
-        if notes:
-            fields["input"] = notes
-        return (out, format_info("Smart Sharpen", fields))
+        out, report = map_images(image, partial(
+            sh.sharpen, amount=amount if amount > 0 else None, radius=radius if radius > 0 else None,
+            noise_sigma=noise_sigma if noise_sigma > 0 else None, threshold=threshold,
+            edge_adaptive=edge_adaptive, halo=halo, space=space), what="Smart Sharpen")
+        settings = {"threshold (× noise σ)": float(threshold), "edge adaptive": bool(edge_adaptive),
+                    "halo clamp": "off" if halo < 0 else f"local min/max + {halo:g} × range"}
+        return (out, info_text("Smart Sharpen", report.items, settings, report))
 
 
 NODE_CLASS_MAPPINGS = {"RestoreKitSmartSharpen": RestoreKitSmartSharpen}

@@ -32,18 +32,18 @@ file I/O, the way ComfyUI does them (RGB float32 ``[1,H,W,3]`` plus a ``[1,H,W]`
 from __future__ import annotations
 
 import glob
-import importlib.util
+import importlib
 import json
 import math
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _repo import REPO, load_pack  # the one loader of the pack (tests/_repo.py)
+
 EXAMPLES_DIR = os.path.join(REPO, "examples")
 API_DIR = os.path.join(EXAMPLES_DIR, "api")
 IMAGES_DIR = os.path.join(EXAMPLES_DIR, "images")
@@ -59,18 +59,6 @@ UI_ONLY_TYPES = {"MarkdownNote", "Note"}
 
 
 # --- the pack -----------------------------------------------------------------------------------
-def load_pack(name: str = "restorekit"):
-    """Import the repository folder as package ``name`` (as ComfyUI and tests/conftest.py do)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "__init__.py"), submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def image_files(images_dir: str = IMAGES_DIR) -> List[str]:
     if not os.path.isdir(images_dir):
         return []

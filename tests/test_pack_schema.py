@@ -8,7 +8,7 @@ import uuid
 import pytest
 import torch
 
-from conftest import REPO, load_pack
+from _repo import REPO, load_pack
 
 COMFY_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "LATENT", "MODEL", "CLIP", "VAE",
                "CONDITIONING", "UPSCALE_MODEL", "*"}

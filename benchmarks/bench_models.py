@@ -37,47 +37,22 @@ sys.path.insert(0, HERE)
 
 MODELS = {
     # name: (node class, folder kind, file, node kwargs)
-    "Real-ESRGAN (RRDB nf 8, 1 block)": ("RestoreKitRealESRGAN", "upscale_models", "RealESRGAN_x4plus.pth", {}),
+    "Real-ESRGAN (RRDB nf 16, 1 block)": ("RestoreKitRealESRGAN", "upscale_models", "RealESRGAN_x4plus.pth", {}),
     "SCUNet (dim 64, 1 block/stage)": ("RestoreKitSCUNet", "upscale_models", "scunet_color_real_psnr.pth", {}),
     "SFHformer (lol family, width 8)": ("RestoreKitSFHformer", "restorekit", "sfhformer_11211_lolv2s.pth", {}),
-    "Noise-DA (width 8)": ("RestoreKitNoiseDA", "restorekit", "denoise.pth", {"accept_license": True}),
+    "Noise-DA (width 8, depth 2)": ("RestoreKitNoiseDA", "restorekit", "denoise.pth", {"accept_license": True}),
 }
 
 
 def write_models(folder: str) -> None:
-    import torch
-    from spandrel.architectures.SCUNet import SCUNet
+    """The small seeded random-weight files the examples use (tests/_workflows.py MODEL_MAKERS)."""
+    import _pack  # noqa: F401 - puts tests/ on the path and loads the pack
+    import _workflows as W
 
-    import _pack
-
-    _pack.load()
-    from restorekit.scripts.archs import noise_da as nda
-    from restorekit.scripts.archs import sfhformer as sfh
-
-    up, rk = os.path.join(folder, "upscale_models"), os.path.join(folder, "restorekit")
-    os.makedirs(up, exist_ok=True)
-    os.makedirs(rk, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    nf, gc = 8, 32
-    sd = {}
-
-    def put(name, co, ci):
-        sd[name + ".weight"] = torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5
-        sd[name + ".bias"] = 0.01 * torch.randn(co, generator=g)
-
-    put("conv_first", nf, 3)
-    for r in (1, 2, 3):
-        for i in range(1, 6):
-            put(f"body.0.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
-    for n in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        put(n, nf, nf)
-    put("conv_last", 3, nf)
-    torch.save({"params_ema": sd}, os.path.join(up, "RealESRGAN_x4plus.pth"))
-    torch.manual_seed(0)
-    torch.save(SCUNet(in_nc=3, config=[1] * 7, dim=64).state_dict(), os.path.join(up, "scunet_color_real_psnr.pth"))
-    net = sfh.SFHformer(sfh.SFHformerConfig("lol", 8, (1, 1, 1, 1, 1)))
-    torch.save(sfh.official_layout(net), os.path.join(rk, "sfhformer_11211_lolv2s.pth"))
-    torch.save(nda.official_layout(nda.RestorationNet(width=8)), os.path.join(rk, "denoise.pth"))
+    for _node, kind, fname, _kw in MODELS.values():
+        arch = {"RealESRGAN_x4plus.pth": "esrgan", "scunet_color_real_psnr.pth": "scunet",
+                "sfhformer_11211_lolv2s.pth": "sfhformer_lol", "denoise.pth": "noise_da"}[fname]
+        W.MODEL_MAKERS[arch](os.path.join(folder, kind, fname))
 
 
 #: calls shorter than this get at least SHORT_REPEATS repeats: a sub-second model's first call in a

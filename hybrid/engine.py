@@ -194,6 +194,7 @@ class RestoreReport(_Mapping):
         if runner is not None:
             f = runner.info_fields()
             out["U-Net run"] = f"{f['device']}, {f['tile']}, {f['precision']}, {f['runner time']}"
+        out["notes"] = self.notes or "shipped models (models/hybrid) used"
         return out
 
 

@@ -14,18 +14,36 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from ..scripts.batch import check_image, map_images, to_image  # noqa: F401 - the nodes' helpers
+from ..scripts.batch import check_image, map_images, to_image
 from ..scripts.inference.memory_utils import DEVICE_CHOICES
-from ..scripts.report import info_text  # noqa: F401
+from ..scripts.report import info_text
+
+__all__ = ["CATEGORY_ROOT", "DEVICE_INPUT", "ImageNode", "bool_input", "check_image", "choice_input", "float_input",
+           "image_input", "info_text", "int_input", "map_images", "model_files", "model_path", "node_mappings",
+           "string_input", "to_image"]
 
 CATEGORY_ROOT = "RestoreKit"
 
 
 class ImageNode:
-    """Defaults of a node that returns an image and its info text."""
+    """A node that returns an image and its info text.  ``DISPLAY_NAME`` is its name in the UI, in its
+    info text and in its errors."""
 
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("image", "info")
+    DISPLAY_NAME = ""
+
+    def run_images(self, image, fn, *info_parts, **map_kwargs):
+        """The usual node body: the library call ``fn`` through :func:`scripts.batch.map_images`, then
+        ``(image(s), info)`` with info from the per-image reports, ``info_parts`` and the batch report."""
+        out, report = map_images(image, fn, what=self.DISPLAY_NAME, **map_kwargs)
+        return out, info_text(self.DISPLAY_NAME, report.items, *info_parts, report)
+
+
+def node_mappings(*classes):
+    """``(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS)`` of a node module: the node id is the class
+    name, the display name its ``DISPLAY_NAME``."""
+    return ({cls.__name__: cls for cls in classes}, {cls.__name__: cls.DISPLAY_NAME for cls in classes})
 
 
 # --- input declarations -----------------------------------------------------------------------

@@ -83,23 +83,22 @@ class ComfyRuntime(PlainRuntime):
         else:
             fp.folder_names_and_paths[kind] = ([path], set(fp.supported_pt_extensions))
 
-    def model_folders(self, kind: str):
+    def _folder_paths(self, method: str, kind: str, fallback):
+        """``folder_paths.<method>(kind)`` as a list, or ``fallback(kind)`` outside ComfyUI / for an
+        unknown kind."""
         fp = self.folder_paths
         if fp is not None:
             try:
-                return list(fp.get_folder_paths(kind))
+                return list(getattr(fp, method)(kind))
             except Exception:
                 pass
-        return super().model_folders(kind)
+        return fallback(kind)
+
+    def model_folders(self, kind: str):
+        return self._folder_paths("get_folder_paths", kind, super().model_folders)
 
     def model_files(self, kind: str):
-        fp = self.folder_paths
-        if fp is not None:
-            try:
-                return list(fp.get_filename_list(kind))
-            except Exception:
-                pass
-        return super().model_files(kind)
+        return self._folder_paths("get_filename_list", kind, super().model_files)
 
     def resolve_model_file(self, kind: str, name: str) -> str:
         return resolve_inside(self.model_folders(kind), name, kind)

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from ._common import (
-    CATEGORY_ROOT,
-    ImageNode,
-    choice_input,
-    float_input,
-    image_input,
-    info_text,
-    int_input,
-    map_images,
-)
+from ._common import CATEGORY_ROOT, choice_input, float_input, image_input, ImageNode, int_input
+from ._common import node_mappings
 from ..scripts.bm3d_denoise import METHODS as BM3D_METHODS, PROFILES
 from ..scripts.denoise import METHODS
 from ..scripts.film_grain import NOISE_MODELS
@@ -22,10 +14,17 @@ from ..scripts.noise import ESTIMATORS
 CATEGORY = f"{CATEGORY_ROOT}/Denoise"
 
 
-class RestoreKitFilmGrainBM3D(ImageNode):
+class _DenoiseNode(ImageNode):
+    CATEGORY = CATEGORY
+    FUNCTION = "denoise"
+
+
+class RestoreKitFilmGrainBM3D(_DenoiseNode):
     """BM3D with the grain's power spectrum estimated from the image (correlated noise), or plain
     white-noise BM3D.  Uses the optional `bm3d` package (non-commercial licence) when installed,
     else a permissive sliding-window DFT Wiener fallback; `info` says which ran."""
+
+    DISPLAY_NAME = "Film Grain Denoise (BM3D)"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -62,8 +61,6 @@ class RestoreKitFilmGrainBM3D(ImageNode):
             },
         }
 
-    FUNCTION = "denoise"
-    CATEGORY = CATEGORY
     DESCRIPTION = __doc__
 
     def denoise(self, image, noise_model="grain spectrum (estimated)", sigma=0.0, strength=1.0,
@@ -79,52 +76,40 @@ class RestoreKitFilmGrainBM3D(ImageNode):
             m = masks[0][min(i, masks[0].shape[0] - 1)] if masks else None
             return denoise_film_grain(img, noise_model, sigma, strength, block, method, profile, mask=m)
 
-        out, report = map_images(image, run, what="Film Grain Denoise (BM3D)", stage="denoise", pass_index=True)
-        return (out, info_text("Film Grain Denoise (BM3D)", report.items, report))
+        return self.run_images(image, run, stage="denoise", pass_index=True)
 
 
-class RestoreKitDenoise(ImageNode):
+class RestoreKitDenoise(_DenoiseNode):
     """Classical denoisers with an automatic noise level: non-local means, bilateral, wavelet
     (BayesShrink), total variation (Chambolle)."""
 
+    DISPLAY_NAME = "Classical Denoise"
+
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": image_input(),
-                "method": choice_input(METHODS,
-                                       "nlm: non-local means (best detail, slowest). bilateral: edge-"
-                                       "preserving, fast. wavelet: BayesShrink soft thresholding. tv: "
-                                       "total variation (flat regions, can look cartoonish)."),
-                "sigma": float_input(0.0, 0.0, 0.5, 0.001,
-                                     "Noise standard deviation in 0..1 units (10/255 ≈ 0.039). 0 = "
-                                     "estimate it from the image."),
-                "strength": float_input(1.0, 0.1, 4.0, 0.05,
-                                        "Scales the filter strength the method derives from sigma."),
-                "sigma_estimator": choice_input(ESTIMATORS,
-                                                "Noise estimator when sigma is 0: skimage estimate_sigma "
-                                                "(Daubechies wavelet MAD) or a Haar MAD (Donoho-Johnstone)."),
-            }
-        }
+        return {"required": {
+            "image": image_input(),
+            "method": choice_input(METHODS,
+                                   "nlm: non-local means (best detail, slowest). bilateral: edge-"
+                                   "preserving, fast. wavelet: BayesShrink soft thresholding. tv: "
+                                   "total variation (flat regions, can look cartoonish)."),
+            "sigma": float_input(0.0, 0.0, 0.5, 0.001,
+                                 "Noise standard deviation in 0..1 units (10/255 ≈ 0.039). 0 = "
+                                 "estimate it from the image."),
+            "strength": float_input(1.0, 0.1, 4.0, 0.05,
+                                    "Scales the filter strength the method derives from sigma."),
+            "sigma_estimator": choice_input(ESTIMATORS,
+                                            "Noise estimator when sigma is 0: skimage estimate_sigma "
+                                            "(Daubechies wavelet MAD) or a Haar MAD (Donoho-Johnstone)."),
+        }}
 
-    FUNCTION = "denoise"
-    CATEGORY = CATEGORY
     DESCRIPTION = __doc__
 
     def denoise(self, image, method="nlm", sigma=0.0, strength=1.0, sigma_estimator="skimage"):
         from ..scripts import denoise as dn
 
-        out, report = map_images(image, partial(dn.denoise, method=method, sigma=sigma if sigma > 0 else None,
-                                                strength=strength, sigma_method=sigma_estimator),
-                                 what="Classical Denoise")
-        return (out, info_text("Classical Denoise", report.items, report))
+        return self.run_images(image, partial(dn.denoise, method=method, sigma=sigma if sigma > 0 else None,
+                                              strength=strength, sigma_method=sigma_estimator))
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitFilmGrainBM3D": RestoreKitFilmGrainBM3D,
-    "RestoreKitDenoise": RestoreKitDenoise,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitFilmGrainBM3D": "Film Grain Denoise (BM3D)",
-    "RestoreKitDenoise": "Classical Denoise",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(RestoreKitFilmGrainBM3D, RestoreKitDenoise)

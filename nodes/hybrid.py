@@ -3,16 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ._common import (
-    CATEGORY_ROOT,
-    DEVICE_INPUT,
-    ImageNode,
-    choice_input,
-    float_input,
-    image_input,
-    info_text,
-    map_images,
-)
+from ._common import CATEGORY_ROOT, DEVICE_INPUT, choice_input, float_input, image_input, ImageNode, info_text
+from ._common import map_images, node_mappings
 from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, STRATEGIES, Thresholds
 
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
@@ -43,6 +35,7 @@ def _restorer(light_min_db, severe_max_db, device, estimator):
 class RestoreKitHybridRestore(ImageNode):
     """Analyse each image's damage and restore it with the cheapest adequate method."""
 
+    DISPLAY_NAME = "Hybrid Restore (damage-routed)"
     DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: FFT damage analysis, then classical colour "
                    "correction + sharpening, random-forest-guided parameters or a U-Net, by severity.")
     CATEGORY = CATEGORY
@@ -72,18 +65,17 @@ class RestoreKitHybridRestore(ImageNode):
     def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
                 estimator=DEFAULT_ESTIMATOR):
         restorer = _restorer(light_min_db, severe_max_db, device, estimator)
-        out, report = map_images(image, lambda rgb: restorer.restore(rgb, strategy), what="Hybrid Restore",
-                                 stage="restore", values="as_is", grey="rgb_and_back")
         settings = {"strategy": strategy,
                     "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, "
-                                  f"{estimator})",
-                    "notes": sorted({n for r in report.items for n in r.notes}) or "shipped models (models/hybrid) used"}
-        return (out, info_text("Hybrid restore", settings, report.items, report))
+                                  f"{estimator})"}
+        return self.run_images(image, lambda rgb: restorer.restore(rgb, strategy), settings, stage="restore",
+                               values="as_is", grey="rgb_and_back")
 
 
 class RestoreKitDamageAnalysis:
     """The 14 FFT damage features of each image, the quality estimate and the severity."""
 
+    DISPLAY_NAME = "Damage Analysis (FFT)"
     DESCRIPTION = ("FFT damage analysis: 7 spectral statistics, 5 radial-profile samples, colour-balance and "
                    "sharpening need, the estimated quality (dB) and the severity (light/moderate/severe).")
     CATEGORY = CATEGORY
@@ -107,22 +99,16 @@ class RestoreKitDamageAnalysis:
 
     def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
-        _, report = map_images(image, lambda rgb: (None, restorer.analyse(rgb)), what="Damage analysis",
+        _, report = map_images(image, lambda rgb: (None, restorer.analyse(rgb)), what=self.DISPLAY_NAME,
                                values="as_is", grey="rgb")
         results = [{"features": a.features, "quality_db": a.quality_db, "severity": a.severity,
                     "quality_source": a.quality_source, "forest_quality_db": a.forest_quality_db}
                    for a in report.items]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(a.severity for a in report.items)
-        info = info_text("Damage analysis", report.items, {"seconds": report.seconds})
+        info = info_text(self.DISPLAY_NAME, report.items, {"seconds": round(report.seconds, 3)})
         return {"ui": {"text": [info + "\nfeatures:\n" + features]}, "result": (features, severity, info)}
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitHybridRestore": RestoreKitHybridRestore,
-    "RestoreKitDamageAnalysis": RestoreKitDamageAnalysis,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitHybridRestore": "Hybrid Restore (damage-routed)",
-    "RestoreKitDamageAnalysis": "Damage Analysis (FFT)",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(
+    RestoreKitHybridRestore, RestoreKitDamageAnalysis)

@@ -11,18 +11,8 @@ Noise-DA files from ``models/restorekit`` (the pack registers that folder).
 """
 from __future__ import annotations
 
-from ._common import (
-    CATEGORY_ROOT,
-    DEVICE_INPUT,
-    ImageNode,
-    bool_input,
-    choice_input,
-    float_input,
-    image_input,
-    info_text,
-    int_input,
-    model_files,
-)
+from ._common import CATEGORY_ROOT, DEVICE_INPUT, bool_input, choice_input, float_input, image_input
+from ._common import ImageNode, info_text, int_input, model_files, node_mappings
 from ..scripts.archs.noise_da import LICENSE_TEXT
 from ..scripts.inference.chain import NONE
 from ..scripts.inference.runner import PRECISIONS
@@ -53,27 +43,45 @@ def _common_inputs(family: str, what: str) -> dict:
 
 
 class _ModelNode(ImageNode):
-    """A model family's node: its inputs are :func:`_common_inputs` plus the family's own."""
+    """A model family's node: the image, the common model inputs (:func:`_common_inputs`) and the
+    family's own (:meth:`family_inputs`), then one call of
+    :func:`scripts.inference.chain.run_family` with the options :meth:`family_options` makes of them."""
 
     FAMILY = ""
-    TITLE = ""
+    WHAT = ""
     CATEGORY = CATEGORY
     FUNCTION = "restore"
 
-    def _run(self, image, model_name, device, tile, overlap, precision, fallback, fallback_model,
-             options=None, settings=None):
+    @classmethod
+    def family_inputs(cls) -> dict:
+        return {}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {"image": image_input()}
+        req.update(_common_inputs(cls.FAMILY, cls.WHAT))
+        req.update(cls.family_inputs())
+        return {"required": req}
+
+    def family_options(self) -> tuple:
+        """``(loader/fallback options, extra report fields)`` from the family's own inputs."""
+        return {}, {}
+
+    def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
+                fallback_model=NONE, **family_inputs):
         from ..scripts.inference.chain import run_family
 
+        options, settings = self.family_options(**family_inputs)
         out, report = run_family(self.FAMILY, image, model_name, device=device, tile=tile, overlap=overlap,
                                  precision=precision, fallback=fallback, fallback_model=fallback_model,
                                  options=options, settings=settings)
-        return (out, info_text(self.TITLE, report))
+        return (out, info_text(self.DISPLAY_NAME, report))
 
 
 # --- nodes ---------------------------------------------------------------------------------------
 class RestoreKitRealESRGAN(_ModelNode):
-    FAMILY = "realesrgan"
-    TITLE = "Real-ESRGAN"
+    DISPLAY_NAME = "Real-ESRGAN Upscale"
+    FAMILY, WHAT = "realesrgan", "Real-ESRGAN"
     DESCRIPTION = (
         "Real-ESRGAN super-resolution (Wang et al., ICCVW 2021) from official files in "
         "models/upscale_models: RealESRGAN_x4plus, RealESRGAN_x4plus_anime_6B, realesr-general-x4v3 "
@@ -82,27 +90,24 @@ class RestoreKitRealESRGAN(_ModelNode):
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        req = {"image": image_input()}
-        req.update(_common_inputs("realesrgan", "Real-ESRGAN"))
-        req["output_scale"] = float_input(0.0, 0.0, 8.0, 0.25,
-                                          "Final scale relative to the input. 0 = the model's own scale (x4); "
-                                          "other values resample the model output (antialiased bicubic).")
-        req["denoise_strength"] = float_input(1.0, 0.0, 1.0, 0.05,
-                                              "realesr-general-x4v3 only: 1 = full denoising (general-x4v3), "
-                                              "0 = keep noise (general-wdn-x4v3); between blends the two weight sets.")
-        return {"required": req}
+    def family_inputs(cls):
+        return {
+            "output_scale": float_input(0.0, 0.0, 8.0, 0.25,
+                                        "Final scale relative to the input. 0 = the model's own scale (x4); "
+                                        "other values resample the model output (antialiased bicubic)."),
+            "denoise_strength": float_input(1.0, 0.0, 1.0, 0.05,
+                                            "realesr-general-x4v3 only: 1 = full denoising (general-x4v3), "
+                                            "0 = keep noise (general-wdn-x4v3); between blends the two weight sets."),
+        }
 
-    def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
-                fallback_model=NONE, output_scale=0.0, denoise_strength=1.0):
-        return self._run(image, model_name, device, tile, overlap, precision, fallback, fallback_model,
-                         {"output_scale": float(output_scale), "denoise_strength": float(denoise_strength)},
-                         {"denoise strength": float(denoise_strength)})
+    def family_options(self, output_scale=0.0, denoise_strength=1.0):
+        return ({"output_scale": float(output_scale), "denoise_strength": float(denoise_strength)},
+                {"denoise strength": float(denoise_strength)})
 
 
 class RestoreKitSCUNet(_ModelNode):
-    FAMILY = "scunet"
-    TITLE = "SCUNet"
+    DISPLAY_NAME = "SCUNet Denoise"
+    FAMILY, WHAT = "scunet", "SCUNet"
     DESCRIPTION = (
         "SCUNet blind denoising (Zhang et al., Machine Intelligence Research 2023; Apache-2.0) from "
         "scunet_color_real_psnr.pth / scunet_color_real_gan.pth in models/upscale_models. Pads to a "
@@ -110,21 +115,13 @@ class RestoreKitSCUNet(_ModelNode):
         "overlap."
     )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        req = {"image": image_input()}
-        req.update(_common_inputs("scunet", "SCUNet"))
-        return {"required": req}
-
-    def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
-                fallback_model=NONE):
-        return self._run(image, model_name, device, tile, overlap, precision, fallback, fallback_model,
-                         settings={"tile rule": "multiple of 64, overlap >= 64"})
+    def family_options(self):
+        return {}, {"tile rule": "multiple of 64, overlap >= 64"}
 
 
 class RestoreKitSFHformer(_ModelNode):
-    FAMILY = "sfhformer"
-    TITLE = "SFHformer"
+    DISPLAY_NAME = "SFHformer Restore"
+    FAMILY, WHAT = "sfhformer", "SFHformer"
     DESCRIPTION = (
         "SFHformer (Jiang et al., ECCV 2024; MIT) on the official released weights in models/restorekit: "
         "dehazing (sfhformer_haze_its.pth indoor, sfhformer_haze_ots.pth outdoor), low-light "
@@ -133,55 +130,36 @@ class RestoreKitSFHformer(_ModelNode):
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        req = {"image": image_input()}
-        req.update(_common_inputs("sfhformer", "SFHformer"))
-        req["task"] = choice_input(SFH_TASKS, "Which released weights the file holds. auto: from the weights "
-                                             "(and 'its' in the file name for indoor dehazing, which runs "
-                                             "without the Fourier BatchNorm as officially evaluated).")
-        return {"required": req}
+    def family_inputs(cls):
+        return {"task": choice_input(SFH_TASKS, "Which released weights the file holds. auto: from the weights "
+                                                "(and 'its' in the file name for indoor dehazing, which runs "
+                                                "without the Fourier BatchNorm as officially evaluated).")}
 
-    def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
-                fallback_model=NONE, task="auto"):
-        return self._run(image, model_name, device, tile, overlap, precision, fallback, fallback_model,
-                         {"task": task}, {"task": task})
+    def family_options(self, task="auto"):
+        return {"task": task}, {"task": task}
 
 
 class RestoreKitNoiseDA(_ModelNode):
-    FAMILY = "noise_da"
-    TITLE = "Noise-DA"
+    DISPLAY_NAME = "Noise-DA Restore (non-commercial)"
+    FAMILY, WHAT = "noise_da", "Noise-DA"
     DESCRIPTION = (
         "Noise-DA restoration network (Liao et al., ICLR 2025) on the official denoise / derain / deblur "
         "checkpoints in models/restorekit (only the restoration U-Net is used). LICENCE: " + NOISE_DA_LICENSE
     )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        req = {"image": image_input()}
-        req.update(_common_inputs("noise_da", "Noise-DA"))
-        req["task"] = choice_input(NOISE_DA_TASKS,
-                                   "Which checkpoint this is (the network is the same; the choice labels info "
-                                   "and picks the classical fallback).")
-        req["accept_license"] = bool_input(False, NOISE_DA_LICENSE)
-        return {"required": req}
+    def family_inputs(cls):
+        return {
+            "task": choice_input(NOISE_DA_TASKS, "Which checkpoint this is (the network is the same; the choice "
+                                                 "labels info and picks the classical fallback)."),
+            "accept_license": bool_input(False, NOISE_DA_LICENSE),
+        }
 
-    def restore(self, image, model_name, device="auto", tile=0, overlap=0, precision="auto", fallback=False,
-                fallback_model=NONE, task="denoise", accept_license=False):
+    def family_options(self, task="denoise", accept_license=False):
         if not accept_license:
             raise ValueError("Noise-DA: accept_license is false. " + NOISE_DA_LICENSE)
-        return self._run(image, model_name, device, tile, overlap, precision, fallback, fallback_model,
-                         {"task": task}, {"task": task, "licence": "NTU S-Lab 1.0, non-commercial (accepted)"})
+        return {"task": task}, {"task": task, "licence": "NTU S-Lab 1.0, non-commercial (accepted)"}
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitRealESRGAN": RestoreKitRealESRGAN,
-    "RestoreKitSCUNet": RestoreKitSCUNet,
-    "RestoreKitSFHformer": RestoreKitSFHformer,
-    "RestoreKitNoiseDA": RestoreKitNoiseDA,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitRealESRGAN": "Real-ESRGAN Upscale",
-    "RestoreKitSCUNet": "SCUNet Denoise",
-    "RestoreKitSFHformer": "SFHformer Restore",
-    "RestoreKitNoiseDA": "Noise-DA Restore (non-commercial)",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(
+    RestoreKitRealESRGAN, RestoreKitSCUNet, RestoreKitSFHformer, RestoreKitNoiseDA)

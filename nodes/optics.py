@@ -2,19 +2,8 @@
 Wiener) and linear motion deblurring with the motion estimated from the log spectrum."""
 from __future__ import annotations
 
-from ._common import (
-    CATEGORY_ROOT,
-    DEVICE_INPUT,
-    ImageNode,
-    bool_input,
-    choice_input,
-    float_input,
-    image_input,
-    info_text,
-    int_input,
-    map_images,
-    to_image,
-)
+from ._common import CATEGORY_ROOT, DEVICE_INPUT, bool_input, choice_input, float_input, image_input
+from ._common import ImageNode, info_text, int_input, node_mappings, to_image
 from ..scripts.deconvolution import METHODS, REGULARISATIONS, STOP_RULES
 from ..scripts.kernels import SOURCES
 from ..scripts.psf import DISPLAYS, KERNEL_PLANES, MODELS, VIEWS
@@ -61,43 +50,43 @@ class RestoreKitPSF:
     """Widefield fluorescence microscope PSF, scalar Gibson–Lanni model (Born–Wolf when every index
     matches), computed with the fast Bessel-series method of Li, Xue & Blu (2017)."""
 
+    DISPLAY_NAME = "Microscope PSF"
+
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": choice_input(MODELS,
-                                      "gibson_lanni: sample/coverslip/immersion indices and thicknesses "
-                                      "may differ from the design (spherical aberration with depth). "
-                                      "born_wolf: aberration-free, every index = immersion index ni."),
-                "NA": float_input(1.4, 0.1, 1.7, 0.01, "Numerical aperture of the objective (must be below ni)."),
-                "wavelength": float_input(0.52, 0.3, 1.2, 0.001, "Emission wavelength in µm (0.52 = 520 nm)."),
-                "ns": float_input(1.33, 1.0, 2.0, 0.001, "Refractive index of the sample (1.33 water)."),
-                "ni": float_input(1.515, 1.0, 2.0, 0.001, "Immersion medium index, actual (1.515 oil)."),
-                "ni0": float_input(1.515, 1.0, 2.0, 0.001, "Immersion medium index, design value of the objective."),
-                "ng": float_input(1.515, 1.0, 2.0, 0.001, "Coverslip index, actual."),
-                "ng0": float_input(1.515, 1.0, 2.0, 0.001, "Coverslip index, design."),
-                "tg": float_input(170.0, 0.0, 1000.0, 0.1, "Coverslip thickness, actual (µm)."),
-                "tg0": float_input(170.0, 0.0, 1000.0, 0.1, "Coverslip thickness, design (µm; #1.5 = 170)."),
-                "ti0": float_input(150.0, 0.0, 5000.0, 1.0, "Working distance: design immersion layer thickness (µm)."),
-                "pixel_size": float_input(0.065, 0.001, 5.0, 0.001,
-                                          "Pixel size in the sample plane (µm) = camera pixel / magnification. "
-                                          "Set it to the image's pixel size when the PSF feeds Deconvolve."),
-                "size": int_input(65, 9, 513, "Lateral size of the PSF in pixels (odd keeps the centre on a pixel).", step=2),
-                "z_planes": int_input(1, 1, 257, "Number of focal planes: 1 = a 2D slice, more = a 3D stack."),
-                "z_step": float_input(0.1, 0.001, 10.0, 0.001, "Distance between focal planes (µm)."),
-                "particle_depth": float_input(0.0, 0.0, 500.0, 0.1,
-                                              "Depth of the point source above the coverslip (µm); "
-                                              "index mismatch aberrates the PSF more with depth."),
-                "focus_offset": float_input(0.0, -100.0, 100.0, 0.01,
-                                            "Centre of the focal planes relative to the particle depth (µm); "
-                                            "z is the focal-plane position, positive into the sample."),
-                "view": choice_input(VIEWS,
-                                     "What the image output shows: maximum projection along z, the "
-                                     "brightest plane, or the x–z section through the axis."),
-                "display": choice_input(DISPLAYS,
-                                        "Image tone: gamma 0.3 (shows rings), linear, or log over 4 decades."),
-            }
-        }
+        return {"required": {
+            "model": choice_input(MODELS,
+                                  "gibson_lanni: sample/coverslip/immersion indices and thicknesses "
+                                  "may differ from the design (spherical aberration with depth). "
+                                  "born_wolf: aberration-free, every index = immersion index ni."),
+            "NA": float_input(1.4, 0.1, 1.7, 0.01, "Numerical aperture of the objective (must be below ni)."),
+            "wavelength": float_input(0.52, 0.3, 1.2, 0.001, "Emission wavelength in µm (0.52 = 520 nm)."),
+            "ns": float_input(1.33, 1.0, 2.0, 0.001, "Refractive index of the sample (1.33 water)."),
+            "ni": float_input(1.515, 1.0, 2.0, 0.001, "Immersion medium index, actual (1.515 oil)."),
+            "ni0": float_input(1.515, 1.0, 2.0, 0.001, "Immersion medium index, design value of the objective."),
+            "ng": float_input(1.515, 1.0, 2.0, 0.001, "Coverslip index, actual."),
+            "ng0": float_input(1.515, 1.0, 2.0, 0.001, "Coverslip index, design."),
+            "tg": float_input(170.0, 0.0, 1000.0, 0.1, "Coverslip thickness, actual (µm)."),
+            "tg0": float_input(170.0, 0.0, 1000.0, 0.1, "Coverslip thickness, design (µm; #1.5 = 170)."),
+            "ti0": float_input(150.0, 0.0, 5000.0, 1.0, "Working distance: design immersion layer thickness (µm)."),
+            "pixel_size": float_input(0.065, 0.001, 5.0, 0.001,
+                                      "Pixel size in the sample plane (µm) = camera pixel / magnification. "
+                                      "Set it to the image's pixel size when the PSF feeds Deconvolve."),
+            "size": int_input(65, 9, 513, "Lateral size of the PSF in pixels (odd keeps the centre on a pixel).", step=2),
+            "z_planes": int_input(1, 1, 257, "Number of focal planes: 1 = a 2D slice, more = a 3D stack."),
+            "z_step": float_input(0.1, 0.001, 10.0, 0.001, "Distance between focal planes (µm)."),
+            "particle_depth": float_input(0.0, 0.0, 500.0, 0.1,
+                                          "Depth of the point source above the coverslip (µm); "
+                                          "index mismatch aberrates the PSF more with depth."),
+            "focus_offset": float_input(0.0, -100.0, 100.0, 0.01,
+                                        "Centre of the focal planes relative to the particle depth (µm); "
+                                        "z is the focal-plane position, positive into the sample."),
+            "view": choice_input(VIEWS,
+                                 "What the image output shows: maximum projection along z, the "
+                                 "brightest plane, or the x–z section through the axis."),
+            "display": choice_input(DISPLAYS,
+                                    "Image tone: gamma 0.3 (shows rings), linear, or log over 4 decades."),
+        }}
 
     RETURN_TYPES = ("IMAGE", PSF_TYPE, "STRING")
     RETURN_NAMES = ("image", "psf", "info")
@@ -111,14 +100,16 @@ class RestoreKitPSF:
 
         (picture, data), report = P.make_psf(model, NA, wavelength, ns, ni, ni0, ng, ng0, tg, tg0, ti0, pixel_size,
                                              size, z_planes, z_step, particle_depth, focus_offset, view, display)
-        image = to_image(picture[:, :, None].repeat(3, axis=2), "Microscope PSF", "PSF picture")
-        return (image, data, info_text("Microscope PSF", report))
+        image = to_image(picture[:, :, None].repeat(3, axis=2), self.DISPLAY_NAME, "PSF picture")
+        return (image, data, info_text(self.DISPLAY_NAME, report))
 
 
 class RestoreKitDeconvolve(ImageNode):
     """Non-blind deconvolution: Richardson–Lucy (optionally damped or TV-regularised, with a stop rule)
     or Wiener, with edge tapering; the kernel is a Gaussian, a disk, a linear motion or a PSF from the
     Microscope PSF node.  torch FFTs: runs on the GPU when one is available."""
+
+    DISPLAY_NAME = "Deconvolve"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -156,14 +147,15 @@ class RestoreKitDeconvolve(ImageNode):
 
         kernel, note = kernel_for(kernel_source, sigma, radius, motion_length, motion_angle, psf, psf_plane)
         opts = _deconv_options(method, iterations, regularisation, strength, stop_rule, wiener_balance, taper_edges)
-        out, report = map_images(image, lambda x: deconvolve_images(x, kernel, device=device, kernel_note=note, **opts),
-                                 what="Deconvolve", stage=method, values="as_is", per_image=False)
-        return (out, info_text("Deconvolve", report.items, report))
+        return self.run_images(image, lambda x: deconvolve_images(x, kernel, device=device, kernel_note=note, **opts),
+                               stage=method, values="as_is", per_image=False)
 
 
 class RestoreKitMotionDeblur(ImageNode):
     """Linear motion deblurring: estimates the motion angle and length from the log spectrum
     (cepstrum, refined by a fit of the sinc zero lines), builds the motion kernel and deconvolves."""
+
+    DISPLAY_NAME = "Motion Deblur"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -191,22 +183,13 @@ class RestoreKitMotionDeblur(ImageNode):
         opts = _deconv_options(method, iterations, regularisation, strength, stop_rule, wiener_balance, taper_edges)
         length = float(length_override) if length_override > 0 else None
         angle = float(angle_override) if angle_override >= 0 else None
-        out, report = map_images(image, lambda x: motion_deblur(x, length, angle, float(max_length), device, **opts),
-                                 what="Motion Deblur", stage=method, values="as_is", per_image=False)
-        return (out, info_text("Motion Deblur", report.items, report))
+        return self.run_images(image, lambda x: motion_deblur(x, length, angle, float(max_length), device, **opts),
+                               stage=method, values="as_is", per_image=False)
 
 
 def image_input_():
     return image_input("Image(s) to deconvolve: IMAGE [B,H,W,C], grey, RGB or RGBA (alpha kept), 0..1.")
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitPSF": RestoreKitPSF,
-    "RestoreKitDeconvolve": RestoreKitDeconvolve,
-    "RestoreKitMotionDeblur": RestoreKitMotionDeblur,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitPSF": "Microscope PSF",
-    "RestoreKitDeconvolve": "Deconvolve",
-    "RestoreKitMotionDeblur": "Motion Deblur",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(
+    RestoreKitPSF, RestoreKitDeconvolve, RestoreKitMotionDeblur)

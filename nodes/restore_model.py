@@ -5,18 +5,8 @@ Thin wrappers: ``scripts.inference.files`` loads (weights only, never unpickled 
 """
 from __future__ import annotations
 
-from ._common import (
-    CATEGORY_ROOT,
-    DEVICE_INPUT,
-    ImageNode,
-    check_image,
-    choice_input,
-    image_input,
-    info_text,
-    int_input,
-    model_files,
-    model_path,
-)
+from ._common import CATEGORY_ROOT, DEVICE_INPUT, check_image, choice_input, image_input, ImageNode, info_text
+from ._common import int_input, model_files, model_path, node_mappings
 from ..scripts.inference.runner import PRECISIONS
 
 MODEL_TYPE = "RESTOREKIT_MODEL"
@@ -24,6 +14,7 @@ UPSCALE_FOLDER = "upscale_models"
 
 
 class RestoreKitLoadModel:
+    DISPLAY_NAME = "Load Restoration Model"
     DESCRIPTION = (
         "Load a restoration model file (.pth/.safetensors) from ComfyUI's models/upscale_models folder: "
         "any architecture spandrel supports (Real-ESRGAN, Compact, SCUNet, SwinIR…). Weights only: "
@@ -36,21 +27,20 @@ class RestoreKitLoadModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model_name": (model_files(UPSCALE_FOLDER),
-                               {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture)."}),
-            }
-        }
+        return {"required": {
+            "model_name": (model_files(UPSCALE_FOLDER),
+                           {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture)."}),
+        }}
 
     def load(self, model_name):
         from ..scripts.inference.files import load_spandrel
 
         handle = load_spandrel(model_path(UPSCALE_FOLDER, model_name))
-        return (handle, info_text("Load Restoration Model", {"file": model_name}, handle))
+        return (handle, info_text(self.DISPLAY_NAME, {"file": model_name}, handle))
 
 
 class RestoreKitRestoreWithModel(ImageNode):
+    DISPLAY_NAME = "Restore With Model (memory-safe)"
     DESCRIPTION = (
         "Run a loaded restoration model on the image without running out of memory: device and tile "
         "size are chosen from measured free memory; on out-of-memory the tile is halved, then the CPU is "
@@ -61,16 +51,14 @@ class RestoreKitRestoreWithModel(ImageNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL_TYPE, {"tooltip": "A model from 'Load Restoration Model'."}),
-                "image": image_input(),
-                "device": DEVICE_INPUT,
-                "tile": int_input(0, 0, 4096, "Tile side in input pixels; 0 = automatic from free memory (no tiling when the image fits)."),
-                "overlap": int_input(32, 0, 512, "Overlap between tiles in input pixels (raised to the architecture's minimum); seams are feathered in the middle half of it."),
-                "precision": choice_input(PRECISIONS, "Compute precision. auto: fp16 on CUDA when the model supports it, else fp32. fp16/bf16 fall back to fp32 where unsupported."),
-            }
-        }
+        return {"required": {
+            "model": (MODEL_TYPE, {"tooltip": "A model from 'Load Restoration Model'."}),
+            "image": image_input(),
+            "device": DEVICE_INPUT,
+            "tile": int_input(0, 0, 4096, "Tile side in input pixels; 0 = automatic from free memory (no tiling when the image fits)."),
+            "overlap": int_input(32, 0, 512, "Overlap between tiles in input pixels (raised to the architecture's minimum); seams are feathered in the middle half of it."),
+            "precision": choice_input(PRECISIONS, "Compute precision. auto: fp16 on CUDA when the model supports it, else fp32. fp16/bf16 fall back to fp32 where unsupported."),
+        }}
 
     def restore(self, model, image, device, tile, overlap, precision):
         from ..scripts.inference.runner import run_model
@@ -80,14 +68,8 @@ class RestoreKitRestoreWithModel(ImageNode):
                                 overlap=max(int(overlap), int(model.min_overlap)), precision=precision)
         sizes = {"input": f"{image.shape[0]}x{image.shape[2]}x{image.shape[1]} px, {image.shape[3]} ch",
                  "output": f"{out.shape[2]}x{out.shape[1]} px"}
-        return (out, info_text("Restore With Model (memory-safe)", report, sizes))
+        return (out, info_text(self.DISPLAY_NAME, report, sizes))
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitLoadModel": RestoreKitLoadModel,
-    "RestoreKitRestoreWithModel": RestoreKitRestoreWithModel,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitLoadModel": "Load Restoration Model",
-    "RestoreKitRestoreWithModel": "Restore With Model (memory-safe)",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(
+    RestoreKitLoadModel, RestoreKitRestoreWithModel)

@@ -2,10 +2,11 @@
 ``scripts/status_report.py``, also behind ``restorekit status``)."""
 from __future__ import annotations
 
-from ._common import CATEGORY_ROOT
+from ._common import CATEGORY_ROOT, node_mappings
 
 
 class RestoreKitStatus:
+    DISPLAY_NAME = "RestoreKit Status"
     DESCRIPTION = "Report RAM and VRAM, the chosen device, optional dependencies and the models found in the model folders."
     CATEGORY = f"{CATEGORY_ROOT}/Utility"
     RETURN_TYPES = ("STRING",)
@@ -28,5 +29,4 @@ class RestoreKitStatus:
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
-NODE_CLASS_MAPPINGS = {"RestoreKitStatus": RestoreKitStatus}
-NODE_DISPLAY_NAME_MAPPINGS = {"RestoreKitStatus": "RestoreKit Status"}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(RestoreKitStatus)

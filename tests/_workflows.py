@@ -89,12 +89,7 @@ class _SaveImage:
         return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
 
 
-class _PreviewImage:
-    RETURN_TYPES = ()
-    RETURN_NAMES = ()
-    FUNCTION = "save_images"
-    OUTPUT_NODE = True
-
+class _PreviewImage(_SaveImage):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"images": ("IMAGE",)}}

@@ -233,17 +233,6 @@ def _tensor(img, batch=1):
     return t[None].repeat(batch, 1, 1, 1)
 
 
-def test_node_schema():
-    from restorekit.nodes import contrast
-
-    spec = contrast.RestoreKitLBCLAHE.INPUT_TYPES()["required"]
-    for name, (kind, opts) in spec.items():
-        assert "tooltip" in opts
-        if "min" in opts:
-            assert opts["min"] <= opts["default"] <= opts["max"]
-    assert "RestoreKitLBCLAHE" in contrast.NODE_CLASS_MAPPINGS
-
-
 def _library_call(batch, **kw):
     """The node's one library call: lb_clahe per image through the batch mapper."""
     return map_images(batch, partial(lbclahe.lb_clahe, **kw), what="Learning-Based CLAHE")

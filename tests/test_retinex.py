@@ -188,17 +188,6 @@ def node():
     return contrast.RestoreKitRetinex()
 
 
-def test_node_schema():
-    from restorekit.nodes import contrast
-
-    spec = contrast.RestoreKitRetinex.INPUT_TYPES()["required"]
-    for name, (kind, opts) in spec.items():
-        assert "tooltip" in opts
-        if "min" in opts:
-            assert opts["min"] <= opts["default"] <= opts["max"]
-    assert contrast.NODE_DISPLAY_NAME_MAPPINGS["RestoreKitRetinex"] == "Multi-Scale Retinex"
-
-
 def test_node_batch_modes_info(node):
     a = torch.from_numpy(_astronaut(64))
     batch = torch.stack([a, a.flip(0) * 0.5])

@@ -6,9 +6,10 @@ undamaged original.  Two estimators (``Thresholds.estimator``):
 * ``unet`` (default): the PSNR of the input against the U-Net's restoration of it.  If the U-Net
   restores well, its output stands in for the unknown original, so this *is* an estimate of the
   input's PSNR; when the image is routed to the U-Net its output is reused, so the estimate costs
-  one U-Net run (≈0.27 s/MP on CPU) only for images that end up elsewhere.
+  one U-Net run (``benchmarks/bench_hybrid.py`` measures its cost per megapixel) only for images
+  that end up elsewhere.
 * ``forest``: the random-forest predictor's estimate from the 14 analysis features
-  (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
+  (:mod:`.predictor`), far cheaper; without a predictor a documented fallback formula on the two
   detections (:func:`fallback_quality_db`).
 
 With the configurable thresholds (:class:`Thresholds`):

@@ -5,7 +5,7 @@ power spectrum is estimated on the image's flattest blocks, or on a mask of nois
 (:func:`.grain.estimate_grain_psd`), scaled by ``strength`` and removed as correlated noise
 (:func:`.bm3d_denoise.denoise`, Mäkinen, Azzari & Foi 2020).  In white-noise mode σ is given or
 estimated (:func:`.noise.estimate_noise_sigma`, wavelet MAD) and scaled by √strength.  A grey picture
-stored as RGB (three equal channels) is denoised as one channel: three times faster, and the right
+stored as RGB (three equal channels) is denoised as one channel: a third of the work, and the right
 noise model.  Images under 8 px per side are returned unchanged.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Fast "are all values finite?" check for image tensors and arrays.
 
-``torch.isfinite(x).all()`` builds a boolean image and reduces it (≈ 30 ms for a 1 MP RGB image on
-one core, paid by every node and again by the model runner).  A float32 sum is ≈ 10× cheaper and is
-NaN or infinite whenever any element is (NaN and ±inf propagate; +inf + −inf is NaN).  Only when the
+``torch.isfinite(x).all()`` builds a boolean image and reduces it, a cost paid by every node and
+again by the model runner (``benchmarks/bench_models.py`` measures node overhead against the bare
+network).  A float32 sum is much cheaper and is NaN or infinite whenever any element is (NaN and
+±inf propagate; +inf + −inf is NaN).  Only when the
 sum is not finite (a NaN/inf, or finite values so large that their sum overflows) does the exact
 element-wise check run, so the answer is always exact.
 """

@@ -177,3 +177,26 @@ def test_schema_compatible_with_saved_workflows():
         assert [n for n in now if n in old_names] == old_names, f"{node_id}: input order changed"
         for name, (section, *_rest) in now.items():
             assert name in old_names or section == "optional", f"{node_id}.{name}: a new input must be optional"
+
+
+def test_readme_layout_matches_the_tree():
+    """The README's layout tables name every module of nodes/, scripts/ and hybrid/, and every module
+    they name exists; every node's module and library are in the node table."""
+    import re
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    layout = readme[readme.index("## Layout"):readme.index("## Benchmarks")]
+    named = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*\.py)", layout))
+    tree = set()
+    for top in ("nodes", "scripts", "hybrid"):
+        for root, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            tree |= {f for f in files if f.endswith(".py") and f != "__init__.py"}
+    assert tree - named == set(), f"modules missing from the README layout: {sorted(tree - named)}"
+    extra = named - tree - {"__init__.py", "_repo.py"}
+    assert extra == set(), f"README names modules that do not exist: {sorted(extra)}"
+    pack = sys.modules["restorekit"]
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        module = cls.__module__.rsplit(".", 1)[-1] + ".py"
+        assert f"`nodes/{module}`" in layout, f"{node_id}: nodes/{module} is not in the node table"

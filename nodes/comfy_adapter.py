@@ -8,6 +8,7 @@ without ComfyUI.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -56,6 +57,17 @@ class ComfyRuntime(PlainRuntime):
     def set_image_folder(self, kind: str, path: str) -> None:
         self.image_folder(kind)  # validates kind
         self._image_dirs[kind] = os.path.abspath(path)
+
+    @contextlib.contextmanager
+    def image_folders(self, **folders):
+        """``with runtime.image_folders(input=..., output=...):`` set for the block, then restored."""
+        old = dict(self._image_dirs)
+        try:
+            for kind, path in folders.items():
+                self.set_image_folder(kind, path)
+            yield self
+        finally:
+            self._image_dirs = old
 
     def image_path(self, name: str) -> str:
         """Full path of an image input value: ComfyUI's annotated names (``x.png [output]``) inside

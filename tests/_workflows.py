@@ -69,6 +69,9 @@ def load_pack(name: str = "restorekit"):
 load_pack()
 from restorekit.hybrid.tools import workflow as LW  # noqa: E402  (the library's schema helpers and executor)
 
+# the examples' inputs live in examples/images: file nodes of the pack (Load Image (16-bit/float)) list it
+LW._adapter().set_image_folder("input", IMAGES_DIR)
+
 InputSpec, input_specs, hidden_inputs, output_names = LW.InputSpec, LW.input_specs, LW.hidden_inputs, LW.output_names
 is_link, types_match, topo_order = LW.is_link, LW.types_match, LW.topo_order
 WIDGET_TYPES, UI_ONLY_TYPES = LW.WIDGET_TYPES, LW.UI_ONLY_TYPES
@@ -417,14 +420,12 @@ def execute_prompt(prompt: Dict[str, dict], out_dir: str, images_dir: str = IMAG
     ComfyUI's own LoadImage / SaveImage semantics: LoadImage reads ``images_dir`` (8-bit RGB as core
     does), SaveImage writes 8-bit PNGs into ``out_dir``.  Every node runs (no pruning, no validation:
     the tests validate separately)."""
-    runtime = LW._adapter()
-    runtime.set_image_folder("input", images_dir)
-    runtime.set_image_folder("output", out_dir)
-    return LW.execute_prompt(
-        prompt, classes if classes is not None else node_classes(),
-        load_image=lambda name: load_image_file(os.path.join(images_dir, name)),
-        save_image=lambda nid, images, prefix: save_image_batch(images, out_dir, prefix),
-        validate=False, only_needed=False)
+    with LW._adapter().image_folders(input=images_dir, output=out_dir):
+        return LW.execute_prompt(
+            prompt, classes if classes is not None else node_classes(),
+            load_image=lambda name: load_image_file(os.path.join(images_dir, name)),
+            save_image=lambda nid, images, prefix: save_image_batch(images, out_dir, prefix),
+            validate=False, only_needed=False)
 
 
 # --- API -> UI workflow -------------------------------------------------------------------------

@@ -231,3 +231,25 @@ def test_cli_keeps_16_bit_grey_and_orientation(tmp_path, rng):
                      "--bit-depth", "8", "--no-progress"]) == 0
     t = image_io.read_image(str(out / "scan_restored.tif"))
     assert t.meta.bit_depth == 8 and t.meta.grey
+
+
+def test_restore_cli_shows_progress_within_an_image(tmp_path, rng, monkeypatch):
+    """The U-Net runs with the runner's per-tile progress when the CLI shows progress."""
+    from restorekit.hybrid import unet
+
+    seen = []
+    real = unet.run
+
+    def spy(handle, image, device="auto", tile=0, progress=False):
+        seen.append((progress, tile))
+        return real(handle, image, device=device, tile=tile, progress=progress)
+
+    monkeypatch.setattr(unet, "run", spy)
+    _png(str(tmp_path / "in" / "p.png"), rng, (70, 90, 3))
+    assert cli.main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--strategy", "deep_learning",
+                     "--tile", "64", "--device", "cpu"]) == 0
+    assert seen == [(True, 64)]
+    seen.clear()
+    assert cli.main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--strategy", "deep_learning",
+                     "--no-progress"]) == 0
+    assert seen == [(False, 0)]

@@ -84,7 +84,8 @@ class Result:
     """What a processor returns for one image."""
 
     images: Dict[str, np.ndarray]            # output name ('' for the only one) -> float pixels
-    fields: Dict[str, object] = field(default_factory=dict)   # extra report columns
+    fields: Dict[str, object] = field(default_factory=dict)   # extra report columns; "node_outputs":
+    #                                          files a node wrote itself (listed with the outputs)
     text: str = ""                           # one line for the console
     changed: Optional[bool] = None           # None: compare the output with the input
     unchanged_reason: str = "output identical to the input"
@@ -271,6 +272,7 @@ def process_task(task: Task, processor: Processor, options: BatchOptions) -> Dic
     except (ValueError, OSError) as exc:
         return row(task.src, "failed", f"cannot write the output: {exc}", category="write error",
                    outputs=written, seconds=_secs(t0))
+    written += [p for p in result.fields.pop("node_outputs", []) if p not in written]  # files nodes wrote
     changed = result.changed
     if changed is None and data is None:
         changed = True

@@ -314,13 +314,13 @@ def _run(args, proc, options, inputs, once: str, extra) -> int:
 
     from .workflow import _adapter
 
-    _adapter().set_image_folder("output", options.output_dir)  # where saving nodes write
     progress = not args.no_progress
     single = inputs is not None and len(inputs) == 1 and os.path.isfile(inputs[0])
     try:
-        report = run_batch(inputs, proc, options, progress=progress and not single, on_row=_print_row,
-                           report_name="run_report.json", once_name=once,
-                           extra=dict(extra, version=__version__))
+        with _adapter().image_folders(output=options.output_dir):  # where saving nodes write
+            report = run_batch(inputs, proc, options, progress=progress and not single, on_row=_print_row,
+                               report_name="run_report.json", once_name=once,
+                               extra=dict(extra, version=__version__))
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     rows = [r for r in report["files"] if r.get("text") or r.get("texts")]

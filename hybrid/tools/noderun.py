@@ -24,6 +24,7 @@ when a processor is built.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -249,16 +250,18 @@ class NodeProcessor(Processor):
         """The node's raw output tuple for ``image`` (None for a node that needs no file)."""
         kwargs = dict(self.widgets)
         kwargs.update(self.sockets)
+        folders = {}
         if self.primary is not None:
             kwargs[self.primary.name] = _tensor(image.pixels)
         elif self.file_widget is not None:
             if not image.path:
                 raise ValueError(f"{self.node_id} reads a file: give a path, not an array")
-            wf._adapter().set_image_folder("input", os.path.dirname(os.path.abspath(image.path)))
+            folders["input"] = os.path.dirname(os.path.abspath(image.path))
             kwargs[self.file_widget.name] = os.path.basename(image.path)
         for name, kind in wf.hidden_inputs(self.cls).items():
             kwargs[name] = {"UNIQUE_ID": "1", "PROMPT": None, "EXTRA_PNGINFO": None}.get(kind)
-        return wf.call_node(self.cls, kwargs)
+        with wf._adapter().image_folders(**folders):
+            return wf.call_node(self.cls, kwargs)
 
     def last_outputs(self, image: Optional[image_io.ImageData]) -> Dict[str, Any]:
         """Every output by name: IMAGE as float32 numpy ``[H,W,C]`` (``[B,H,W,C]`` for B > 1)."""
@@ -283,8 +286,9 @@ class NodeProcessor(Processor):
         fields: Dict[str, Any] = {"node": self.node_id}
         if texts:
             fields["text"] = texts
-        if isinstance(ui, dict) and ui.get("images"):
-            fields["node_files"] = ui["images"]
+        files = wf.files_from_ui([ui], wf._adapter().image_folder("output"))
+        if files:
+            fields["node_outputs"] = files
         first = next(iter(texts.values()), "").strip().split("\n")
         summary = "; ".join(l for l in first[1:4] if l) if len(first) > 1 else (first[0] if first else "")
         changed = None if self.primary is not None else True
@@ -304,8 +308,6 @@ class WorkflowProcessor(Processor):
     done_label = "processed"
 
     def __init__(self, prompt: Dict[str, dict], settings: Optional[Dict[str, str]] = None):
-        import copy
-
         self.classes = wf.node_classes()
         self.prompt = copy.deepcopy(prompt)
         for key, text in (settings or {}).items():
@@ -340,17 +342,20 @@ class WorkflowProcessor(Processor):
         return [str(self.prompt[n]["inputs"].get("image")) for n in self.load_nodes]
 
     def __call__(self, image: Optional[image_io.ImageData]) -> Result:
-        import copy
-
-        prompt = copy.deepcopy(self.prompt)
         adapter = wf._adapter()
+        folders = {}
+        if image is not None and image.path:
+            folders["input"] = os.path.dirname(os.path.abspath(image.path))
+        with adapter.image_folders(**folders):
+            return self._run(image, adapter)
+
+    def _run(self, image, adapter) -> Result:
+        prompt = copy.deepcopy(self.prompt)
         fed = None
         if image is not None:
             if len(self.load_nodes) != 1:
                 raise ValueError(f"an input image can feed only a workflow with exactly one image loader "
                                  f"(this one has {len(self.load_nodes)})")
-            if image.path:
-                adapter.set_image_folder("input", os.path.dirname(os.path.abspath(image.path)))
             fed = os.path.basename(image.path) if image.path else "(array)"
             prompt[self.load_nodes[0]]["inputs"]["image"] = fed
         collected: Dict[str, Any] = {}
@@ -379,4 +384,7 @@ class WorkflowProcessor(Processor):
                                 validate=False)
         images = {k: (v[0] if v.shape[0] == 1 else v) for k, v in collected.items()}
         fields = {"texts": res.texts} if res.texts else {}
+        files = res.node_files(adapter.image_folder("output"))
+        if files:
+            fields["node_outputs"] = files
         return Result(images, fields, f"{len(res.order)} nodes ran", changed=True)

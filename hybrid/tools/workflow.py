@@ -73,12 +73,7 @@ class CoreSaveImage:
         return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
 
 
-class CorePreviewImage:
-    RETURN_TYPES = ()
-    RETURN_NAMES = ()
-    FUNCTION = "save_images"
-    OUTPUT_NODE = True
-
+class CorePreviewImage(CoreSaveImage):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"images": ("IMAGE",)}}
@@ -449,7 +444,21 @@ class RunResult:
     saved: Dict[str, List[str]] = field(default_factory=dict)  # SaveImage node id -> written paths
     images: Dict[str, Any] = field(default_factory=dict)       # SaveImage/PreviewImage node id -> tensor
     texts: Dict[str, str] = field(default_factory=dict)        # PreviewAny / node ui text, by node id
+    ui: Dict[str, dict] = field(default_factory=dict)          # a node's "ui" dict, by node id
     order: List[str] = field(default_factory=list)
+
+    def node_files(self, output_dir: str) -> List[str]:
+        """Files nodes of the pack wrote into ``output_dir`` (their ``ui.images`` of type output)."""
+        return files_from_ui(self.ui.values(), output_dir)
+
+
+def files_from_ui(uis, output_dir: str) -> List[str]:
+    paths = []
+    for ui in uis:
+        for im in (ui or {}).get("images", []) if isinstance(ui, dict) else []:
+            if isinstance(im, dict) and im.get("type") == "output" and im.get("filename"):
+                paths.append(os.path.join(output_dir, im.get("subfolder") or "", im["filename"]))
+    return paths
 
 
 def call_node(cls, kwargs: Dict[str, Any]) -> tuple:
@@ -526,8 +535,10 @@ def execute_prompt(prompt: Dict[str, dict], classes: Optional[Dict[str, Any]] = 
             else:
                 out = call_node(cls, kwargs)
                 ui = getattr(out, "ui", None)
-                if isinstance(ui, dict) and ui.get("text"):
-                    res.texts[nid] = "\n".join(map(str, ui["text"]))
+                if isinstance(ui, dict):
+                    res.ui[nid] = ui
+                    if ui.get("text"):
+                        res.texts[nid] = "\n".join(map(str, ui["text"]))
         except ValueError as exc:
             raise ValueError(f"node {nid} ({ct}): {exc}") from exc
         res.outputs[nid] = tuple(out)

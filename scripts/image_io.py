@@ -225,7 +225,7 @@ def read_image(path: str) -> ImageData:
             data = _read_pillow(path)
     except ValueError as exc:
         msg = str(exc)
-        raise ValueError(msg if msg.startswith(f"'{name}'") else f"'{name}': {msg}") from exc
+        raise ValueError(msg if f"'{name}'" in msg else f"'{name}': {msg}") from exc
     except (OSError, SyntaxError, EOFError, struct.error, zlib.error, KeyError, IndexError) as exc:
         raise ValueError(f"cannot read '{name}' as an image: {exc}") from exc
     data.path = path

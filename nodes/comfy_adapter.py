@@ -77,9 +77,9 @@ class ComfyRuntime(PlainRuntime):
             path = fp.get_annotated_filepath(name)
         else:
             path = os.path.join(self.image_folder("input"), name)
-        real = os.path.realpath(path)
-        roots = [os.path.realpath(self.image_folder(k)) for k in ("input", "output", "temp")]
-        if not any(real == r or real.startswith(r + os.sep) for r in roots):
+        full = os.path.abspath(path)  # '..' is resolved, links the user made in the folder are kept
+        roots = [os.path.abspath(self.image_folder(k)) for k in ("input", "output", "temp")]
+        if not any(full == r or full.startswith(r + os.sep) for r in roots):
             raise ValueError(f"image '{name}' is outside ComfyUI's input, output and temp folders")
         return path
 
@@ -93,7 +93,7 @@ class ComfyRuntime(PlainRuntime):
             return folder, stem, counter, subfolder
         subfolder, stem = os.path.split(os.path.normpath(prefix))
         folder = os.path.join(base, subfolder)
-        if not os.path.realpath(folder).startswith(os.path.realpath(base)):
+        if os.path.commonpath([os.path.abspath(folder), os.path.abspath(base)]) != os.path.abspath(base):
             raise ValueError(f"filename_prefix '{prefix}' leaves the output folder")
         os.makedirs(folder, exist_ok=True)
         taken = [f[len(stem) + 1:].split("_")[0] for f in os.listdir(folder) if f.startswith(stem + "_")]

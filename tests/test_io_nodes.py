@@ -119,3 +119,13 @@ def test_load_validation_and_change_detection(folders, rng):
     assert cls.IS_CHANGED("x.png") != h1
     with pytest.raises(ValueError, match="format must be"):
         _save(_load("x.png")[0], format="gif")
+
+
+def test_save_prefix_cannot_leave_the_output_folder(folders, rng):
+    import torch
+
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="leaves the output folder"):
+        _save(torch.from_numpy(x), filename_prefix="../escape")
+    res = _save(torch.from_numpy(x), filename_prefix="sub/dir/name")
+    assert res["ui"]["images"][0]["subfolder"] == os.path.join("sub", "dir")

@@ -151,7 +151,7 @@ def test_workflow_without_inputs_uses_its_own_image_and_ui_files_work(tmp_path, 
 
 # --- fp16 / bf16 IMAGE inputs (ComfyUI --fp16-intermediates) -------------------------------------------
 @pytest.mark.parametrize("node_id", [n for n in ALL_NODES if n not in ("RestoreKitHybridRestore",)])
-def test_half_precision_images_are_handled_like_float32(node_id, small, models_dir):
+def test_half_precision_images_are_handled_like_float32(node_id, small, models_dir, tmp_path):
     cls = W.load_pack().NODE_CLASS_MAPPINGS[node_id]
     specs = workflow.input_specs(cls)
     sockets = [s for s in specs if not s.is_widget and s.type == "IMAGE"]
@@ -167,6 +167,11 @@ def test_half_precision_images_are_handled_like_float32(node_id, small, models_d
     rgb = np.asarray(Image.open(small / "small.png"), np.float32) / 255.0
     proc = noderun.NodeProcessor(node_id, settings, arrays={s.name: rgb for s in sockets[1:]})
     x = torch.from_numpy(rgb)[None]
+    with workflow._adapter().image_folders(output=str(tmp_path)):  # Save Image (16-bit/float) writes here
+        _compare_half_and_float(cls, proc, sockets, x)
+
+
+def _compare_half_and_float(cls, proc, sockets, x):
     outs = {}
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         xin = x.to(dtype)

@@ -27,9 +27,7 @@ STRATEGY_HELP = (
 def _restorer(light_min_db, severe_max_db, device, estimator):
     from ..hybrid.engine import shared_restorer
 
-    if severe_max_db > light_min_db:
-        raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
-    return shared_restorer(light_min_db, severe_max_db, device, estimator)
+    return shared_restorer(Thresholds(float(light_min_db), float(severe_max_db), estimator), device)
 
 
 class RestoreKitHybridRestore(ImageNode):

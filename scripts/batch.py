@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .finite import all_finite
+from .finite import NonFiniteError, all_finite, check_finite  # noqa: F401 - part of this module's API
 from .report import shown
 
 #: the largest image side the pack accepts (px); bigger inputs get a clear error, not a crash
@@ -37,13 +37,12 @@ VALUE_POLICIES = ("scale", "as_is")
 GREY_POLICIES = ("keep", "rgb", "rgb_and_back")
 
 
-class NonFiniteError(ValueError):
-    """A result holds NaN or infinite values: an internal failure, reported instead of hidden."""
-
-
 # --- checks and value range ---------------------------------------------------------------------------
 def check_image(image: Any, name: str = "image", channels: Iterable[int] = (1, 3, 4)) -> torch.Tensor:
     """Validate an IMAGE and return it as a contiguous float32 tensor (a numpy array is accepted).
+
+    fp16 / bf16 IMAGEs (ComfyUI's ``--fp16-intermediates``) are converted to float32 here, so every
+    node computes in float32 on exactly the values it was given and returns float32.
 
     Raises ``ValueError`` naming ``name`` and the problem for: a non-tensor, rank other than 4 (a
     rank-3 ``[H,W,C]`` tensor is taken as a batch of one), a channel count outside ``channels``, an
@@ -179,22 +178,6 @@ def merge_alpha(colour: torch.Tensor, alpha: Optional[torch.Tensor]) -> torch.Te
 
 
 # --- results ----------------------------------------------------------------------------------------------
-def check_finite(result, what: str, stage: str) -> None:
-    """Raise :class:`NonFiniteError` naming ``what`` (the node) and ``stage`` when ``result`` holds NaN
-    or infinite values."""
-    if all_finite(result):
-        return
-    if isinstance(result, torch.Tensor):
-        bad, total = int((~torch.isfinite(result)).sum()), result.numel()
-    else:
-        arr = np.asarray(result)
-        bad, total = int((~np.isfinite(arr)).sum()), arr.size
-    raise NonFiniteError(
-        f"{what}: the {stage} step produced {bad} NaN or infinite value(s) out of {total}; this is an "
-        f"internal failure (nothing was replaced or hidden). Please report it with the node's settings "
-        f"and the image size.")
-
-
 def to_image(result, what: str, stage: str) -> torch.Tensor:
     """A library result (numpy or torch; ``[B,H,W,C]``, ``[H,W,C]`` or ``[H,W]``) as an IMAGE tensor:
     finite (else :class:`NonFiniteError`), clipped to 0..1, contiguous float32 on the CPU."""

@@ -55,7 +55,7 @@ def test_hybrid_examples_use_the_calibrated_defaults():
 
 def _library_call(image, strategy, light=28.0, severe=24.0):
     """The Hybrid Restore node's library call: the shared restorer per image through the batch mapper."""
-    restorer = engine.shared_restorer(light, severe, "cpu", engine.DEFAULT_ESTIMATOR)
+    restorer = engine.shared_restorer(engine.Thresholds(light, severe), "cpu")
     return map_images(image, lambda rgb: restorer.restore(rgb, strategy), what="Hybrid Restore",
                       values="as_is", grey="rgb_and_back")
 
@@ -100,7 +100,8 @@ def test_damage_analysis_node(batch):
     data = json.loads(feats)
     assert len(data) == 2 and len(data[0]["features"]) == 14
     assert severity.count(",") == 1
-    analyses = [engine.shared_restorer(28.0, 24.0, "auto").analyse(batch[i].numpy()) for i in range(2)]
+    analyses = [engine.shared_restorer(engine.Thresholds(28.0, 24.0), "auto").analyse(batch[i].numpy())
+                for i in range(2)]
     assert severity == ", ".join(a.severity for a in analyses)
     assert [d["quality_db"] for d in data] == [a.quality_db for a in analyses]
     one, sev1, _ = nodes.RestoreKitDamageAnalysis().analyse(batch[:1], 80.0, 5.0)["result"]
@@ -116,9 +117,9 @@ def test_cli_restore_and_status(tmp_path, capsys):
     Image.fromarray((arr * 255).astype(np.uint8)).save(src / "old.png")
     (src / "junk.jpg").write_bytes(b"\x00" * 50)
     out = tmp_path / "out"
-    assert cli.main(["restore", str(src), "-o", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert cli.main(["restore", str(src), "-o", str(out), "--no-progress", "--device", "cpu"]) == 1  # one failed
     text = capsys.readouterr().out
-    assert "junk.jpg: skipped" in text and os.path.isfile(out / "old_restored.png")
+    assert "junk.jpg: failed (cannot read 'junk.jpg'" in text and os.path.isfile(out / "old_restored.png")
     assert cli.main(["restore", str(src), "-o", str(out), "--light-min-db", "10", "--severe-max-db", "20"]) == 2
     assert cli.main(["status"]) == 0
     assert "hybrid/predictor.joblib: present, sha256 ok" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from ..scripts.batch import check_image, map_images, to_image
 from ..scripts.inference.memory_utils import DEVICE_CHOICES
 from ..scripts.report import info_text
 
-__all__ = ["CATEGORY_ROOT", "DEVICE_INPUT", "ImageNode", "bool_input", "check_image", "choice_input", "float_input",
+__all__ = ["CATEGORY_ROOT", "DEVICE_INPUT", "ImageNode", "InfoNode", "bool_input", "check_image", "choice_input", "float_input",
            "image_input", "info_text", "int_input", "map_images", "model_files", "model_path", "node_mappings",
            "string_input", "to_image"]
 
@@ -38,6 +38,15 @@ class ImageNode:
         ``(image(s), info)`` with info from the per-image reports, ``info_parts`` and the batch report."""
         out, report = map_images(image, fn, what=self.DISPLAY_NAME, **map_kwargs)
         return out, info_text(self.DISPLAY_NAME, report.items, *info_parts, report)
+
+
+class InfoNode:
+    """An output node whose only result is its info text (shown on the node)."""
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("info",)
+    OUTPUT_NODE = True
+    DISPLAY_NAME = ""
 
 
 def node_mappings(*classes):

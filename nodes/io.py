@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..scripts import image_io
-from ._common import CATEGORY_ROOT, check_image, choice_input, info_text, int_input, node_mappings, string_input
+from ._common import CATEGORY_ROOT, InfoNode, check_image, choice_input, info_text, int_input, node_mappings
+from ._common import string_input
 from .comfy_adapter import install
 
 CATEGORY = f"{CATEGORY_ROOT}/Image"
@@ -99,17 +100,14 @@ class RestoreKitLoadImage16:
         return True
 
 
-class RestoreKitSaveImage16:
+class RestoreKitSaveImage16(InfoNode):
     """Save images at 16 bits (PNG/TIFF), as float (TIFF 32-bit, EXR) or as JPEG/WebP, keeping the
     loaded file's ICC profile and metadata and writing greyscale sources back as greyscale."""
 
     DISPLAY_NAME = "Save Image (16-bit/float)"
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("info",)
     FUNCTION = "save"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):

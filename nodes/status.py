@@ -2,17 +2,14 @@
 ``scripts/status_report.py``, also behind ``restorekit status``)."""
 from __future__ import annotations
 
-from ._common import CATEGORY_ROOT, node_mappings
+from ._common import CATEGORY_ROOT, InfoNode, node_mappings
 
 
-class RestoreKitStatus:
+class RestoreKitStatus(InfoNode):
     DISPLAY_NAME = "RestoreKit Status"
     DESCRIPTION = "Report RAM and VRAM, the chosen device, optional dependencies and the models found in the model folders."
     CATEGORY = f"{CATEGORY_ROOT}/Utility"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("info",)
     FUNCTION = "status"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):

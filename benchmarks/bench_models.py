@@ -37,22 +37,34 @@ sys.path.insert(0, HERE)
 
 MODELS = {
     # name: (node class, folder kind, file, node kwargs)
-    "Real-ESRGAN (RRDB nf 16, 1 block)": ("RestoreKitRealESRGAN", "upscale_models", "RealESRGAN_x4plus.pth", {}),
+    "Real-ESRGAN (RRDB nf 8, 1 block)": ("RestoreKitRealESRGAN", "upscale_models", "RealESRGAN_x4plus.pth", {}),
     "SCUNet (dim 64, 1 block/stage)": ("RestoreKitSCUNet", "upscale_models", "scunet_color_real_psnr.pth", {}),
     "SFHformer (lol family, width 8)": ("RestoreKitSFHformer", "restorekit", "sfhformer_11211_lolv2s.pth", {}),
-    "Noise-DA (width 8, depth 2)": ("RestoreKitNoiseDA", "restorekit", "denoise.pth", {"accept_license": True}),
+    "Noise-DA (width 8)": ("RestoreKitNoiseDA", "restorekit", "denoise.pth", {"accept_license": True}),
 }
 
 
 def write_models(folder: str) -> None:
-    """The small seeded random-weight files the examples use (tests/_workflows.py MODEL_MAKERS)."""
-    import _pack  # noqa: F401 - puts tests/ on the path and loads the pack
-    import _workflows as W
+    import torch
+    from spandrel.architectures.SCUNet import SCUNet
 
-    for _node, kind, fname, _kw in MODELS.values():
-        arch = {"RealESRGAN_x4plus.pth": "esrgan", "scunet_color_real_psnr.pth": "scunet",
-                "sfhformer_11211_lolv2s.pth": "sfhformer_lol", "denoise.pth": "noise_da"}[fname]
-        W.MODEL_MAKERS[arch](os.path.join(folder, kind, fname))
+    import _pack
+
+    _pack.load()
+    from _nets import rrdbnet_official  # tests/_nets.py (tests/ is on the path through _pack)
+    from restorekit.scripts.archs import noise_da as nda
+    from restorekit.scripts.archs import sfhformer as sfh
+
+    up, rk = os.path.join(folder, "upscale_models"), os.path.join(folder, "restorekit")
+    os.makedirs(up, exist_ok=True)
+    os.makedirs(rk, exist_ok=True)
+    sd = rrdbnet_official(nf=8, nb=1, gc=32, seed=0, centre_output=False)
+    torch.save({"params_ema": sd}, os.path.join(up, "RealESRGAN_x4plus.pth"))
+    torch.manual_seed(0)
+    torch.save(SCUNet(in_nc=3, config=[1] * 7, dim=64).state_dict(), os.path.join(up, "scunet_color_real_psnr.pth"))
+    net = sfh.SFHformer(sfh.SFHformerConfig("lol", 8, (1, 1, 1, 1, 1)))
+    torch.save(sfh.official_layout(net), os.path.join(rk, "sfhformer_11211_lolv2s.pth"))
+    torch.save(nda.official_layout(nda.RestorationNet(width=8)), os.path.join(rk, "denoise.pth"))
 
 
 #: calls shorter than this get at least SHORT_REPEATS repeats: a sub-second model's first call in a

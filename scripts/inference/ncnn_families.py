@@ -267,7 +267,7 @@ def detect_span(graph: NcnnGraph) -> Optional[Detected]:
     lead = 0
     notes = []
     if weighted and weighted[0].type == "MemoryData":
-        mean = weighted[0].weights["data"]
+        mean = weighted[0].weights.get("data", np.asarray(SPAN_RGB_MEAN))  # checked once the .bin is read
         if mean.size != 3 or not np.allclose(mean, SPAN_RGB_MEAN, atol=1e-4):
             raise NcnnFormatError(f"SPAN graph '{graph.source}' subtracts mean {mean.tolist()}, not the "
                                   f"{list(SPAN_RGB_MEAN)} spandrel's SPAN uses")

@@ -46,10 +46,14 @@ class GraphWriter:
         arrays = [(w, True)] + ([(conv.bias.detach().numpy(), False)] if conv.bias is not None else [])
         return self.add("Convolution", [x], p, arrays)
 
-    def deconv(self, x, dc: torch.nn.ConvTranspose2d) -> str:
+    def deconv(self, x, dc: torch.nn.ConvTranspose2d, act: int = 0, slope: float = 0.0) -> str:
         w = dc.weight.detach().numpy().transpose(1, 0, 2, 3)  # torch [in,out,kh,kw] -> ncnn [out,in,kh,kw]
         p = {0: w.shape[0], 1: w.shape[3], 11: w.shape[2], 3: dc.stride[0], 4: dc.padding[0],
              5: int(dc.bias is not None), 6: int(w.size)}
+        if act:
+            p[9] = act
+            if act == 2:
+                p[ARRAY_SLOPE] = [float(slope)]
         arrays = [(w, True)] + ([(dc.bias.detach().numpy(), False)] if dc.bias is not None else [])
         return self.add("Deconvolution", [x], p, arrays)
 
@@ -240,3 +244,83 @@ def random_bin_for(param_path: str, bin_path: str, storage: str = "fp16", seed: 
     with open(bin_path, "wb") as f:
         f.write(data)
     return bin_path
+
+
+def write_span(folder, storage="fp32", stem="span", f=8, upscale=2, seed=4):
+    """SPAN with random training branches; the graph holds the re-parameterised 3x3 convs, as exported."""
+    from spandrel.architectures.SPAN import SPAN
+
+    net = _randomise(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=f, upscale=upscale), seed, 0.03)
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 8, 8))  # eval mode: every Conv3XC folds its branches into eval_conv
+
+    def ev(m):
+        return m.eval_conv
+
+    g = GraphWriter(storage)
+    x = g.input()
+    mean = g.add("MemoryData", [], {0: 1, 1: 1, 2: 3}, [(net.mean.detach().numpy().ravel(), False)])
+    h = g.add("BinaryOp", [x, mean], {0: 1})
+    h = g.add("BinaryOp", [h], {0: 2, 1: 1, 2: 255.0})
+    feat = g.conv(h, ev(net.conv_1))
+    cur, out_b1, act6 = feat, None, None
+    for b in range(1, 7):
+        blk = getattr(net, f"block_{b}")
+        a1 = g.add("Swish", [g.conv(cur, ev(blk.c1_r))])
+        a2 = g.add("Swish", [g.conv(a1, ev(blk.c2_r))])
+        o3 = g.conv(a2, ev(blk.c3_r))
+        att = g.add("BinaryOp", [g.add("Sigmoid", [o3])], {0: 1, 1: 1, 2: 0.5})
+        cur = g.add("BinaryOp", [g.add("BinaryOp", [o3, cur], {0: 0}), att], {0: 2})
+        out_b1 = cur if b == 1 else out_b1
+        act6 = a1 if b == 6 else act6
+    o6 = g.conv(cur, ev(net.conv_2))
+    cat = g.conv(g.add("Concat", [feat, o6, out_b1, act6], {0: 0}), net.conv_cat)
+    up = g.conv(cat, net.upsampler[0])
+    g.add("PixelShuffle", [up], {0: upscale}, outputs=["output"])
+    return g.write(*_paths(folder, stem)) + (net,)
+
+
+def write_realcugan(folder, storage="fp32", stem="realcugan_up2x", seed=5):
+    """Real-CUGAN UpCunet2x (spandrel's modules, random weights) as the inner graph of the ncnn
+    releases: input padded by 18 px outside the graph, output = unet2(unet1(x)) + crop(unet1(x), 20)."""
+    from spandrel.architectures.RealCUGAN import UpCunet2x
+
+    net = _randomise(UpCunet2x(in_channels=3, out_channels=3), seed, 0.05)
+    g = GraphWriter(storage)
+
+    def lconv(x, m):
+        return g.conv(x, m, act=2, slope=0.1)
+
+    def unetconv(x, u):
+        h = lconv(lconv(x, u.conv[0]), u.conv[2])
+        if u.seblock is None:
+            return h
+        pooled = g.add("Pooling", [h], {0: 1, 4: 1})
+        se = u.seblock
+        w1, w2 = se.conv1.weight.detach().numpy(), se.conv2.weight.detach().numpy()
+        a = g.add("InnerProduct", [pooled], {0: w1.shape[0], 1: 1, 2: w1.size, 9: 1},
+                  [(w1.reshape(w1.shape[0], -1), True), (se.conv1.bias.detach().numpy(), False)])
+        b = g.add("InnerProduct", [a], {0: w2.shape[0], 1: 1, 2: w2.size, 9: 4},
+                  [(w2.reshape(w2.shape[0], -1), True), (se.conv2.bias.detach().numpy(), False)])
+        return g.add("BinaryOp", [h, b], {0: 2})
+
+    def crop(x, n):
+        return g.add("Crop", [x], {9: [n, n], 10: [-n, -n], 11: [-2, -1]})
+
+    x = g.input()
+    u1, u2 = net.unet1, net.unet2
+    x1 = unetconv(x, u1.conv1)
+    x2 = unetconv(lconv(x1, u1.conv1_down), u1.conv2)
+    x2 = g.deconv(x2, u1.conv2_up, act=2, slope=0.1)
+    x3 = lconv(g.add("BinaryOp", [crop(x1, 4), x2], {0: 0}), u1.conv3)
+    z = g.deconv(x3, u1.conv_bottom)
+    y1 = unetconv(z, u2.conv1)
+    y2 = unetconv(lconv(y1, u2.conv1_down), u2.conv2)
+    y3 = unetconv(lconv(y2, u2.conv2_down), u2.conv3)
+    y3 = g.deconv(y3, u2.conv3_up, act=2, slope=0.1)
+    y4 = unetconv(g.add("BinaryOp", [crop(y2, 4), y3], {0: 0}), u2.conv4)
+    y4 = g.deconv(y4, u2.conv4_up, act=2, slope=0.1)
+    y5 = lconv(g.add("BinaryOp", [crop(y1, 16), y4], {0: 0}), u2.conv5)
+    out = g.conv(y5, u2.conv_bottom)
+    g.add("BinaryOp", [out, crop(z, 20)], {0: 0}, outputs=["output"])
+    return g.write(*_paths(folder, stem)) + (net,)

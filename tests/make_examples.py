@@ -40,6 +40,23 @@ def make_old_photo(path: str) -> str:
     return path
 
 
+def make_scan16(path: str) -> str:
+    """examples/images/scan16_grey.png: a 16-bit greyscale 'archive scan', 192x192: skimage's 'camera'
+    (CC0) crop, resampled in float (so it holds thousands of grey levels, not 256), a faint vignette
+    and scanner noise (std 0.012).  Deterministic (seeded)."""
+    import cv2
+    import numpy as np
+    from skimage import data, transform
+
+    img = data.camera()[40:424, 100:484].astype(np.float64) / 255.0
+    img = transform.resize(img, (192, 192), anti_aliasing=True)
+    yy, xx = np.mgrid[-1:1:192j, -1:1:192j]
+    img = 0.08 + 0.84 * img * (1.0 - 0.18 * (xx ** 2 + yy ** 2))
+    img += np.random.default_rng(16).normal(0.0, 0.012, img.shape)
+    cv2.imwrite(path, np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16))
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="example names (default: all in examples/api)")
@@ -52,6 +69,9 @@ def main(argv=None) -> int:
     if not os.path.exists(old_photo) and not args.check:
         os.makedirs(W.IMAGES_DIR, exist_ok=True)
         print("wrote", make_old_photo(old_photo))
+    scan16 = os.path.join(W.IMAGES_DIR, "scan16_grey.png")
+    if not os.path.exists(scan16) and not args.check:
+        print("wrote", make_scan16(scan16))
     examples = [e for e in W.load_examples() if not args.names or e.name in args.names]
     if args.wrap:
         for ex in examples:

@@ -91,12 +91,24 @@ DEVICE_INPUT = choice_input(
 
 
 # --- model files ----------------------------------------------------------------------------------
-def model_files(kind: str) -> List[str]:
-    """Model file names in the host's ``kind`` folders (for a dropdown; empty when none or no host)."""
+def model_files(kind: str, archs=None, ncnn_params: bool = False) -> List[str]:
+    """Model file names in the host's ``kind`` folders, for a dropdown (empty when none or no host).
+
+    ``archs``: leave out converted files of other architectures (``scripts.inference.ncnn``);
+    ``ncnn_params``: list ncnn ``.param`` files too (converted on first use)."""
     from ..scripts.inference.runtime import get_runtime
 
     try:
-        return list(get_runtime().model_files(kind))
+        rt = get_runtime()
+        files = list(rt.model_files(kind))
+        if archs or ncnn_params:
+            from ..scripts.inference import ncnn
+
+            if archs:
+                files = ncnn.drop_other_archs(rt.model_folders(kind), files, archs)
+            if ncnn_params:
+                files = sorted(set(files) | set(ncnn.param_files(rt.model_folders(kind))))
+        return files
     except Exception:
         return []
 

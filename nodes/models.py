@@ -22,9 +22,9 @@ CATEGORY = f"{CATEGORY_ROOT}/Models"
 NOISE_DA_LICENSE = LICENSE_TEXT + " Set accept_license to true to confirm your use is non-commercial."
 
 
-def _common_inputs(family: str, what: str) -> dict:
+def _common_inputs(family: str, what: str, archs=None) -> dict:
     kind = FOLDER_KINDS[family]
-    files = model_files(kind)
+    files = model_files(kind, archs)
     return {
         "model_name": (files, {"tooltip": f"{what} weight file in ComfyUI's models/{kind} folder."}),
         "device": DEVICE_INPUT,
@@ -49,6 +49,8 @@ class _ModelNode(ImageNode):
 
     FAMILY = ""
     WHAT = ""
+    #: architectures of converted (ncnn) files this node lists; None = every file of the folder
+    ARCHS = None
     CATEGORY = CATEGORY
     FUNCTION = "restore"
 
@@ -59,7 +61,7 @@ class _ModelNode(ImageNode):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"image": image_input()}
-        req.update(_common_inputs(cls.FAMILY, cls.WHAT))
+        req.update(_common_inputs(cls.FAMILY, cls.WHAT, cls.ARCHS))
         req.update(cls.family_inputs())
         return {"required": req}
 
@@ -81,7 +83,7 @@ class _ModelNode(ImageNode):
 # --- nodes ---------------------------------------------------------------------------------------
 class RestoreKitRealESRGAN(_ModelNode):
     DISPLAY_NAME = "Real-ESRGAN Upscale"
-    FAMILY, WHAT = "realesrgan", "Real-ESRGAN"
+    FAMILY, WHAT, ARCHS = "realesrgan", "Real-ESRGAN", ("ESRGAN", "Compact")
     DESCRIPTION = (
         "Real-ESRGAN super-resolution (Wang et al., ICCVW 2021) from official files in "
         "models/upscale_models: RealESRGAN_x4plus, RealESRGAN_x4plus_anime_6B, realesr-general-x4v3 "
@@ -107,7 +109,7 @@ class RestoreKitRealESRGAN(_ModelNode):
 
 class RestoreKitSCUNet(_ModelNode):
     DISPLAY_NAME = "SCUNet Denoise"
-    FAMILY, WHAT = "scunet", "SCUNet"
+    FAMILY, WHAT, ARCHS = "scunet", "SCUNet", ("SCUNet",)
     DESCRIPTION = (
         "SCUNet blind denoising (Zhang et al., Machine Intelligence Research 2023; Apache-2.0) from "
         "scunet_color_real_psnr.pth / scunet_color_real_gan.pth in models/upscale_models. Pads to a "

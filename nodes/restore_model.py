@@ -18,7 +18,8 @@ class RestoreKitLoadModel:
     DESCRIPTION = (
         "Load a restoration model file (.pth/.safetensors) from ComfyUI's models/upscale_models folder: "
         "any architecture spandrel supports (Real-ESRGAN, Compact, SCUNet, SwinIR…). Weights only: "
-        "files carrying pickled code are refused."
+        "files carrying pickled code are refused. ncnn models (.param + .bin, e.g. from upscayl or chaiNNer) "
+        "are listed too and converted on first use into models/restorekit_converted (cached by sha256)."
     )
     CATEGORY = f"{CATEGORY_ROOT}/Models"
     RETURN_TYPES = (MODEL_TYPE, "STRING")
@@ -33,10 +34,10 @@ class RestoreKitLoadModel:
         }}
 
     def load(self, model_name):
-        from ..scripts.inference.files import load_spandrel
+        from ..scripts.inference.ncnn import load_model_file
 
-        handle = load_spandrel(model_path(UPSCALE_FOLDER, model_name))
-        return (handle, info_text(self.DISPLAY_NAME, {"file": model_name}, handle))
+        handle, note = load_model_file(model_path(UPSCALE_FOLDER, model_name))
+        return (handle, info_text(self.DISPLAY_NAME, {"file": model_name + (f" ({note})" if note else "")}, handle))
 
 
 class RestoreKitRestoreWithModel(ImageNode):

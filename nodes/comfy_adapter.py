@@ -188,9 +188,13 @@ class _ComfyProgress:
 
 def install() -> ComfyRuntime:
     """Make :class:`ComfyRuntime` the library's runtime and register the pack's model folders."""
-    runtime = get_runtime()
+    previous = get_runtime()
+    runtime = previous
     if not isinstance(runtime, ComfyRuntime):
         runtime = ComfyRuntime()
+        for kind, folders in previous._folders.items():  # folders registered before the nodes loaded
+            for folder in folders:
+                runtime.register_model_folder(kind, folder)
         set_runtime(runtime)
     if runtime.folder_paths is not None:
         models_dir = getattr(runtime.folder_paths, "models_dir", None)

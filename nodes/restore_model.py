@@ -29,8 +29,9 @@ class RestoreKitLoadModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (model_files(UPSCALE_FOLDER),
-                           {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture)."}),
+            "model_name": (model_files(UPSCALE_FOLDER, ncnn_params=True),
+                           {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture, "
+                                       "or an ncnn .param with its .bin)."}),
         }}
 
     def load(self, model_name):

@@ -67,16 +67,33 @@ class RestoreKitFilmGrainBM3D(_DenoiseNode):
                 block=32, method="auto", profile="np", mask=None):
         from ..scripts.batch import read_masks
         from ..scripts.film_grain import denoise_film_grain
+        from ..scripts.inference.runtime import get_runtime
 
         masks = []  # the MASK at the images' size, read once
+        runtime = get_runtime()
+        steps = 100  # progress steps per image
+        bar = runtime.progress(steps * int(image.shape[0]), self.DISPLAY_NAME)
+        done = [0]
 
         def run(img, i):
             if mask is not None and not masks:
                 masks.append(read_masks(mask, img.shape[0], img.shape[1]))
             m = masks[0][min(i, masks[0].shape[0] - 1)] if masks else None
-            return denoise_film_grain(img, noise_model, sigma, strength, block, method, profile, mask=m)
 
-        return self.run_images(image, run, stage="denoise", pass_index=True)
+            def progress(fraction):  # inside BM3D: progress, and a cancel takes effect here
+                target = int(steps * (i + min(1.0, fraction)))
+                if target > done[0]:
+                    bar.update(target - done[0])
+                    done[0] = target
+                runtime.check_interrupt()
+
+            return denoise_film_grain(img, noise_model, sigma, strength, block, method, profile, mask=m,
+                                      progress=progress)
+
+        try:
+            return self.run_images(image, run, stage="denoise", pass_index=True, progress=False)
+        finally:
+            bar.close()
 
 
 class RestoreKitDenoise(_DenoiseNode):

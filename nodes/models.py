@@ -16,6 +16,7 @@ from ._common import ImageNode, info_text, int_input, model_files, node_mappings
 from ..scripts.archs.noise_da import LICENSE_TEXT
 from ..scripts.inference.chain import NONE
 from ..scripts.inference.runner import PRECISIONS
+from .restore_model import OVERLAP_TOOLTIP, PRECISION_TOOLTIP, TILE_TOOLTIP
 from ..scripts.inference.zoo import FOLDER_KINDS, NOISE_DA_TASKS, SFH_TASKS
 
 CATEGORY = f"{CATEGORY_ROOT}/Models"
@@ -28,13 +29,9 @@ def _common_inputs(family: str, what: str, archs=None) -> dict:
     return {
         "model_name": (files, {"tooltip": f"{what} weight file in ComfyUI's models/{kind} folder."}),
         "device": DEVICE_INPUT,
-        "tile": int_input(0, 0, 4096, "Tile side in input px. 0 = automatic: the whole image when it fits in free "
-                                      "memory, else the largest tile that does."),
-        "overlap": int_input(0, 0, 512, "Tile overlap in input px. 0 = the architecture's default; larger "
-                                        "values hide seams at some extra time."),
-        "precision": choice_input(PRECISIONS,
-                                  "Numeric precision. auto: fp16 on a GPU where the model supports it, fp32 "
-                                  "otherwise. Unsupported choices run in fp32 and info says so."),
+        "tile": int_input(0, 0, 4096, TILE_TOOLTIP),
+        "overlap": int_input(0, 0, 512, OVERLAP_TOOLTIP),
+        "precision": choice_input(PRECISIONS, PRECISION_TOOLTIP),
         "fallback": bool_input(False, "On failure (out of memory, unreadable file) try the lighter model, then a "
                                       "classical method, instead of stopping with an error. info says which ran."),
         "fallback_model": ([NONE] + files, {"default": NONE, "tooltip": "Lighter model file (same folder) tried when "
@@ -134,8 +131,9 @@ class RestoreKitSFHformer(_ModelNode):
     @classmethod
     def family_inputs(cls):
         return {"task": choice_input(SFH_TASKS, "Which released weights the file holds. auto: from the weights "
-                                                "(and 'its' in the file name for indoor dehazing, which runs "
-                                                "without the Fourier BatchNorm as officially evaluated).")}
+                                                "(and the word 'its' or 'indoor' in the file name for indoor "
+                                                "dehazing, which runs without the Fourier BatchNorm as officially "
+                                                "evaluated).")}
 
     def family_options(self, task="auto"):
         return {"task": task}, {"task": task}
@@ -152,8 +150,9 @@ class RestoreKitNoiseDA(_ModelNode):
     @classmethod
     def family_inputs(cls):
         return {
-            "task": choice_input(NOISE_DA_TASKS, "Which checkpoint this is (the network is the same; the choice "
-                                                 "labels info and picks the classical fallback)."),
+            "task": choice_input(NOISE_DA_TASKS, "Which checkpoint this is (the network is the same): sets the "
+                                                 "official input range (denoise 0..1; derain and deblur -1..1, "
+                                                 "mapped back), labels info and picks the classical fallback."),
             "accept_license": bool_input(False, NOISE_DA_LICENSE),
         }
 

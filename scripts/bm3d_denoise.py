@@ -14,12 +14,19 @@ private numpy namespace that adds ``trapz = trapezoid``; the global numpy module
 
 Images: float ``[H, W]`` or ``[H, W, 3]`` in 0..1; noise PSD in the bm3d convention (see
 :mod:`.grain`); ``sigma`` in image units (0..1 scale).
+
+Progress and cancelling: ``progress(fraction)`` (0..1) is called between steps and may raise to
+cancel (the nodes check the host's interrupt there).  The package runs its two stages as two calls
+(hard thresholding, then Wiener filtering with that estimate as pilot, which is what its one-call
+form does), RGB in the package's opponent colour space; the fallback reports every row of blocks.
 """
 from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
+
+Progress = Optional[Callable[[float], None]]
 
 import numpy as np
 
@@ -99,8 +106,30 @@ def _noise_spec(z: np.ndarray, sigma, psd):
     return sigma, psd
 
 
-def bm3d_package(z: np.ndarray, sigma=None, psd=None, profile: str = "np") -> np.ndarray:
-    """Call the ``bm3d`` package directly (grey -> ``bm3d``, RGB -> ``bm3d_rgb`` in opponent space)."""
+def _opponent_noise(spec, scale: np.ndarray, a: np.ndarray, imax: np.ndarray, imin: np.ndarray):
+    """The noise of an RGB image in the package's normalised opponent space: channel k is
+    ``sum_j a[k, j] rgb_j`` divided by its range ``imax[k] - imin[k]``, so independent channel noise
+    adds up with the squared weights and scales with the squared range (``scale`` is that factor
+    for noise equal in all channels)."""
+    spec = np.asarray(spec, dtype=np.float64)
+    rng2 = (np.asarray(imax) - np.asarray(imin)) ** 2
+    if spec.ndim == 0:                    # one sigma for all channels
+        return float(spec) * np.sqrt(scale)
+    if spec.ndim == 1:                    # one sigma per channel
+        return np.sqrt((spec ** 2) @ (a.T ** 2) / rng2)
+    if spec.ndim == 2:                    # one PSD for all channels
+        return spec[:, :, None] * np.asarray(scale)[None, None, :]
+    return (spec @ (a.T ** 2)) / rng2[None, None, :]  # a PSD per channel
+
+
+def bm3d_package(z: np.ndarray, sigma=None, psd=None, profile: str = "np", progress: Progress = None) -> np.ndarray:
+    """Call the ``bm3d`` package in steps so that ``progress`` runs between them.
+
+    Grey: two calls, hard thresholding, then Wiener filtering with that estimate as pilot (what its
+    one-call form does).  RGB: in the package's normalised opponent colour space, as ``bm3d_rgb``
+    does, one call per channel: the first channel's block matches are kept and reused for the other
+    two (what its multichannel form does).
+    """
     import bm3d
 
     _patch_bm4d_numpy()
@@ -109,8 +138,26 @@ def bm3d_package(z: np.ndarray, sigma=None, psd=None, profile: str = "np") -> np
     spec = psd if psd is not None else sigma
     pro = bm3d.BM3DProfileLC() if profile == "lc" else profile  # 'lc' has no string name in bm3d
     if z.ndim == 2:
-        return np.asarray(bm3d.bm3d(z, spec, profile=pro))
-    return np.asarray(bm3d.bm3d_rgb(z, spec, profile=pro))
+        pilot = np.asarray(bm3d.bm3d(z, spec, profile=pro, stage_arg=bm3d.BM3DStages.HARD_THRESHOLDING))
+        if progress is not None:
+            progress(0.5)
+        out = np.asarray(bm3d.bm3d(z, spec, profile=pro, stage_arg=pilot))
+    else:
+        zo, imax, imin, scale, a = bm3d.rgb_to(z, "opp")
+        spec = _opponent_noise(spec, scale, a, imax, imin)
+        spec_c = (lambda c: spec[..., c]) if np.ndim(spec) == 3 else (
+            (lambda c: spec[c]) if np.ndim(spec) == 1 else (lambda c: spec))
+        channels = []
+        y0, matches = bm3d.bm3d(zo[..., 0], spec_c(0), profile=pro, blockmatches=(True, True))
+        channels.append(np.asarray(y0))
+        for c in (1, 2):
+            if progress is not None:
+                progress(c / 3)
+            channels.append(np.asarray(bm3d.bm3d(zo[..., c], spec_c(c), profile=pro, blockmatches=matches)))
+        out = np.asarray(bm3d.rgb_to(np.stack(channels, axis=-1), "opp", True, imax, imin)[0])
+    if progress is not None:
+        progress(1.0)
+    return out
 
 
 # --- permissive fallback --------------------------------------------------------------------
@@ -146,7 +193,7 @@ def _windowed_psd(psd_b: np.ndarray, window: np.ndarray) -> np.ndarray:
 
 
 def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.ndarray],
-                        block: int, step: int, thr: float) -> np.ndarray:
+                        block: int, step: int, thr: float, progress: Progress = None) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
     h, w = z.shape
@@ -163,7 +210,9 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
     wsum = np.zeros_like(zp)
     view = sliding_window_view(zp, (block, block))
     pview = None if pp is None else sliding_window_view(pp, (block, block))
-    for y in ys:  # one row of blocks at a time keeps memory small
+    for row, y in enumerate(ys):  # one row of blocks at a time keeps memory small
+        if progress is not None:
+            progress(row / len(ys))
         blocks = view[y, xs] * window
         spec = np.fft.fft2(blocks)
         if pview is None:
@@ -181,11 +230,20 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
     return res[pad:pad + h, pad:pad + w]
 
 
-def fallback_denoise(z: np.ndarray, sigma=None, psd=None, block: int = 16, step: int = 4) -> np.ndarray:
+def _part(progress: Progress, start: float, span: float) -> Progress:
+    """``progress`` for one part of the work: its 0..1 mapped to ``start .. start + span``."""
+    if progress is None:
+        return None
+    return lambda f: progress(start + span * f)
+
+
+def fallback_denoise(z: np.ndarray, sigma=None, psd=None, block: int = 16, step: int = 4,
+                     progress: Progress = None) -> np.ndarray:
     """Two-stage sliding-window DFT Wiener denoiser for white (``sigma``) or coloured (``psd``) noise.
 
     ``z``: ``[H, W]`` or ``[H, W, 3]`` (RGB is filtered per channel in an orthonormal opponent
     colour space, the PSD mapped with the squared transform weights as bm3d_rgb does).
+    ``progress(fraction)`` runs before every row of blocks.
     """
     z = np.asarray(z, dtype=np.float64)
     if z.ndim == 3:
@@ -198,9 +256,11 @@ def fallback_denoise(z: np.ndarray, sigma=None, psd=None, block: int = 16, step:
             if psd is not None:
                 p = np.asarray(psd, dtype=np.float64)
                 pc = (p @ (a_n[c] ** 2)) if p.ndim == 3 else p * float(np.sum(a_n[c] ** 2))
-                out[..., c] = fallback_denoise(o[..., c], psd=pc, block=block, step=step)
+                out[..., c] = fallback_denoise(o[..., c], psd=pc, block=block, step=step,
+                                               progress=_part(progress, c / 3, 1 / 3))
             else:
-                out[..., c] = fallback_denoise(o[..., c], sigma=sigma, block=block, step=step)
+                out[..., c] = fallback_denoise(o[..., c], sigma=sigma, block=block, step=step,
+                                               progress=_part(progress, c / 3, 1 / 3))
         return out @ np.linalg.inv(a_n).T
     h, w = z.shape
     if psd is None:
@@ -209,17 +269,18 @@ def fallback_denoise(z: np.ndarray, sigma=None, psd=None, block: int = 16, step:
         noise_b = _block_psd(np.asarray(psd, dtype=np.float64), block)
     if float(noise_b.max()) <= 0:
         return z.copy()
-    pilot = _sliding_dft_filter(z, noise_b, None, block, step, thr=2.7)
-    return _sliding_dft_filter(z, noise_b, pilot, block, step, thr=0.0)
+    pilot = _sliding_dft_filter(z, noise_b, None, block, step, thr=2.7, progress=_part(progress, 0.0, 0.5))
+    return _sliding_dft_filter(z, noise_b, pilot, block, step, thr=0.0, progress=_part(progress, 0.5, 0.5))
 
 
 def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.ndarray] = None,
-            method: str = "auto", profile: str = "np") -> DenoiseResult:
+            method: str = "auto", profile: str = "np", progress: Progress = None) -> DenoiseResult:
     """Denoise ``image`` (``[H,W]`` or ``[H,W,3]`` float 0..1) of white noise ``sigma`` or of
     correlated noise with power spectrum ``psd`` (bm3d convention, ``[H,W]`` or ``[H,W,3]``).
 
     ``method``: "auto" (bm3d package when installed, else fallback), "bm3d" (error if missing),
-    "fallback".  The result's ``path`` says which ran.
+    "fallback".  The result's ``path`` says which ran.  ``progress(fraction)`` runs between steps
+    (module docstring) and may raise to cancel.
     """
     z = _check(image)
     sigma, psd = _noise_spec(z, sigma, psd)
@@ -237,11 +298,11 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
         raise RuntimeError("the optional 'bm3d' package is not installed (pip install bm3d; "
                            "non-commercial licence); choose the fallback method instead")
     if use_pkg:
-        out = bm3d_package(z, sigma=sigma, psd=psd, profile=profile)
+        out = bm3d_package(z, sigma=sigma, psd=psd, profile=profile, progress=progress)
         path = "bm3d package"
         detail = f"profile {profile}"
     else:
-        out = fallback_denoise(z, sigma=sigma, psd=psd)
+        out = fallback_denoise(z, sigma=sigma, psd=psd, progress=progress)
         path = "fallback: sliding-window DFT Wiener (permissive, no bm3d)"
         detail = "bm3d not installed"
         if method == "fallback":

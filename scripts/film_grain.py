@@ -61,12 +61,13 @@ class FilmGrainReport:
 
 def denoise_film_grain(image: np.ndarray, noise_model: str = NOISE_MODELS[0], sigma: float = 0.0,
                        strength: float = 1.0, block: int = 32, method: str = "auto", profile: str = "np",
-                       mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, FilmGrainReport]:
+                       mask: Optional[np.ndarray] = None, progress=None) -> Tuple[np.ndarray, FilmGrainReport]:
     """Remove film grain (or white noise) from ``image`` ``[H, W, C]`` (C = 1 or 3, float 0..1).
 
     ``noise_model``: :data:`NOISE_MODELS`.  ``sigma``: white-noise σ in 0..1 units (0 = estimate).
     ``strength``: multiplies the noise power.  ``block``: grain-mode block side (px).  ``method``,
     ``profile``: :func:`.bm3d_denoise.denoise`.  ``mask``: ``[H, W]``, nonzero = noise-only area.
+    ``progress(fraction)``: called between denoising steps; may raise to cancel.
     Returns ``(float64 [H, W, C], FilmGrainReport)``.
     """
     if noise_model not in NOISE_MODELS:
@@ -82,14 +83,15 @@ def denoise_film_grain(image: np.ndarray, noise_model: str = NOISE_MODELS[0], si
         res = bm3d_denoise.DenoiseResult(z.copy(), "none (image smaller than 8 px)")
     elif noise_model == NOISE_MODELS[0]:
         est = grain.estimate_grain_psd(z, mask=mask, block=block)
-        res = bm3d_denoise.denoise(z, psd=est.psd * strength, method=method, profile=profile)
+        res = bm3d_denoise.denoise(z, psd=est.psd * strength, method=method, profile=profile, progress=progress)
         report.sigma, report.sigma_source = [float(s) for s in est.sigma], est.source
         report.blocks, report.block, report.notes = est.blocks, est.block, list(est.notes)
     else:
         s, how = float(sigma), "given"
         if s <= 0:
             s, how = estimate_noise_sigma(z, "skimage"), "estimated (wavelet MAD)"
-        res = bm3d_denoise.denoise(z, sigma=s * np.sqrt(strength), method=method, profile=profile)
+        res = bm3d_denoise.denoise(z, sigma=s * np.sqrt(strength), method=method, profile=profile,
+                                   progress=progress)
         report.sigma, report.sigma_source = [s], how
     out = res.image
     if grey_rgb:

@@ -117,6 +117,31 @@ class RestorationNet(nn.Module):
         return x + self.residual(x)
 
 
+class Normalised(nn.Module):
+    """The network with the official input normalisation of a task.
+
+    ``norm0`` (denoise): the image in 0..1 as it is.  ``norm1`` (derain, deblur): the official test
+    code loads images as ``img / 127.5 - 1`` (-1..1) and writes ``(out + 1) * 127.5``; here
+    ``(net(2x - 1) + 1) / 2``, so callers still pass and receive 0..1.
+    """
+
+    def __init__(self, net: RestorationNet, norm: str = "norm0"):
+        super().__init__()
+        if norm not in ("norm0", "norm1"):
+            raise ValueError(f"norm must be norm0 or norm1, got {norm!r}")
+        self.net = net
+        self.norm = norm
+
+    @property
+    def size_multiple(self) -> int:
+        return self.net.size_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm == "norm0":
+            return self.net(x)
+        return (self.net(x * 2.0 - 1.0) + 1.0) * 0.5
+
+
 # --------------------------------------------------------------------------------------------
 def prepare_state_dict(obj) -> Dict[str, torch.Tensor]:
     """Official training checkpoint -> the restoration net's own state dict.

@@ -21,7 +21,14 @@ two families that differ in block design and parameter names:
     branch and the FFN are 1x1 -> multi-kernel depth-wise -> 1x1 blocks with GELU; the global
     branch works on 2x the channels; down-sampling is a 3x3 conv plus pixel-unshuffle.
 
-Both families predict a residual: ``output = input + net(input)``.  Images are RGB in 0..1.  The
+``"generic"`` family (the repository's generic ``models/SFHformer.py`` ``Backbone``, sizes t / s / m / l,
+what the official training scripts produce for the other tasks)
+    The haze family's blocks, stage names and zero padding, but the global branch of the low-light
+    family (1x1 convs on 2x the channels around the Fourier unit) and another Fourier unit:
+    BatchNorm, a residual 3x3 depth-wise conv, then ``groups`` 1x1 convs mixed by a softmax
+    weighting computed from the spectrum, GELU (``FourierUnit``, ``groups`` 1 as published).
+
+All families predict a residual: ``output = input + net(input)``.  Images are RGB in 0..1.  The
 spatial size must be a multiple of 4 (two 2x down-samplings); the official test code crops to a
 multiple of 8, so :data:`SIZE_MULTIPLE` is 8 and callers pad and crop back.  The Fourier branch
 sees the whole input, so tiles give slightly different results from one pass over the image.
@@ -57,6 +64,7 @@ class SFHformerConfig:
     fft_bn: bool = True
     in_channels: int = 3
     out_channels: int = 3
+    groups: int = 1  # Fourier-unit groups of the generic family
 
 
 #: the configurations of the released weights (task variant -> config)
@@ -67,14 +75,21 @@ VARIANTS: Dict[str, SFHformerConfig] = {
     "lowlight-s": SFHformerConfig("lol", 24, (1, 1, 2, 1, 1)),                      # sfhformer_11211_lolv2s.pth
     "lowlight-m": SFHformerConfig("lol", 24, (2, 2, 4, 2, 2)),                      # sfhformer_22422_lolv2r.pth
     "lowlight-l": SFHformerConfig("lol", 24, (4, 4, 8, 4, 4)),
+    # the generic models/SFHformer.py sizes (SFHformer_t/_s/_m/_l)
+    "generic-t": SFHformerConfig("generic", 32, (1, 1, 2, 1, 1)),
+    "generic-s": SFHformerConfig("generic", 32, (2, 2, 4, 2, 2)),
+    "generic-m": SFHformerConfig("generic", 32, (4, 4, 8, 4, 4)),
+    "generic-l": SFHformerConfig("generic", 32, (6, 6, 10, 6, 6)),
 }
 
 #: stage / up-sampler attribute names per family (they are the checkpoint's key prefixes)
 _STAGE_NAMES = {
     "haze": ("layer1", "layer2", "layer3", "layer8", "layer9"),
     "lol": ("layer1", "layer2", "layer3", "layer4", "layer5"),
+    "generic": ("layer1", "layer2", "layer3", "layer8", "layer9"),
 }
-_UP_NAMES = {"haze": ("upsample3", "upsample4"), "lol": ("upsample1", "upsample2")}
+_UP_NAMES = {"haze": ("upsample3", "upsample4"), "lol": ("upsample1", "upsample2"),
+             "generic": ("upsample3", "upsample4")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,14 +116,23 @@ class FourierBranch(nn.Module):
 
     ``rfft2`` (orthonormal) of each channel; real and imaginary parts become interleaved channels
     ``[c0.re, c0.im, c1.re, ...]``; then (optional BatchNorm), for the haze family a residual 3x3
-    depth-wise conv, and a 1x1 conv with GELU; back with ``irfft2`` to the input size.
+    depth-wise conv, and a 1x1 conv with GELU; back with ``irfft2`` to the input size.  The generic
+    family: BatchNorm, residual 3x3 depth-wise ``fpe``, ``groups`` 1x1 convs (``fdc``) summed with
+    softmax weights from a 1x1 conv of the spectrum (``weight``), GELU.
     """
 
-    def __init__(self, channels: int, family: str, fft_bn: bool = True):
+    def __init__(self, channels: int, family: str, fft_bn: bool = True, groups: int = 1):
         super().__init__()
         c2 = channels * 2
         self.family = family
         self.fft_bn = fft_bn
+        self.groups = groups
+        if family == "generic":
+            self.bn = nn.BatchNorm2d(c2)
+            self.fdc = nn.Conv2d(c2, c2 * groups, 1, groups=groups)
+            self.weight = nn.Sequential(nn.Conv2d(c2, groups, 1), nn.Softmax(dim=1))
+            self.fpe = _dw(c2, 3)
+            return
         self.conv_layer = nn.Conv2d(c2, c2, 1, bias=False)      # unused by the official forward
         self.bn1 = nn.BatchNorm2d(c2)
         self.bn2 = nn.BatchNorm2d(c2)                           # unused by the official forward
@@ -123,7 +147,13 @@ class FourierBranch(nn.Module):
         spec = torch.fft.rfft2(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
                                norm="ortho")
         z = torch.stack((spec.real, spec.imag), dim=2).to(x.dtype).reshape(b, 2 * c, h, -1)
-        if self.family == "haze":
+        if self.family == "generic":
+            z = self.bn(z)
+            z = self.fpe(z) + z
+            mix = self.weight(z)                                     # [b, groups, h, w']
+            z = self.fdc(z).reshape(b, self.groups, 2 * c, h, -1)
+            z = F.gelu((z * mix[:, :, None]).sum(1))
+        elif self.family == "haze":
             if self.fft_bn:
                 z = self.bn1(z)
             z = self.conv_layer2(z) + z
@@ -157,7 +187,7 @@ class MultiKernelBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1, p2, p3 = torch.split(self.conv_init(x), self.part, dim=1)
         y = torch.cat((p0, self.conv1_1(p1), self.conv1_2(p2), self.conv1_3(p3)), dim=1)
-        if self.family == "haze":
+        if self.family != "lol":
             y = F.gelu(y)
         return self.conv_fina(y)
 
@@ -176,20 +206,22 @@ class DilatedLocal(nn.Module):
 
 
 class GlobalBranch(nn.Module):
-    """Fourier branch with a residual; the lol family wraps it in 1x1 convs on 2C channels."""
+    """Fourier branch with a residual; the lol and generic families wrap it in 1x1 convs on 2C
+    channels."""
 
-    def __init__(self, dim: int, family: str, fft_bn: bool):
+    def __init__(self, dim: int, family: str, fft_bn: bool, groups: int = 1):
         super().__init__()
         self.family = family
-        if family == "lol":
+        self.wrapped = family in ("lol", "generic")
+        if self.wrapped:
             self.conv_init = nn.Sequential(nn.Conv2d(dim, dim * 2, 1), nn.GELU())
             self.conv_fina = nn.Sequential(nn.Conv2d(dim * 2, dim, 1), nn.GELU())
-            self.FFC = FourierBranch(dim * 2, family, fft_bn)
+            self.FFC = FourierBranch(dim * 2, family, fft_bn, groups)
         else:
             self.FFC = FourierBranch(dim, family, fft_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.family == "lol":
+        if self.wrapped:
             x = self.conv_init(x)
             return self.conv_fina(self.FFC(x) + x)
         return self.FFC(x) + x
@@ -198,7 +230,7 @@ class GlobalBranch(nn.Module):
 class Mixer(nn.Module):
     """Token mixer: 1x1 to 2C, local branch on one half, global branch on the other, attention."""
 
-    def __init__(self, dim: int, family: str, fft_bn: bool):
+    def __init__(self, dim: int, family: str, fft_bn: bool, groups: int = 1):
         super().__init__()
         self.family = family
         self.dim = dim
@@ -214,7 +246,7 @@ class Mixer(nn.Module):
             self.ca_conv = nn.Sequential(nn.Conv2d(2 * dim, dim, 1))
             self.ca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(2 * dim, dim, 1), nn.ReLU(),
                                     nn.Conv2d(dim, 2 * dim, 1), nn.Sigmoid())
-        self.mixer_gloal = GlobalBranch(dim, family, fft_bn)
+        self.mixer_gloal = GlobalBranch(dim, family, fft_bn, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.split(self.conv_init(x), self.dim, dim=1)
@@ -227,21 +259,22 @@ class Mixer(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + mixer(BN(x)), then x + FFN(BN(x)); haze family scales by beta, gamma."""
+    """Pre-norm block: x + mixer(BN(x)), then x + FFN(BN(x)); the haze and generic families scale
+    by beta, gamma."""
 
-    def __init__(self, dim: int, family: str, fft_bn: bool):
+    def __init__(self, dim: int, family: str, fft_bn: bool, groups: int = 1):
         super().__init__()
         self.family = family
         self.norm1 = nn.BatchNorm2d(dim)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mixer = Mixer(dim, family, fft_bn)
+        self.mixer = Mixer(dim, family, fft_bn, groups)
         self.ffn = MultiKernelBlock(dim, family)
-        if family == "haze":
+        if family != "lol":
             self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
             self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.family == "haze":
+        if self.family != "lol":
             x = x + self.mixer(self.norm1(x)) * self.beta
             return x + self.ffn(self.norm2(x)) * self.gamma
         x = x + self.mixer(self.norm1(x))
@@ -249,9 +282,9 @@ class Block(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, depth: int, dim: int, family: str, fft_bn: bool):
+    def __init__(self, depth: int, dim: int, family: str, fft_bn: bool, groups: int = 1):
         super().__init__()
-        self.blocks = nn.Sequential(*[Block(dim, family, fft_bn) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, family, fft_bn, groups) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -275,7 +308,7 @@ class SFHformer(nn.Module):
     def __init__(self, config: SFHformerConfig = VARIANTS["dehaze-outdoor"]):
         super().__init__()
         if config.family not in _STAGE_NAMES:
-            raise ValueError(f"unknown SFHformer family '{config.family}' (expected haze or lol)")
+            raise ValueError(f"unknown SFHformer family '{config.family}' (expected haze, lol or generic)")
         self.config = config
         fam, c, d = config.family, config.width, config.depths
         dims = (c, 2 * c, 4 * c, 2 * c, c)
@@ -286,7 +319,7 @@ class SFHformer(nn.Module):
 
         self.patch_embed = _wrap(nn.Conv2d(config.in_channels, c, 3, padding=1, padding_mode=pad))
         for name, depth, dim in zip(self.stage_names, d, dims):
-            setattr(self, name, Stage(depth, dim, fam, config.fft_bn))
+            setattr(self, name, Stage(depth, dim, fam, config.fft_bn, config.groups))
         for i, name in enumerate(("downsample1", "downsample2")):
             dim = dims[i]
             if lol:
@@ -357,7 +390,13 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], fft_bn: bool = True) 
     """
     if "patch_embed.proj.weight" not in sd:
         raise KeyError("patch_embed.proj.weight")
-    if "layer9.blocks.0.norm1.weight" in sd or "upsample3.proj.0.weight" in sd:
+    groups = 1
+    fdc = next((k for k in sd if k.endswith("mixer.mixer_gloal.FFC.fdc.weight")), None)
+    if fdc is not None:
+        family = "generic"
+        mix = sd.get(fdc[: -len("fdc.weight")] + "weight.0.weight")
+        groups = int(mix.shape[0]) if mix is not None else 1
+    elif "layer9.blocks.0.norm1.weight" in sd or "upsample3.proj.0.weight" in sd:
         family = "haze"
     elif "upsample1.proj.0.weight" in sd:
         family = "lol"
@@ -373,7 +412,7 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], fft_bn: bool = True) 
     depths = tuple(counts.get(n, 0) for n in _STAGE_NAMES[family])
     out_ch = int(sd["patch_unembed.proj.0.weight"].shape[0])
     return SFHformerConfig(family, width, depths, fft_bn=fft_bn if family == "haze" else True,
-                           in_channels=in_ch, out_channels=out_ch)
+                           in_channels=in_ch, out_channels=out_ch, groups=groups)
 
 
 def variant_name(config: SFHformerConfig) -> str:

@@ -11,7 +11,11 @@ interrupts, out-of-memory fallback).  With ``fallback`` on, a failure moves down
    (after a 0.6 gamma for low light) for dehazing and low light, unsharp masking for deblurring.
 
 A user's cancel is never a reason to fall back.  Real-ESRGAN's ``output_scale`` resamples the result
-(antialiased bicubic) to the requested scale.  The report says what ran and why.
+(antialiased bicubic, one image at a time into the final buffer, after checking that the final
+buffer and the resampling fit in free RAM) to the requested scale; every output side is at least
+1 px.  Whatever step of the chain ran, the output has the size the full model would have given
+(``output_scale``, else the full model's own scale, else x4): a lighter x2 model's result is
+resampled.  The report says what ran and why.
 """
 from __future__ import annotations
 
@@ -22,11 +26,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from . import memory_utils as mu
 from . import zoo
 from .runner import RunReport, run_model
 from .runtime import get_runtime, is_interrupt
 from .. import clahe, denoise, resample, sharpen
 from ..batch import check_image, map_images
+
+#: the scale of a Real-ESRGAN network whose file could not be read (the family's usual x4)
+DEFAULT_REALESRGAN_SCALE = 4
 
 #: the "no lighter model" choice of the nodes' fallback_model input
 NONE = "none"
@@ -46,8 +54,9 @@ def _unsharp(img: np.ndarray, _opts: dict) -> np.ndarray:
 
 
 def _lanczos(img: np.ndarray, opts: dict) -> np.ndarray:
-    s = opts.get("output_scale") or 4.0
-    return resample.lanczos(img, round(img.shape[0] * s), round(img.shape[1] * s))
+    s = opts.get("output_scale") or float(DEFAULT_REALESRGAN_SCALE)
+    th, tw, _ = output_size(img.shape[0], img.shape[1], s)
+    return resample.lanczos(img, th, tw)
 
 
 UNSHARP = ("unsharp mask (sigma 1.5, amount 1)", _unsharp)
@@ -100,6 +109,34 @@ class ModelReport:
         return out
 
 
+def output_size(height: int, width: int, scale: float) -> Tuple[int, int, bool]:
+    """``(out_h, out_w, raised)``: the sides times ``scale``, rounded, at least 1 px (``raised`` when a
+    side would have rounded to 0)."""
+    th, tw = int(round(height * scale)), int(round(width * scale))
+    return max(1, th), max(1, tw), th < 1 or tw < 1
+
+
+def resample_into(image: torch.Tensor, out_h: int, out_w: int, what: str = "output_scale") -> torch.Tensor:
+    """``image`` ``[B,H,W,C]`` resized to ``out_h x out_w`` (antialiased bicubic, clipped), one image
+    at a time into one preallocated buffer.  Checks first that the buffer and one image's resampling
+    fit in free RAM (else :class:`~scripts.inference.memory_utils.OutOfMemoryError` naming the sizes)."""
+    b, h, w, c = image.shape
+    if (h, w) == (out_h, out_w):
+        return image
+    final = b * out_h * out_w * c * 4
+    per_image = (h * w + 2 * out_h * out_w) * c * 4  # NCHW copy of the input, the result and its clip
+    free = mu.free_memory("cpu")
+    if final + per_image > 0.9 * free:
+        raise mu.OutOfMemoryError(
+            f"{what}: resampling {b} image(s) from {w}x{h} to {out_w}x{out_h} px needs "
+            f"{mu.format_bytes(final + per_image)} of RAM ({mu.format_bytes(final)} for the result), but only "
+            f"{mu.format_bytes(free)} is free: use a smaller scale or fewer images per batch")
+    out = torch.empty((b, out_h, out_w, c), dtype=torch.float32)
+    for i in range(b):
+        out[i] = resample.bicubic(image[i:i + 1], out_h, out_w)[0]
+    return out
+
+
 def _short(exc: BaseException) -> str:
     msg = str(exc).splitlines()[0] if str(exc) else repr(exc)
     return f"{type(exc).__name__}: {msg[:240]}"
@@ -125,10 +162,25 @@ def run_family(family: str, image, model_name: str, *, device: str = "auto", til
         chain.append(("lighter model", fallback_model))
     report = ModelReport(settings=dict(settings or {}))
     out = None
-    for label, name in chain:
+    full_scale: Optional[int] = None  # the full model's own scale, once its file has been read
+    b, h, w, c = image.shape
+    if family == "realesrgan" and options.get("output_scale"):
+        # the whole job's memory before any work: the model's output and the resampled result
+        s_out = float(options["output_scale"])
+        th, tw, _ = output_size(h, w, s_out)
+        need = b * c * 4 * (h * w * DEFAULT_REALESRGAN_SCALE ** 2 + th * tw)
+        free = mu.free_memory("cpu")
+        if need > 0.9 * free:
+            raise mu.OutOfMemoryError(
+                f"output_scale {s_out:g} on {b} image(s) of {w}x{h} px: the x{DEFAULT_REALESRGAN_SCALE} network output "
+                f"and the {tw}x{th} px result need {mu.format_bytes(need)} of RAM, but only {mu.format_bytes(free)} "
+                f"is free: use a smaller scale or fewer images per batch")
+    for i, (label, name) in enumerate(chain):
         try:
             path = get_runtime().resolve_model_file(kind, name)
             handle, note = zoo.load(family, path, **options)
+            if i == 0:
+                full_scale = handle.scale
             ov = max(overlap, handle.min_overlap) if overlap else None
             out, report.runner = run_model(handle, image, device=device, tile=tile, overlap=ov,
                                            precision=precision, **run_kwargs)
@@ -140,16 +192,22 @@ def run_family(family: str, image, model_name: str, *, device: str = "auto", til
             if is_interrupt(exc) or not fallback:
                 raise
             report.failed.append(f"{label} {name} failed ({_short(exc)})")
+    target = None
+    if family == "realesrgan":
+        target = float(options.get("output_scale") or full_scale or report.native_scale or DEFAULT_REALESRGAN_SCALE)
     if out is None:
         method, fn = classical_for(family, options)
-        out, _ = map_images(image, lambda img: fn(img, options), what=f"{family} fallback", stage=method,
+        opts = dict(options, output_scale=target) if target else options
+        out, _ = map_images(image, lambda img: fn(img, opts), what=f"{family} fallback", stage=method,
                             values="as_is", progress=False)
-        report.ran = f"classical: {method}" + (f" x{options.get('output_scale') or 4.0:g}" if family == "realesrgan" else "")
+        report.ran = f"classical: {method}" + (f" x{target:g}" if family == "realesrgan" else "")
     if family == "realesrgan":
-        report.scale = float(options.get("output_scale") or report.native_scale or 4)
-        th, tw = round(image.shape[1] * report.scale), round(image.shape[2] * report.scale)
+        report.scale = target
+        th, tw, raised = output_size(h, w, target)
+        if raised:
+            report.settings["output size"] = f"{tw}x{th} px (a side of {w}x{h} x{target:g} rounds to 0: kept at 1 px)"
         report.resampled = out.shape[1] != th or out.shape[2] != tw
         if report.resampled:
-            out = resample.bicubic(out, th, tw)
+            out = resample_into(out, th, tw)
     report.seconds = time.perf_counter() - t0
     return out, report

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Dict, Iterable, Mapping, Union
+import re
+from typing import Dict, Iterable, List, Mapping, Union
 
 import torch
 
-from .handle import ModelHandle
+from .handle import ModelHandle, apply_arch_rules
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -26,6 +27,51 @@ class ModelFileError(ValueError):
 
 def _name(path: str) -> str:
     return os.path.basename(str(path)) or str(path)
+
+
+def _listed(keys: List[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def mismatch_text(exc: BaseException) -> str:
+    """What a failed strict ``load_state_dict`` found, naming the keys: missing keys, unexpected
+    (extra) keys and keys with the wrong shape (file shape vs model shape).  Other errors: their
+    first line."""
+    msg = str(exc)
+    if "Error(s) in loading state_dict" not in msg:
+        return (msg.splitlines()[0] if msg else repr(exc))[:300]
+    m = re.search(r"loading state_dict for (\S+?):", msg)
+    arch = m.group(1) if m else "the network"
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)")):
+        found = re.search(pattern, msg)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} key{'s' if len(keys) != 1 else ''}: {_listed(keys)}")
+    sizes = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                       r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", msg)
+    if sizes:
+        items = [f"{k} (file {a}, model {b})" for k, a, b in sizes]
+        parts.append(f"{len(items)} key{'s' if len(items) != 1 else ''} with the wrong shape: {_listed(items, 3)}")
+    return f"its weights do not fit {arch}: " + ("; ".join(parts) if parts else msg.splitlines()[0])
+
+
+def _spandrel_guess(state_dict) -> str:
+    """The architecture spandrel's detectors take ``state_dict`` for ('' when none)."""
+    try:
+        from spandrel import MAIN_REGISTRY
+
+        for entry in MAIN_REGISTRY.architectures("detection"):
+            try:
+                if entry.architecture.detect(state_dict):
+                    return entry.architecture.name
+            except Exception:  # noqa: BLE001 - a detector's own failure means "not this one"
+                continue
+    except Exception:  # noqa: BLE001
+        pass
+    return ""
 
 
 def sniff_format(path: str) -> str:
@@ -122,7 +168,7 @@ def handle_from_spandrel(descriptor, source: str = "") -> ModelHandle:
     req = descriptor.size_requirements
     tiling = {1: "supported", 2: "discouraged", 3: "internal"}.get(int(descriptor.tiling.value), "supported")
     arch = descriptor.architecture.name
-    return ModelHandle(
+    return apply_arch_rules(ModelHandle(
         module=descriptor.model,
         arch=arch,
         scale=int(descriptor.scale),
@@ -138,7 +184,7 @@ def handle_from_spandrel(descriptor, source: str = "") -> ModelHandle:
         source=str(source),
         description=f"{arch} via spandrel",
         extra={"square": bool(req.square), "purpose": getattr(descriptor, "purpose", "")},
-    )
+    ))
 
 
 def load_spandrel(path_or_state_dict: Union[str, Mapping], source: str = "") -> ModelHandle:
@@ -162,8 +208,7 @@ def load_spandrel(path_or_state_dict: Union[str, Mapping], source: str = "") -> 
             f"image restoration network such as ESRGAN/Real-ESRGAN, Compact, SCUNet, SwinIR…)"
         ) from None
     except Exception as exc:
-        raise ModelFileError(
-            f"model file '{_name(source)}' looks like {type(exc).__name__} to spandrel but its weights do "
-            f"not fit: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-        ) from exc
+        guess = _spandrel_guess(state_dict)
+        what = f"a {guess} file" if guess else "a model spandrel recognises"
+        raise ModelFileError(f"model file '{_name(source)}' looks like {what}, but {mismatch_text(exc)}") from exc
     return handle_from_spandrel(descriptor, source)

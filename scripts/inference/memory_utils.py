@@ -5,6 +5,9 @@
 * :func:`free_memory` — free bytes on a device, as the host reports them.
 * :class:`MemoryMonitor` — current and peak process RAM (RSS, sampled every few ms) and peak GPU
   memory around any block of code.
+* :class:`TensorBytes` — the peak bytes of tensors alive at once inside a block (every tensor an
+  operator makes is counted until it is freed): what a network call needs beyond its weights and
+  input, on any device, independent of how the allocator reuses memory.
 * :func:`is_oom_error` — CUDA OOM, ``MemoryError`` and the CPU allocator's ``RuntimeError``;
   :func:`cleanup` frees memory after a run or an out-of-memory error.
 
@@ -15,10 +18,13 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .runtime import get_runtime
 
@@ -167,6 +173,56 @@ class MemoryMonitor:
     def ram_delta_bytes(self) -> int:
         """Peak RSS above the RSS at entry: the RAM the block needed."""
         return max(0, self.peak_ram_bytes - self.start_ram_bytes)
+
+
+class TensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensors alive at once while the block runs (operator outputs only).
+
+    >>> with TensorBytes(ignore=[x, *net.parameters()]) as tb:
+    ...     net(x)
+    >>> tb.peak_bytes
+
+    Every tensor an operator returns is counted by its storage until the last tensor viewing that
+    storage is freed; storages in ``ignore`` (the weights, the input) and those alive before the
+    block are not counted.  Scratch memory inside one operator (e.g. oneDNN's) is not seen; the
+    planner's calibration covers it.  Costs one Python call per operator (negligible next to a
+    convolution; used only on the planner's probe tiles).
+    """
+
+    def __init__(self, ignore: Iterable[torch.Tensor] = ()):
+        super().__init__()
+        self.live = 0
+        self.peak_bytes = 0
+        self._refs = {}
+        self._ignore = {t.untyped_storage().data_ptr() for t in ignore if isinstance(t, torch.Tensor)}
+
+    def _release(self, ptr: int) -> None:
+        entry = self._refs.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] <= 0:
+            self.live -= entry[1]
+            del self._refs[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr == 0 or ptr in self._ignore:
+                continue
+            entry = self._refs.get(ptr)
+            if entry is None:
+                self._refs[ptr] = [1, storage.nbytes()]
+                self.live += storage.nbytes()
+                self.peak_bytes = max(self.peak_bytes, self.live)
+            else:
+                entry[0] += 1
+            weakref.finalize(t, self._release, ptr)
+        return out
 
 
 def format_bytes(n: float) -> str:

@@ -1,97 +1,191 @@
-"""Planning: how much memory a model needs per pixel, and whether the image runs whole or in tiles.
+"""Planning: the tile geometry an architecture needs, and the plan that uses least memory at equal speed.
 
-* :func:`probe_bytes_per_pixel` — activation memory per input pixel, measured on a small tile.
-* :func:`plan_tiles` — the whole image when it fits the budget (free memory minus a safety margin,
-  the output buffer and the weights when they move), otherwise the largest tile (a multiple of the
-  model's size requirement) that fits, with the overlap the architecture needs.
+* :func:`tile_rule` — per architecture: the grid tile starts align to (``ModelHandle.align``), the
+  overlap it needs (``min_overlap``, or the user's, rounded up to the grid) and the smallest tile worth
+  running (a floor: never a 1 px tile).
+* :func:`plan_options` — every candidate plan for an image (the whole image, and tiles from the floor
+  up to :data:`MAX_TILE` on a ladder of sizes) with its predicted time and memory from the model's
+  measured :class:`~scripts.inference.costs.CostTable`.
+* :func:`choose` — the rule, a pure function of those numbers: among the plans that fit the memory
+  budget, the least memory among those within :data:`SLACK` (5 %) of the fastest.  The whole image is
+  therefore chosen only when it is really faster.
+* :func:`plan_tiles` — the two together, plus forced tiles and the budget from free memory.
+* :func:`measure_costs` — fills the cost table on probe tiles cut from the image, within a time
+  budget (a share of the job's predicted time), so that a plan rests on measurements.
 
-All memory figures are bytes; measuring lives in :mod:`.memory_utils`.
+All memory figures are bytes, times seconds, sides input pixels.
 """
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass
-from typing import Optional
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 import torch
 
-from .memory_utils import MemoryMonitor, OutOfMemoryError, format_bytes, free_memory
+from .costs import CostTable, measure_call, probe_sizes, sample_tile
+from .memory_utils import OutOfMemoryError, format_bytes, free_memory
+from .tiling import grid_pixels, pad_to_multiple
 
 #: fraction of free memory the planner leaves untouched
 SAFETY_MARGIN = {"cuda": 0.20, "mps": 0.30, "cpu": 0.50}
-#: multiplier on the probed activation memory (allocator slack, fragmentation)
-ACTIVATION_SAFETY = 1.5
-#: the largest tile side the planner proposes (px); larger tiles stop paying off
-MAX_TILE = {"cuda": 1024, "mps": 1024, "cpu": 512}
+#: the largest tile side the planner proposes (px; the whole image is a plan of its own)
+MAX_TILE = {"cuda": 1024, "mps": 1024, "cpu": 768}
+#: the smallest tile side of any architecture (px)
 MIN_TILE = 64
+#: plans within this fraction of the fastest count as equally fast; the least memory among them wins
+SLACK = 0.05
+#: the share of a job's predicted time the planner may spend measuring costs on probe tiles
+PROBE_SHARE = 0.15
+#: ladder of tile sides between the floor and MAX_TILE (each ~1.25x the previous)
+_LADDER = 1.25
 
 
-#: probe results per live module (weak keys: an ``id()`` key could be reused by a new module after
-#: the old one is freed, and would hand it the old module's measurement)
-_PROBE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _round_up(value: int, multiple: int) -> int:
+    multiple = max(1, int(multiple))
+    return int(-(-int(value) // multiple) * multiple)
 
 
-def _hook_estimate(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Largest input+output bytes of any leaf module during one forward pass."""
-    peak = [0]
-
-    def hook(_m, inputs, output):
-        size = 0
-        for t in list(inputs) + [output]:
-            if isinstance(t, torch.Tensor):
-                size += t.numel() * t.element_size()
-        peak[0] = max(peak[0], size)
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return peak[0]
+def round_to_multiple(value: int, multiple: int, up: bool = False) -> int:
+    multiple = max(1, int(multiple))
+    if up:
+        return _round_up(value, multiple)
+    return max(multiple, int(value // multiple) * multiple)
 
 
-def probe_bytes_per_pixel(handle, device, dtype=torch.float32, probe_side: int = 0) -> float:
-    """Activation memory per input pixel, measured by running the model on a small tile.
+# --- geometry -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileRule:
+    """Tile geometry of one architecture: grid, overlap and the smallest tile (input px)."""
 
-    On CUDA the measure is the allocator's peak; on the CPU it is the larger of the RSS rise and
-    twice the largest single layer's input+output (a floor when the allocator reuses freed memory).
-    The result includes :data:`ACTIVATION_SAFETY` and is cached per model, device and dtype.
+    align: int
+    overlap: int
+    floor: int
+
+
+def tile_rule(handle, overlap: Optional[int] = None) -> TileRule:
+    """The tile geometry ``handle`` needs; ``overlap`` (the user's) is raised to the architecture's
+    ``min_overlap`` and rounded up to the grid.
+
+    The floor is the largest of :data:`MIN_TILE`, the architecture's ``min_tile`` and ``min_size``,
+    and the overlap plus one grid step (a tile must reach past its overlap), rounded up to the grid.
     """
-    device = torch.device(device)
-    key = (str(device), str(dtype))
-    try:
-        per_module = _PROBE_CACHE.setdefault(handle.module, {})
-    except TypeError:  # not weak-referenceable: measure every time
-        per_module = {}
-    if key in per_module:
-        return per_module[key]
-    mult = max(1, handle.size_multiple)
-    side = probe_side or max(64, handle.min_size)
-    side = int(math.ceil(side / mult) * mult)
-    x = torch.rand(1, handle.in_channels, side, side, device=device, dtype=dtype)
-    pixels = side * side
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode():
-            handle.module(x)
-        torch.cuda.synchronize(device)
-        used = torch.cuda.max_memory_allocated(device) - base
+    a = max(1, int(handle.align))
+    ov = max(int(handle.min_overlap), int(overlap or 0))
+    ov = _round_up(ov, a) if ov > 0 else 0
+    floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), ov + a)
+    return TileRule(align=a, overlap=ov, floor=_round_up(floor, a))
+
+
+def default_overlap(handle, tile: int = 0) -> int:
+    """The overlap the architecture needs (input px, on its grid)."""
+    return tile_rule(handle).overlap
+
+
+# --- candidate plans ----------------------------------------------------------------------------------
+@dataclass
+class PlanOption:
+    """One way to run an image: ``tile`` None is the whole image."""
+
+    tile: Optional[int]
+    tiles: int
+    computed_px: int
+    max_px: int
+    seconds: float = 0.0
+    bytes: float = 0.0
+
+    def label(self) -> str:
+        what = "whole image" if self.tile is None else f"tile {self.tile}px ({self.tiles} tiles)"
+        t = f"{self.seconds:.2f} s, " if self.seconds else ""
+        return f"{what}: {t}{format_bytes(self.bytes)}"
+
+
+def tile_ladder(floor: int, largest: int, align: int) -> List[int]:
+    """Tile sides from ``floor`` up to ``largest``, each about 1.25x the previous, on the grid."""
+    sides, s = [], int(floor)
+    while s < largest:
+        sides.append(s)
+        s = max(s + align, _round_up(int(s * _LADDER), align))
+    return sides
+
+
+def plan_options(height: int, width: int, rule: TileRule, costs: Optional[CostTable], *, batch: int = 1,
+                 multiple: int = 1, min_size: int = 0, max_tile: int = 512, extra_bytes: float = 0.0,
+                 bytes_per_pixel: Optional[float] = None) -> List[PlanOption]:
+    """The whole image and every tile side of the ladder, with predicted seconds (all images) and
+    peak bytes (``extra_bytes``, e.g. the output buffer and a weights copy, added to each)."""
+    opts = []
+    sides: List[Optional[int]] = [None] + [t for t in tile_ladder(rule.floor, min(max(height, width), max_tile + 1),
+                                                                  rule.align)]
+    seen = set()
+    for t in sides:
+        n, computed, biggest = grid_pixels(height, width, t, rule.overlap, rule.align, multiple, min_size)
+        if t is not None and n == 1:
+            continue  # a tile covering the image is the whole image
+        key = (n, computed, biggest)
+        if key in seen:
+            continue
+        seen.add(key)
+        if costs is not None and costs.has_time:
+            if t is None:
+                secs = costs.seconds(computed)
+            else:
+                ys = _sizes(height, t, rule, multiple, min_size)
+                xs = _sizes(width, t, rule, multiple, min_size)
+                secs = sum(costs.seconds(a * b) for a in ys for b in xs)
+        else:
+            secs = 0.0
+        if costs is not None and costs.has_memory:
+            mem = costs.bytes(biggest)
+        else:
+            mem = float(bytes_per_pixel or 0.0) * biggest
+        opts.append(PlanOption(t, n, computed, biggest, secs * batch, mem + extra_bytes))
+    return opts
+
+
+def _sizes(length: int, tile: int, rule: TileRule, multiple: int, min_size: int) -> List[int]:
+    from .tiling import tile_grid
+
+    return [max(_round_up(b - a, multiple), min_size) for a, b in tile_grid(length, tile, rule.overlap, rule.align)]
+
+
+def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
+    """The plan to run and why: among ``options`` within ``budget`` bytes, the least memory among
+    those within ``slack`` of the fastest (without times: the whole image when it fits, else the
+    largest tile that fits).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
+    fits = [o for o in options if o.bytes <= budget]
+    if not fits:
+        least = min(options, key=lambda o: o.bytes) if options else None
+        return None, (f"nothing fits the budget of {format_bytes(budget)}"
+                      + (f" (smallest plan: {least.label()})" if least else ""))
+    timed = all(o.seconds > 0 for o in fits)
+    if not timed:
+        whole = [o for o in fits if o.tile is None]
+        if whole:
+            return whole[0], f"fits: needs ~{format_bytes(whole[0].bytes)} of {format_bytes(budget)} budget"
+        pick = max(fits, key=lambda o: (o.tile or 0))
+        return pick, f"the largest tile within the {format_bytes(budget)} budget"
+    fastest = min(fits, key=lambda o: (o.seconds, o.bytes))
+    near = [o for o in fits if o.seconds <= fastest.seconds * (1.0 + slack)]
+    pick = min(near, key=lambda o: (o.bytes, o.seconds))
+    if pick is fastest:
+        why = f"fastest ({pick.label()})"
+        others = [o for o in fits if o is not pick]
+        if others:
+            cheaper = min(others, key=lambda o: o.bytes)
+            if cheaper.bytes < pick.bytes:
+                why += f"; less memory costs time: {cheaper.label()}"
     else:
-        with MemoryMonitor(interval_s=0.001) as mon:
-            with torch.inference_mode():
-                handle.module(x)
-        used = max(mon.ram_delta_bytes, 2 * _hook_estimate(handle.module, x))
-    del x
-    bpp = max(float(used) / pixels, 64.0) * ACTIVATION_SAFETY
-    per_module[key] = bpp
-    return bpp
+        why = (f"least memory within {slack:.0%} of the fastest: {pick.label()}; fastest "
+               f"{fastest.label()}")
+    excluded = [o for o in options if o.bytes > budget]
+    if excluded and any(o.seconds < pick.seconds for o in excluded):
+        why += f"; faster plans exceed the {format_bytes(budget)} budget"
+    return pick, why
 
 
+# --- the plan ------------------------------------------------------------------------------------------
 @dataclass
 class TilePlan:
     """How an image will be run: ``tile is None`` means the whole image at once."""
@@ -102,6 +196,9 @@ class TilePlan:
     free_bytes: int
     budget_bytes: int
     reason: str
+    predicted_bytes: float = 0.0
+    predicted_seconds: float = 0.0
+    options: List[PlanOption] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.tile is None:
@@ -109,60 +206,107 @@ class TilePlan:
         return f"tiles {self.tile}px, overlap {self.overlap}px ({self.reason})"
 
 
-def round_to_multiple(value: int, multiple: int, up: bool = False) -> int:
-    multiple = max(1, int(multiple))
-    if up:
-        return int(math.ceil(value / multiple) * multiple)
-    return max(multiple, int(value // multiple) * multiple)
-
-
-def default_overlap(handle, tile: int) -> int:
-    """The overlap a tile of side ``tile`` gets: the architecture's minimum, at least 32 px, ≤ tile/4."""
-    ov = max(int(handle.min_overlap), 32)
-    return int(max(0, min(ov, tile // 4)))
-
-
 def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, tile: int = 0,
                overlap: Optional[int] = None, free_bytes: Optional[int] = None,
-               reserved_bytes: int = 0, bytes_per_pixel: Optional[float] = None) -> TilePlan:
-    """Choose whole-image or a tile size from measured free memory.
+               reserved_bytes: int = 0, bytes_per_pixel: Optional[float] = None,
+               costs: Optional[CostTable] = None, batch: int = 1, extra_bytes: float = 0.0,
+               slack: float = SLACK, floor: Optional[int] = None) -> TilePlan:
+    """Choose the whole image or a tile side (module docstring).
 
-    ``tile > 0`` forces that tile side (rounded to the model's size multiple); ``reserved_bytes`` is
-    memory the caller will hold on the same device (e.g. the output buffer on the CPU).
+    ``tile > 0`` forces that tile side (raised to the architecture's floor, on its grid);
+    ``reserved_bytes`` is memory the caller will hold on the same device outside the plan (it shrinks
+    the budget); ``extra_bytes`` is memory every plan adds (the output buffer, a weights copy);
+    ``costs`` the model's measured table (else ``bytes_per_pixel``, or a memory probe); ``floor``
+    replaces the architecture's smallest tile for a forced tile (the out-of-memory chain's halving).
     """
     device = torch.device(device)
-    mult = max(1, handle.size_multiple)
+    rule = tile_rule(handle, overlap)
     free = int(free_memory(device) if free_bytes is None else free_bytes)
     margin = SAFETY_MARGIN.get(device.type, 0.5)
-    model_bytes = handle.parameter_bytes() if handle.device.type != device.type else 0
+    model_bytes = handle.parameter_bytes(dtype) if handle.device.type != device.type else 0
     budget = int(free * (1.0 - margin)) - int(reserved_bytes) - int(model_bytes)
-    min_tile = round_to_multiple(max(MIN_TILE, handle.min_size), mult, up=True)
+    bpp = float(bytes_per_pixel or 0.0)
 
-    if tile and tile > 0:  # a forced tile needs no probe
-        bpp = float(bytes_per_pixel or 0.0)
-        t = round_to_multiple(max(int(tile), handle.min_size, mult), mult, up=True)
+    if tile and tile > 0:  # a forced tile needs no measurement
+        t = _round_up(max(int(tile), rule.floor if floor is None else int(floor)), rule.align)
+        note = f"tile {tile} requested" + (f", raised to {handle.arch}'s smallest tile {t}px" if t > tile else "")
         if t >= max(height, width):
-            return TilePlan(None, 0, bpp, free, budget, f"requested tile {tile} covers the image")
-        ov = default_overlap(handle, t) if overlap is None else int(max(0, min(overlap, t // 2 - 1)))
-        return TilePlan(t, ov, bpp, free, budget, f"tile {tile} requested")
+            return TilePlan(None, 0, bpp, free, budget, f"{note}: covers the image")
+        return TilePlan(t, rule.overlap, bpp, free, budget, note)
 
-    bpp = float(bytes_per_pixel if bytes_per_pixel is not None else probe_bytes_per_pixel(handle, device, dtype))
-    need_whole = bpp * height * width
     if handle.tiling == "internal":
         return TilePlan(None, 0, bpp, free, budget, "the model tiles internally")
-    if need_whole <= budget:
-        return TilePlan(None, 0, bpp, free, budget,
-                        f"fits: needs ~{format_bytes(need_whole)} of {format_bytes(budget)} budget")
+    if costs is None and bytes_per_pixel is None:
+        bpp = probe_bytes_per_pixel(handle, device, dtype)
+    opts = plan_options(height, width, rule, costs, batch=batch, multiple=handle.size_multiple,
+                        min_size=handle.min_size, max_tile=MAX_TILE.get(device.type, 512),
+                        extra_bytes=extra_bytes, bytes_per_pixel=bpp)
     if budget <= 0:
         raise OutOfMemoryError(
             f"not enough free memory on {device}: {format_bytes(free)} free, "
-            f"{format_bytes(reserved_bytes)} needed for the output alone"
-        )
-    side = int(math.sqrt(budget / bpp))
-    side = min(side, MAX_TILE.get(device.type, 512))
-    t = max(min_tile, round_to_multiple(side, mult))
-    ov = default_overlap(handle, t) if overlap is None else int(max(0, min(overlap, t // 2 - 1)))
-    why = f"image needs ~{format_bytes(need_whole)}, budget {format_bytes(budget)}"
-    if handle.tiling == "discouraged":
+            f"{format_bytes(reserved_bytes)} needed for the output alone")
+    pick, why = choose(opts, budget, slack)
+    if pick is None:  # nothing predicted to fit: the smallest tile, and the out-of-memory chain after it
+        pick = min(opts, key=lambda o: o.bytes)
+        why = f"{why}; trying the smallest plan"
+    if handle.tiling == "discouraged" and pick.tile is not None:
         why += "; the architecture discourages tiling, so seams are possible"
-    return TilePlan(t, ov, bpp, free, budget, why)
+    if costs is not None and costs.has_memory and pick.max_px:
+        bpp = costs.bytes(pick.max_px) / pick.max_px
+    return TilePlan(pick.tile, rule.overlap if pick.tile else 0, bpp, free, budget, why,
+                    predicted_bytes=pick.bytes, predicted_seconds=pick.seconds, options=opts)
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+def probe_bytes_per_pixel(handle, device, dtype=torch.float32, channels_last: bool = True) -> float:
+    """Peak bytes per input pixel of one call on a small probe tile (random input), cached in the
+    handle's cost table for ``device``/``dtype``/layout."""
+    from .costs import table_for
+
+    device = torch.device(device)
+    table = table_for(handle, device, dtype, channels_last)
+    if not table.has_memory:
+        side = probe_sizes(handle.align, 0, 1 << 30)[0]
+        side = _round_up(max(side, handle.min_size), handle.align)
+        x = torch.rand(1, handle.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+        x = x.to(device=device, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        module = handle.variant(device, dtype)
+        measure_call(module, x, table, memory=True)
+    side_px = min(p for p, _ in table.mems.values())
+    return table.bytes(side_px) / side_px
+
+
+def measure_costs(handle, module, table: CostTable, image: torch.Tensor, variant, device, *,
+                  job_px: int, largest: int, budget_s: Optional[float] = None, check_interrupt=None) -> float:
+    """Fill ``table`` on probe tiles cut from ``image``: sides from 64 px doubling up to ``largest``,
+    one memory-tracked call and one timed call each, while the time spent stays within ``budget_s``
+    (default :data:`PROBE_SHARE` of the job's predicted time).  Returns the seconds spent."""
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
+    for side in probe_sizes(handle.align, 0, max(64, largest)):
+        side = _round_up(max(side, handle.min_size), handle.align)
+        px = side * side
+        have_mem = any(abs(math.log2(p / px)) < 0.1 for p, _ in table.mems.values())
+        have_time = any(abs(math.log2(p / px)) < 0.1 for p, _ in table.times.values())
+        if have_mem and have_time:
+            continue
+        spent = time.perf_counter() - t0
+        if table.has_time:
+            per_job = table.seconds(job_px)
+            allowed = PROBE_SHARE * per_job if budget_s is None else budget_s
+            next_cost = 2 * table.seconds(px)
+            if spent + next_cost > allowed:
+                break
+        if check_interrupt is not None:
+            check_interrupt()
+        x = sample_tile(image, side, side).to(device=device, dtype=variant.dtype).contiguous(memory_format=fmt)
+        x, _, _ = pad_to_multiple(x, handle.size_multiple, handle.min_size, handle.pad_mode)
+        if not have_mem:
+            measure_call(module, x, table, memory=True)
+        if not have_time:
+            measure_call(module, x, table, memory=False)
+        del x
+    return time.perf_counter() - t0

@@ -28,14 +28,15 @@ realesr-general-x4v3 (strong denoising) and realesr-general-wdn-x4v3 (weak denoi
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .files import ModelFileError, load_spandrel, load_state_dict, unwrap_state_dict
-from .handle import ModelHandle
+from .files import ModelFileError, load_spandrel, load_state_dict, mismatch_text, unwrap_state_dict
+from .handle import ModelHandle, apply_arch_rules
 
 #: node family -> model-folder kind the files live in
 FOLDER_KINDS = {"realesrgan": "upscale_models", "scunet": "upscale_models",
@@ -45,6 +46,11 @@ FOLDER_KINDS = {"realesrgan": "upscale_models", "scunet": "upscale_models",
 SFH_TASKS = ("auto", "dehaze-indoor", "dehaze-outdoor", "low-light", "motion-deblur")
 #: Noise-DA checkpoints (one network, three official weight sets)
 NOISE_DA_TASKS = ("denoise", "derain", "deblur")
+#: the input normalisation of each Noise-DA task in the official test configs
+#: (``{Denoising,Deraining,Deblurring}/configs/options_test.json``: ``norm0`` = 0..1, ``norm1`` = -1..1)
+NOISE_DA_NORM = {"denoise": "norm0", "derain": "norm1", "deblur": "norm1"}
+#: file-name tokens that mean the indoor (ITS) dehazing weights
+SFH_INDOOR_TOKENS = ("its", "indoor")
 
 REALESRGAN_ARCHS = ("ESRGAN", "RealESRGAN", "Compact", "RealESRGAN Compact")
 #: SCUNet's tile rule (see :func:`tile_rule`)
@@ -154,29 +160,24 @@ def load_scunet(path: str) -> ModelHandle:
     """
     handle = load_spandrel(str(path))
     _expect_arch(handle, ("SCUNet",), path, "SCUNet (scunet_color_real_psnr.pth / scunet_color_real_gan.pth)")
-    handle.size_multiple = SCUNET_TILE_MULTIPLE
-    handle.pad_mode = "replicate"
-    handle.min_overlap = SCUNET_MIN_OVERLAP
-    handle.tiling = "supported"
-    handle.description = "SCUNet via spandrel (replicate pad to 64, tiles multiple of 64, overlap >= 64)"
+    apply_arch_rules(handle)  # also done by the spandrel loader; kept explicit for this family
+    handle.description = "SCUNet via spandrel (replicate pad to 64, tiles on the 64 px window grid, overlap >= 64)"
     return handle
 
 
 def tile_rule(family: str, tile: int, overlap: int) -> Tuple[int, int, dict]:
-    """A node's tile and overlap requests made valid for ``family``: ``(tile, overlap, run_model
-    keyword arguments)``.
+    """A node's tile and overlap requests for ``family``: ``(tile, overlap, run_model keyword
+    arguments)``.
 
-    SCUNet (windows of the official code need it): a tile is a multiple of 64 px and at least
-    3·64, the overlap at least 64 px, and the out-of-memory chain never halves below 3·64.  Other
-    families take the request as it is (the runner rounds to the size multiple).
+    The geometry itself (grid, overlap, smallest tile) is the architecture's
+    (:data:`scripts.inference.handle.ARCH_RULES`, applied by the runner's planner); here only
+    SCUNet's out-of-memory chain keeps its floor of 3·64 px (a tile must hold a 64 px overlap on
+    each side of a window).
     """
     tile, overlap = int(tile), int(overlap)
     if family != "scunet":
         return tile, overlap, {}
-    m = SCUNET_TILE_MULTIPLE
-    if tile:
-        tile = max(3 * m, -(-tile // m) * m)  # a multiple of 64 with room for a 64 px overlap
-    return tile, max(overlap, SCUNET_MIN_OVERLAP), {"min_tile": 3 * m}
+    return tile, overlap, {"min_tile": 3 * SCUNET_TILE_MULTIPLE}
 
 
 # --- our own architectures ----------------------------------------------------------------------
@@ -192,7 +193,9 @@ def load_sfhformer(path: str, task: str = "auto") -> Tuple[ModelHandle, str]:
 
     ``task``: one of :data:`SFH_TASKS`.  The dehazing ITS (indoor) weights run without the Fourier
     unit's BatchNorm (the official test setting), OTS and the other tasks with it; ``auto``
-    chooses indoor when the file name contains ``its``.  Returns the handle and the variant name.
+    chooses indoor when a whole word of the file name (split at ``_ - . ``) is ``its`` or
+    ``indoor`` (``sfhformer_haze_its.pth``, not ``..._splits.pth``).  Checkpoints of the generic
+    ``models/SFHformer.py`` (sizes t/s/m/l) load too.  Returns the handle and the variant name.
     """
     from ..archs import sfhformer as sfh
 
@@ -202,52 +205,67 @@ def load_sfhformer(path: str, task: str = "auto") -> Tuple[ModelHandle, str]:
         raise ValueError(f"SFHformer task must be one of {SFH_TASKS}, got {task!r}")
     obj = _read(path, expected)
     if task == "auto":
-        fft_bn = "its" not in _name(path).lower().replace("sfhformer", "")
+        fft_bn = not indoor_name(path)
     else:
         fft_bn = task != "dehaze-indoor"
     try:
         net, cfg = sfh.build_from_state_dict(obj, fft_bn=fft_bn)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
-        detail = str(exc).splitlines()[0][:300]
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else mismatch_text(exc)
         raise ModelFileError(f"model file '{_name(path)}' is not {expected}: {detail}") from None
     variant = sfh.variant_name(cfg)
-    family_of_task = {"dehaze-indoor": "haze", "dehaze-outdoor": "haze", "motion-deblur": "haze", "low-light": "lol"}
-    if task != "auto" and family_of_task[task] != cfg.family:
+    family_of_task = {"dehaze-indoor": ("haze", "generic"), "dehaze-outdoor": ("haze", "generic"),
+                      "motion-deblur": ("haze", "generic"), "low-light": ("lol", "generic")}
+    if task != "auto" and cfg.family not in family_of_task[task]:
         raise ModelFileError(
             f"model file '{_name(path)}' holds SFHformer '{variant}' weights, not the '{task}' task; "
             f"choose task 'auto' or the matching file")
-    handle = ModelHandle(
+    handle = apply_arch_rules(ModelHandle(
         module=net, arch="SFHformer", scale=1, in_channels=cfg.in_channels,
         out_channels=cfg.out_channels, size_multiple=sfh.SIZE_MULTIPLE, pad_mode="reflect",
         min_overlap=64, tiling="discouraged", supports_half=False, supports_bfloat16=False,
         source=str(path), description=f"SFHformer {variant} (width {cfg.width}, depths {cfg.depths}, "
                                       f"Fourier BatchNorm {'on' if cfg.fft_bn else 'off'})",
         extra={"variant": variant, "family": cfg.family, "fft_bn": cfg.fft_bn},
-    )
+    ))
     return handle, variant
 
 
-def load_noise_da(path: str) -> ModelHandle:
+def indoor_name(path: str) -> bool:
+    """True when a whole word of the file name is one of :data:`SFH_INDOOR_TOKENS`."""
+    stem = os.path.splitext(_name(path))[0].lower()
+    return any(tok in SFH_INDOOR_TOKENS for tok in re.split(r"[^a-z0-9]+", stem))
+
+
+def load_noise_da(path: str, task: str = "denoise") -> ModelHandle:
     """Load Noise-DA's restoration network from an official training checkpoint, strictly.
 
-    Keeps ``RestorationNet.*`` and drops the diffusion model (``denoise_fn.*``).
+    Keeps ``RestorationNet.*`` and drops the diffusion model (``denoise_fn.*``).  ``task`` (one of
+    :data:`NOISE_DA_TASKS`) sets the input normalisation of the official test configs
+    (:data:`NOISE_DA_NORM`): derain and deblur feed -1..1 and map the output back to 0..1.
     """
     from ..archs import noise_da as nda
 
+    if task not in NOISE_DA_TASKS:
+        raise ValueError(f"Noise-DA task must be one of {NOISE_DA_TASKS}, got {task!r}")
     expected = ("a Noise-DA checkpoint (the training state with 'RestorationNet.down_path.0.block.0.weight' "
                 "... as in denoise.pth / derain.pth / deblur.pth)")
     obj = _read(path, expected)
     try:
         net = nda.build_from_state_dict(obj)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
-        detail = str(exc).splitlines()[0][:300]
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else mismatch_text(exc)
         raise ModelFileError(f"model file '{_name(path)}' is not {expected}: {detail}") from None
-    return ModelHandle(
-        module=net, arch="Noise-DA", scale=1, in_channels=net.in_channels, out_channels=net.out_channels,
+    norm = NOISE_DA_NORM[task]
+    module = net if norm == "norm0" else nda.Normalised(net, norm)
+    return apply_arch_rules(ModelHandle(
+        module=module, arch="Noise-DA", scale=1, in_channels=net.in_channels, out_channels=net.out_channels,
         size_multiple=net.size_multiple, pad_mode=nda.PAD_MODE, min_overlap=64, tiling="supported",
         supports_half=True, supports_bfloat16=True, source=str(path),
-        description=f"Noise-DA RestorationNet (width {net.width}, depth {net.depth}); {nda.LICENSE_NAME}",
-    )
+        description=f"Noise-DA RestorationNet (width {net.width}, depth {net.depth}), {task} "
+                    f"({'input -1..1, output mapped back' if norm == 'norm1' else 'input 0..1'}); {nda.LICENSE_NAME}",
+        extra={"task": task, "norm": norm},
+    ))
 
 
 # --- cache ------------------------------------------------------------------------------------
@@ -280,8 +298,9 @@ def load(family: str, path: str, **options) -> Tuple[ModelHandle, str]:
         key = (family, _file_key(path), options.get("task", "auto"))
         loader = lambda: load_sfhformer(path, options.get("task", "auto"))  # noqa: E731
     elif family == "noise_da":
-        key = (family, _file_key(path))
-        loader = lambda: (load_noise_da(path), "")  # noqa: E731
+        task = options.get("task") or "denoise"
+        key = (family, _file_key(path), task)
+        loader = lambda: (load_noise_da(path, task), "")  # noqa: E731
     else:
         raise ValueError(f"unknown model family {family!r} (expected one of {tuple(FOLDER_KINDS)})")
     with _CACHE_LOCK:

@@ -155,8 +155,6 @@ def bm3d_package(z: np.ndarray, sigma=None, psd=None, profile: str = "np", progr
                 progress(c / 3)
             channels.append(np.asarray(bm3d.bm3d(zo[..., c], spec_c(c), profile=pro, blockmatches=matches)))
         out = np.asarray(bm3d.rgb_to(np.stack(channels, axis=-1), "opp", True, imax, imin)[0])
-    if progress is not None:
-        progress(1.0)
     return out
 
 
@@ -307,5 +305,7 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
         detail = "bm3d not installed"
         if method == "fallback":
             detail = "fallback requested"
+    if progress is not None:
+        progress(1.0)
     out = np.nan_to_num(out, nan=0.0)
     return DenoiseResult(out, path, detail)

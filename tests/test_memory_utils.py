@@ -91,17 +91,15 @@ def test_probe_grows_with_network_width():
     assert large > small and large >= 256
 
 
-def test_probe_cache_forgets_freed_models():
-    """A freed model's measurement must not be handed to a new model that reuses its address."""
-    import gc
-
-    net = ConvNet(width=4)
-    planning.probe_bytes_per_pixel(ModelHandle(net, "s"), "cpu")
-    assert net in planning._PROBE_CACHE
-    n = len(planning._PROBE_CACHE)
-    del net
-    gc.collect()
-    assert len(planning._PROBE_CACHE) == n - 1
+def test_probe_measurement_lives_on_its_handle():
+    """A model's measurement is kept on its own handle: a new model (even one reusing a freed
+    address) starts without it, and the measurement scales with the network's width."""
+    small, wide = ModelHandle(ConvNet(width=4), "s"), ModelHandle(ConvNet(width=32), "w")
+    bpp_small = planning.probe_bytes_per_pixel(small, "cpu")
+    assert small.costs and not wide.costs
+    bpp_wide = planning.probe_bytes_per_pixel(wide, "cpu")
+    assert bpp_wide > 2 * bpp_small
+    assert planning.probe_bytes_per_pixel(small, "cpu") == bpp_small  # cached, not remeasured
 
 
 def test_memory_monitor_sees_an_allocation():
@@ -129,14 +127,14 @@ def test_resolve_device():
 
 
 def test_precision_falls_back_where_unsupported():
-    from restorekit.scripts.inference.runner import choose_precision
+    from restorekit.scripts.inference.fastpath import candidates
 
     handle = ModelHandle(ConvNet(), "n", supports_half=False)
-    dtype, name, note = choose_precision(handle, torch.device("cpu"), "fp16")
-    assert dtype == torch.float32 and name == "fp32" and "not supported" in note
+    cands, notes = candidates(handle, torch.device("cpu"), "fp16")
+    assert {v.dtype for v in cands} == {torch.float32} and "not supported" in notes[0]
     handle.supports_bfloat16 = True
-    dtype, name, note = choose_precision(handle, torch.device("cpu"), "bf16")
-    assert dtype == torch.bfloat16 and note is None
+    cands, notes = candidates(handle, torch.device("cpu"), "bf16")
+    assert {v.dtype for v in cands} == {torch.bfloat16}
     out, report = run_model(handle, torch.rand(1, 20, 20, 3), precision="bf16", progress=False)
     assert report.precision == "bf16" and out.dtype == torch.float32
 

@@ -73,8 +73,9 @@ def test_size_multiple_padding_crops_back():
     out, rep = run_model(handle, image, progress=False)
     assert out.shape == image.shape
     assert torch.allclose(out, image * 0.5, atol=1e-6)
-    out_t, rep_t = run_model(handle, image, tile=16, progress=False)
-    assert rep_t.tile == 16 and torch.allclose(out_t, image * 0.5, atol=1e-6)
+    big = torch.rand(1, 137, 149, 3)
+    out_t, rep_t = run_model(handle, big, tile=16, progress=False)  # raised to the 64 px tile floor
+    assert rep_t.tile == 64 and rep_t.tiles > 1 and torch.allclose(out_t, big * 0.5, atol=1e-6)
 
 
 def test_pad_to_multiple_modes():

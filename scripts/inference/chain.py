@@ -19,6 +19,8 @@ resampled.  The report says what ran and why.
 """
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -109,6 +111,13 @@ class ModelReport:
         return out
 
 
+def named_scale(model_name: str) -> int:
+    """The scale a Real-ESRGAN file name states (``..._x2plus.pth``, ``4x_...``), else
+    :data:`DEFAULT_REALESRGAN_SCALE`: the full model's size when its file cannot be read."""
+    m = re.search(r"(?:^|[^a-z0-9])(?:x([1-8])|([1-8])x)(?:[^0-9]|$)", os.path.basename(str(model_name)).lower())
+    return int(m.group(1) or m.group(2)) if m else DEFAULT_REALESRGAN_SCALE
+
+
 def output_size(height: int, width: int, scale: float) -> Tuple[int, int, bool]:
     """``(out_h, out_w, raised)``: the sides times ``scale``, rounded, at least 1 px (``raised`` when a
     side would have rounded to 0)."""
@@ -194,7 +203,8 @@ def run_family(family: str, image, model_name: str, *, device: str = "auto", til
             report.failed.append(f"{label} {name} failed ({_short(exc)})")
     target = None
     if family == "realesrgan":
-        target = float(options.get("output_scale") or full_scale or report.native_scale or DEFAULT_REALESRGAN_SCALE)
+        # the size the full model gives, even when a lighter model (e.g. x2) or a classical method ran
+        target = float(options.get("output_scale") or full_scale or named_scale(model_name))
     if out is None:
         method, fn = classical_for(family, options)
         opts = dict(options, output_scale=target) if target else options

@@ -69,12 +69,13 @@ def tile_rule(handle, overlap: Optional[int] = None) -> TileRule:
     ``min_overlap`` and rounded up to the grid.
 
     The floor is the largest of :data:`MIN_TILE`, the architecture's ``min_tile`` and ``min_size``,
-    and the overlap plus one grid step (a tile must reach past its overlap), rounded up to the grid.
+    and twice the overlap (tiles advance by at least the overlap: a 72 px tile with a 64 px overlap
+    would advance 8 px at a time and compute the image ~9 times), rounded up to the grid.
     """
     a = max(1, int(handle.align))
     ov = max(int(handle.min_overlap), int(overlap or 0))
     ov = _round_up(ov, a) if ov > 0 else 0
-    floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), ov + a)
+    floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), 2 * ov, ov + a)
     return TileRule(align=a, overlap=ov, floor=_round_up(floor, a))
 
 

@@ -37,7 +37,7 @@ MIN_TILE = 64
 #: plans within this fraction of the fastest count as equally fast; the least memory among them wins
 SLACK = 0.05
 #: the share of a job's predicted time the planner may spend measuring costs on probe tiles
-PROBE_SHARE = 0.15
+PROBE_SHARE = 0.10
 #: ladder of tile sides between the floor and MAX_TILE (each ~1.25x the previous)
 _LADDER = 1.25
 

@@ -1,27 +1,30 @@
-"""Decision engine: analyse an image, judge its severity, send it to the cheapest adequate method.
+"""Decision engine: measure the image's defects, then restore it with the cheapest adequate method.
 
-Severity comes from the quality estimate ``q`` (dB), an estimate of the image's PSNR against its
-undamaged original.  Two estimators (``Thresholds.estimator``):
+Every image is first measured (:func:`.defects.measure`: the 14 FFT features plus noise, blur,
+motion, tone, colour cast, illumination and JPEG blockiness, with units), and a restoration plan is
+built from those measurements by fixed rules (:mod:`.plan`).  Strategies:
 
-* ``unet`` (default): the PSNR of the input against the U-Net's restoration of it.  If the U-Net
-  restores well, its output stands in for the unknown original, so this *is* an estimate of the
-  input's PSNR; when the image is routed to the U-Net its output is reused, so the estimate costs
-  one U-Net run (≈0.27 s/MP on CPU) only for images that end up elsewhere.
-* ``forest``: the random-forest predictor's estimate from the 14 analysis features
+* ``classical``: the plan — inpaint / denoise / deblur / tone / colour / sharpen over the pack's own
+  tools, each stage only when its defect is measured above its threshold; an image in which nothing
+  passes comes back unchanged (bit-identical), with the reason.
+* ``ml_guided``: the random forest picks unsharp-mask / colour-stretch parameters from the 14
+  features (:mod:`.predictor`; the forest-guided plan is the next step of issue #15).
+* ``deep_learning``: the shipped U-Net.
+* ``auto``: severity from the quality estimate ``q`` (dB, an estimate of the image's PSNR against its
+  undamaged original); ``light`` and ``moderate`` → the plan (``classical``), ``severe`` → the U-Net.
+
+The quality estimate (``Thresholds.estimator``):
+
+* ``forest`` (default): the random-forest predictor's estimate from the 14 analysis features
   (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
-  detections (:func:`fallback_quality_db`).
+  detections (:func:`fallback_quality_db`).  No network runs to decide.
+* ``unet``: the PSNR of the input against the U-Net's restoration of it (the restoration stands in
+  for the unknown original); it costs one U-Net run, reused when the image is routed to the U-Net.
 
-With the configurable thresholds (:class:`Thresholds`):
-
-* ``q ≥ light_min_db``                    → ``light``    → ``classical`` (rule-based colour + unsharp mask)
-* ``severe_max_db ≤ q < light_min_db``   → ``moderate`` → ``ml_guided`` (predicted grid parameters)
-* ``q < severe_max_db``                   → ``severe``   → ``deep_learning`` (the U-Net)
-
-Strategies: ``auto`` (the routing above) or one method forced for every image.
-
-``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``; images are float32
-RGB ``[H, W, 3]`` in 0..1 (grey and RGBA inputs are accepted: grey is replicated, alpha is kept
-and reattached).  :meth:`HybridRestorer.batch_restore` processes a folder.
+``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``; arrays are
+``[H, W, C]`` with C = 1 (grey, processed as one channel and returned as one), 3 or 4 (alpha kept and
+reattached), float 0..1 or uint8 / uint16 (scaled by 1/255 / 1/65535; a float array outside 0..1 is
+refused, never clipped).  :meth:`HybridRestorer.batch_restore` processes a folder.
 """
 from __future__ import annotations
 
@@ -33,13 +36,13 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from . import analysis, classical
+from . import analysis, classical, defects, plan as _plan
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
 #: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
 MAX_QUALITY_DB = 60.0
-METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "ml_guided", "severe": "deep_learning"}
+METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "classical", "severe": "deep_learning"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -47,7 +50,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 #: :func:`.train.calibrate_thresholds` (``restorekit calibrate``) with the shipped models
 CALIBRATED = {"unet": (45.0, 26.25), "forest": (37.25, 20.75)}
 #: the estimator with the higher validation PSNR of ``auto`` in that calibration
-DEFAULT_ESTIMATOR = "unet"
+DEFAULT_ESTIMATOR = "forest"
 
 
 @dataclass
@@ -139,16 +142,25 @@ def write_image(path: str, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) 
 
 
 class HybridRestorer:
-    """Analysis → severity → classical / ML-guided classical / U-Net.
+    """Defect measurement → severity → the plan (classical) / ML-guided / U-Net.
 
     ``predictor`` and ``unet`` default to the shipped models (loaded lazily, on first use);
     pass objects to override (``predictor``: :class:`.predictor.Predictor`; ``unet``: a
-    ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net.
+    ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net.  ``rules``:
+    the plan's thresholds (:class:`.plan.Rules`); ``denoiser``: the plan's denoiser
+    (:data:`.plan.DENOISERS`); ``detect_damage``: find the damage mask to inpaint with
+    ``hybrid.damage_mask`` when that detector is installed.
     """
 
     def __init__(self, thresholds: Optional[Thresholds] = None, predictor=None, unet=None,
-                 device: str = "auto", tile: int = 0, use_shipped: bool = True):
+                 device: str = "auto", tile: int = 0, use_shipped: bool = True,
+                 rules: Optional["_plan.Rules"] = None, denoiser: str = "auto", detect_damage: bool = True):
         self.thresholds = thresholds or Thresholds()
+        self.rules = rules or _plan.RULES
+        if denoiser not in _plan.DENOISERS:
+            raise ValueError(f"unknown denoiser '{denoiser}' (expected one of {', '.join(_plan.DENOISERS)})")
+        self.denoiser = denoiser
+        self.detect_damage = bool(detect_damage)
         self._predictor = predictor
         self._unet = unet
         self.device = device
@@ -179,15 +191,14 @@ class HybridRestorer:
 
     # --- steps ------------------------------------------------------------------------------
     def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Dict[str, object]:
-        """Features, quality estimate and severity of an RGB 0..1 image.
+        """Features, defect measurements, quality estimate and severity of an image (``[H, W, C]``,
+        C = 1 or 3, 0..1).  ``estimator``: ``unet`` / ``forest``; default the thresholds' own."""
+        img = defects.as_image(rgb)
+        return self._analyse(img, defects.measure(img), estimator)[0]
 
-        ``estimator``: ``unet`` / ``forest``; default the thresholds' own.
-        """
-        return self._analyse(rgb, estimator)[0]
-
-    def _analyse(self, rgb: np.ndarray, estimator: Optional[str] = None):
+    def _analyse(self, img: np.ndarray, report: "defects.DefectReport", estimator: Optional[str] = None):
         """``(analysis dict, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
-        feats = analysis.analyze(rgb)
+        feats = report.features
         pred = self.predictor
         if pred is not None:
             q_forest = float(pred.quality_db(feats))
@@ -198,19 +209,31 @@ class HybridRestorer:
         estimator = estimator or self.thresholds.estimator
         deep = None
         if estimator == "unet":
-            deep = self._deep(rgb)
-            q = residual_quality_db(rgb, deep[0])
+            deep = self._deep(img)
+            q = residual_quality_db(img, deep[0])
             q_source = "U-Net residual (PSNR of the input against its U-Net restoration)"
         else:
             q, q_source = q_forest, forest_source
         severity = classify(q, self.thresholds)
         return {"features": {k: feats[k] for k in analysis.FEATURE_NAMES},
                 "spectral_slopes": {"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
+                "defects": report.to_dict(), "defect_summary": report.summary(),
                 "quality_db": float(q), "quality_source": q_source, "forest_quality_db": q_forest,
                 "severity": severity, "thresholds": asdict(self.thresholds),
-                "analysis_seconds": feats["seconds"]}, deep
+                "analysis_seconds": report.seconds["total"]}, deep
+
+    def _plan(self, img: np.ndarray, report: "defects.DefectReport", mask=None, progress=None):
+        """The ``classical`` strategy: measurements → rules → plan → execution."""
+        source = "given mask" if mask is not None else ""
+        if mask is None and self.detect_damage:
+            mask, source = _plan.detect_mask(img)
+        p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source)
+        out, ex = _plan.execute(img, p, progress)
+        return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(),
+                     "why": "rules on the measured defects (hybrid/plan.py)"}
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
+        """The seed's rule-based colour stretch + unsharp mask (kept as the ml_guided fallback)."""
         p = classical.rule_parameters(feats)
         return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
 
@@ -224,21 +247,32 @@ class HybridRestorer:
         p["why"] = ("random forest: no grid combination is predicted to gain, image left unchanged"
                     if p.get("no_change") else
                     "random forest: grid combination with the highest predicted PSNR gain")
+        if p.get("no_change"):
+            return np.array(rgb, copy=True), p
         return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
 
-    def _deep(self, rgb) -> Tuple[np.ndarray, Dict[str, object]]:
+    def _deep(self, img) -> Tuple[np.ndarray, Dict[str, object]]:
         from .unet import run
 
+        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
         out, report = run(self.unet, rgb, device=self.device, tile=self.tile, progress=False)
+        if img.shape[-1] == 1:
+            out = out.mean(axis=-1, keepdims=True)
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
     # --- API ----------------------------------------------------------------------------------
-    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, Dict[str, object]]:
-        """Restore one image (array ``[H,W,C]`` 0..1, C = 1/3/4, or a file path).
+    def restore(self, image_or_path, strategy: str = "auto", mask: Optional[np.ndarray] = None,
+                progress=None) -> Tuple[np.ndarray, Dict[str, object]]:
+        """Restore one image (array ``[H,W]`` / ``[H,W,C]``, C = 1/3/4, float 0..1 or uint8/uint16;
+        or a file path).
 
         Returns ``(float32 image [H,W,C] with the input's channel count, info)``; info has
-        ``method``, ``severity``, ``strategy``, ``analysis`` (all features, the quality estimate,
-        thresholds), ``parameters`` of the method that ran and ``seconds``.
+        ``method``, ``severity``, ``strategy``, ``analysis`` (features, defect measurements, the
+        quality estimate, thresholds), ``parameters`` of the method that ran (for the plan: the
+        steps, their parameters and why, the stages skipped and why), ``unchanged`` and ``reason``
+        (why an image came back as it was), ``stages`` and ``seconds``.  ``mask``: bool ``[H, W]``
+        of damaged pixels for the plan to inpaint (default: the damage-mask detector when present).
+        ``progress(done, total, stage)`` is called between the plan's stages (it may raise to abort).
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
@@ -246,40 +280,50 @@ class HybridRestorer:
         alpha = None
         if isinstance(image_or_path, (str, os.PathLike)):
             rgb, alpha = read_image(os.fspath(image_or_path))
+            img = defects.as_image(rgb)
             channels = 4 if alpha is not None else 3
         else:
-            arr = np.asarray(image_or_path, np.float32)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+            arr = np.asarray(image_or_path)
+            channels = 1 if arr.ndim == 2 else (arr.shape[-1] if arr.ndim == 3 else 0)
+            if channels not in (1, 3, 4):
                 raise ValueError(f"restore expects an [H, W, C] image with 1, 3 or 4 channels, got {arr.shape}")
-            if not np.isfinite(arr.sum(dtype=np.float64)):
-                raise ValueError("restore: the image contains NaN or infinite values")
-            channels = arr.shape[-1]
+            img = defects.as_image(arr)  # uint8/uint16 scaled; float outside 0..1 refused; alpha dropped
             if channels == 4:
-                alpha = arr[..., 3]
-            rgb = np.repeat(arr, 3, axis=-1) if channels == 1 else arr[..., :3]
-            rgb = np.clip(rgb, 0, 1)
+                alpha = defects.as_image(arr[..., 3:4])[..., 0]
+        report = defects.measure(img)
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
-        info_an, deep = self._analyse(rgb, estimator)
+        info_an, deep = self._analyse(img, report, estimator)
         severity = info_an["severity"]
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
         feats = info_an["features"]
+        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
         if method == "classical":
-            out, params = self._classical(rgb, feats)
+            out, params = self._plan(img, report, mask, progress)
+            unchanged = params["execution"]["unchanged"]
+            reason = params["execution"]["reason"]
+            stages = [f"{st['stage']}" for st in params["execution"]["stages"]]
         elif method == "ml_guided":
             out, params = self._ml_guided(rgb, feats)
+            if img.shape[-1] == 1:
+                out = out.mean(axis=-1, keepdims=True) if not params.get("no_change") else np.array(img, copy=True)
+            unchanged = bool(params.get("no_change"))
+            reason = params["why"] if unchanged else ""
+            stages = [] if unchanged else ["colour stretch" if params["colour_correction"] else "", "unsharp mask"]
+            stages = [x for x in stages if x]
         else:
-            out, params = deep if deep is not None else self._deep(rgb)
-        out = np.clip(np.nan_to_num(out, nan=0.0), 0, 1).astype(np.float32)
-        if channels == 1:
-            out = out.mean(axis=-1, keepdims=True)
-        elif channels == 4:
+            out, params = deep if deep is not None else self._deep(img)
+            unchanged, reason, stages = False, "", ["U-Net"]
+        out = np.asarray(out, np.float32)
+        if not np.isfinite(out).all():
+            raise RuntimeError(f"the {method} method produced NaN or infinite values")
+        if not unchanged:
+            out = np.clip(out, 0.0, 1.0)
+        if channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
         info = {"method": method, "severity": severity, "strategy": strategy,
-                "analysis": info_an, "parameters": params,
-                "notes": list(self.notes), "seconds": time.perf_counter() - t0}
+                "analysis": info_an, "parameters": params, "unchanged": bool(unchanged), "reason": reason,
+                "stages": stages, "notes": list(self.notes), "seconds": time.perf_counter() - t0}
         return out, info
 
     def batch_restore(self, inputs, output_dir: str, strategy: str = "auto", progress: bool = True,

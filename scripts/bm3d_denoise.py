@@ -170,7 +170,7 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
             gain[:, 0, 0] = 1.0
         else:
             ps = np.abs(np.fft.fft2(pview[y, xs] * window)) ** 2
-            gain = ps / (ps + nb)  # empirical Wiener (stage 2)
+            gain = ps / np.maximum(ps + nb, 1e-30)  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) -> 0
         rec = np.real(np.fft.ifft2(spec * gain))
         for i, x in enumerate(xs):
             out[y:y + block, x:x + block] += rec[i] * window

@@ -69,21 +69,23 @@ class Rules:
     clean training photographs measure.
     """
 
-    noise_min: float = 0.012          #: σ (0..1) from which the image is denoised
-    noise_strength: float = 1.0       #: the noise PSD is scaled by strength² for the denoiser
-    blur_min: float = 1.0             #: Gaussian-equivalent excess blur (px) from which RL runs
-    blur_shrink: float = 0.8          #: RL kernel σ = shrink × measured excess (under-deblurring is safer)
+    noise_min: float = 0.008          #: σ (0..1) from which the image is denoised ...
+    noise_floor_min: float = 0.45     #: ... when the noise floor is this sharp (texture is not noise)
+    noise_strength: float = 0.8       #: the noise PSD is scaled by strength² for the denoiser
+    blur_min: float = 0.8             #: Gaussian-equivalent excess blur (px) from which RL runs
+    blur_shrink: float = 0.7          #: RL kernel σ = shrink × measured excess (under-deblurring is safer)
     rl_iterations: int = 15
     rl_damping: float = 2.0           #: White's damping threshold in residual-noise σ
-    sharpen_min: float = 0.6          #: excess blur (px) from which a smart sharpen runs (when RL does not)
+    sharpen_min: float = 0.5          #: excess blur (px) from which a smart sharpen runs (when RL does not)
     sharpen_amount: float = 0.6       #: unsharp amount per px of excess blur
-    black_max: float = 0.08           #: luma black point above which the tone is stretched (fading)
-    white_min: float = 0.80           #: luma white point below which the tone is stretched
+    black_max: float = 1.0            #: luma black point above which the tone is stretched (fading) ...
+    white_min: float = 0.0            #: ... luma white point below which it is stretched (both off: see
+                                      #: the class docstring)
     black_target: float = 0.02        #: where a lifted black point is taken (luma)
     white_target: float = 0.95        #: where a lowered white point is taken (luma)
-    tone_strength: float = 1.0        #: fraction of the levels correction applied
-    illumination_min: float = 1.5     #: envelope variation (stops) from which the flat-field runs
-    cast_min: float = 0.02            #: Oklab cast magnitude from which the colour stage runs
+    tone_strength: float = 0.5        #: fraction of the levels correction applied
+    illumination_min: float = float("inf")  #: envelope variation (stops) from which the flat-field runs (off)
+    cast_min: float = 1.0             #: Oklab cast magnitude from which the colour stage runs (off)
     cast_spread_max: float = 1.0      #: ... and only if the neutrals' spread ≤ this × the magnitude
     inpaint_radius: float = 3.0
     inpaint_dilate: int = 1
@@ -177,11 +179,15 @@ def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] 
 
     # denoise
     n = report.noise
-    if n.sigma >= r.noise_min:
+    if n.sigma >= r.noise_min and n.floor >= r.noise_floor_min:
         run("denoise", {"sigma": n.sigma, "kind": n.kind, "rho": n.rho, "strength": r.noise_strength,
                         "noise_acf": n.acf, "backend": denoiser},
             f"noise σ {n.sigma:.4f} ≥ {r.noise_min} ({n.kind}, lag-1 correlation {n.rho:.2f})")
         residual = 0.25 * n.sigma  # what a denoiser typically leaves, for the later stages' noise guards
+    elif n.sigma >= r.noise_min:
+        skip("denoise", f"noise σ {n.sigma:.4f} but no noise floor ({n.floor:.2f} < {r.noise_floor_min}): "
+                        "fine texture, not noise")
+        residual = 0.0
     else:
         skip("denoise", f"noise σ {n.sigma:.4f} < {r.noise_min}")
         residual = n.sigma
@@ -266,8 +272,12 @@ def _inpaint(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[st
     flag = cv2.INPAINT_TELEA if p.get("method", "telea") == "telea" else cv2.INPAINT_NS
     m8 = m.astype(np.uint8)
     out = img.copy()
+    # OpenCV inpaints 1-channel 16-bit planes at full precision (its float path assumes 0..255 values);
+    # only the masked pixels are taken from the result, every other pixel stays bit-identical
     for ch in range(img.shape[-1]):
-        out[..., ch] = cv2.inpaint(np.ascontiguousarray(img[..., ch], np.float32), m8, float(p.get("radius", 3.0)), flag)
+        u16 = np.round(np.clip(img[..., ch], 0.0, 1.0) * 65535.0).astype(np.uint16)
+        filled = cv2.inpaint(u16, m8, float(p.get("radius", 3.0)), flag).astype(np.float32) / 65535.0
+        out[..., ch] = np.where(m, filled, img[..., ch])
     return out, {"pixels": int(m.sum()), "fraction": float(m.mean()), "method": p.get("method", "telea")}
 
 

@@ -100,7 +100,9 @@ class NoiseMeasure:
     texture was taken for noise — then σ is an upper bound); ``floor``: the 2 % over the 20 %
     quantile of the per-block fine-scale σ (Immerkær 1996's 3×3 operator on all sampled blocks):
     noise lays a floor under every block, so the two are close (0.5–0.9 on noisy photographs), while
-    noise-free fine texture has no floor (mostly < 0.45); ``acf``: per channel the autocorrelation at lags
+    noise-free fine texture has no floor (mostly < 0.45); ``chroma_ratio``: RMS σ of the two chroma
+    opponent channels over the luma-like one (≈ 1 for noise independent in R, G and B, ≈ 0 for noise
+    shared by the channels — monochrome film grain, luminance noise; 0 for grey images); ``acf``: per channel the autocorrelation at lags
     −8..8 (``[C, 17, 17]``, lag 0 at the centre) — :meth:`psd` turns it into a PSD."""
 
     sigma: float
@@ -112,6 +114,7 @@ class NoiseMeasure:
     gaussianity: float
     structure: float
     floor: float
+    chroma_ratio: float
     where: str
     acf: Optional[np.ndarray] = field(default=None, repr=False)
 
@@ -449,6 +452,7 @@ def measure_noise(img: np.ndarray) -> NoiseMeasure:
     return NoiseMeasure(sigma=sigma, sigma_channels=[float(np.sqrt(v)) for v in var], rho=rho,
                         kind="grain" if rho >= GRAIN_RHO else "white", blocks=int(n), block=int(b),
                         gaussianity=min(gauss, 2.0), structure=min(structure, 1e3), floor=floor,
+                        chroma_ratio=float(np.sqrt(np.mean(var[1:]) / var[0])) if c == 3 and var[0] > 0 else 0.0,
                         where=f"full resolution, the {n} flattest of {k} sampled {b}-px blocks", acf=acfs)
 
 

@@ -51,13 +51,23 @@ from . import defects as _defects
 ORDER = ("inpaint", "denoise", "deblur", "tone", "colour", "sharpen")
 DENOISERS = ("auto", "pretrained", "bm3d", "wiener")
 #: BM3D (≈ 30 s/MP per channel on one core) only runs on images up to this size; larger ones use the
-#: DFT Wiener filter (≈ 1.5 s/MP per channel, 0.5–0.9 dB behind BM3D on white noise)
-BM3D_MAX_PIXELS = 300_000
-#: the Wiener filter's block step: 4 px (16 overlapping blocks per pixel) up to this size, else 8
+#: DFT Wiener filter (≈ 1.5 s/MP per channel, 0.5–1 dB behind BM3D)
+BM3D_MAX_PIXELS = 150_000
+#: a pretrained denoiser on the CPU (FFDNet ≈ 15 s/MP on two busy cores) only up to this size; on a
+#: GPU at any size
+PRETRAINED_CPU_MAX_PIXELS = 250_000
+#: the pretrained networks remove noise independent in R, G and B: they run when the chroma opponent
+#: channels carry at least this share of the luma-like channel's noise σ
+PRETRAINED_MIN_CHROMA_RATIO = 0.7
+#: the Wiener filter's block step: 4 px (16 overlapping blocks per pixel) up to this size, else 8 px
+#: and the two chroma opponent channels at half resolution (the chroma of a scene is smooth: what is
+#: lost there is mostly noise), which together cut the cost about sixfold
 WIENER_FINE_MAX_PIXELS = 2_000_000
-#: Richardson–Lucy iterations: the cap, and fewer on large images (each costs two FFTs of the luma)
+#: Richardson–Lucy iterations: the cap; above RL_MAX_PIXELS a single Wiener deconvolution (two FFTs
+#: instead of two per iteration) with the noise-to-signal ratio WIENER_BALANCE
 RL_MAX_ITERATIONS = 20
-RL_PIXEL_ITERATIONS = 40_000_000
+RL_MAX_PIXELS = 2_000_000
+WIENER_BALANCE = 0.01
 
 
 @dataclass
@@ -74,7 +84,7 @@ class Rules:
     noise_strength: float = 0.8       #: the noise PSD is scaled by strength² for the denoiser
     blur_min: float = 0.8             #: Gaussian-equivalent excess blur (px) from which RL runs
     blur_shrink: float = 0.7          #: RL kernel σ = shrink × measured excess (under-deblurring is safer)
-    rl_iterations: int = 15
+    rl_iterations: int = 15           #: RL iterations (≤ RL_MAX_ITERATIONS)
     rl_damping: float = 2.0           #: White's damping threshold in residual-noise σ
     sharpen_min: float = 0.5          #: excess blur (px) from which a smart sharpen runs (when RL does not)
     sharpen_amount: float = 0.6       #: unsharp amount per px of excess blur
@@ -180,8 +190,8 @@ def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] 
     # denoise
     n = report.noise
     if n.sigma >= r.noise_min and n.floor >= r.noise_floor_min:
-        run("denoise", {"sigma": n.sigma, "kind": n.kind, "rho": n.rho, "strength": r.noise_strength,
-                        "noise_acf": n.acf, "backend": denoiser},
+        run("denoise", {"sigma": n.sigma, "kind": n.kind, "rho": n.rho, "chroma_ratio": n.chroma_ratio,
+                        "strength": r.noise_strength, "noise_acf": n.acf, "backend": denoiser},
             f"noise σ {n.sigma:.4f} ≥ {r.noise_min} ({n.kind}, lag-1 correlation {n.rho:.2f})")
         residual = 0.25 * n.sigma  # what a denoiser typically leaves, for the later stages' noise guards
     elif n.sigma >= r.noise_min:
@@ -281,8 +291,9 @@ def _inpaint(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[st
     return out, {"pixels": int(m.sum()), "fraction": float(m.mean()), "method": p.get("method", "telea")}
 
 
-def _pretrained_denoiser():
-    """``scripts.pretrained.denoise_pretrained`` when that module exists and a network is installed."""
+def _pretrained_denoiser(pixels: int):
+    """``scripts.pretrained.denoise_pretrained`` when that module exists, a network is installed and
+    the image is within :data:`PRETRAINED_CPU_MAX_PIXELS` (or a GPU is there); else ``(None, why)``."""
     try:
         from ..scripts import pretrained
     except ImportError:
@@ -292,49 +303,69 @@ def _pretrained_denoiser():
             return None, "no pretrained denoiser installed"
     except Exception as exc:  # a broken installation must not stop the classical path
         return None, f"pretrained denoisers unavailable ({exc})"
+    if pixels > PRETRAINED_CPU_MAX_PIXELS:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None, f"image above {PRETRAINED_CPU_MAX_PIXELS} px for the pretrained denoiser on the CPU"
     return pretrained.denoise_pretrained, ""
 
 
 def _denoise(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, object]]:
+    """Denoise with the measured noise spectrum: a pretrained network for channel-independent white
+    noise in colour images (when installed and affordable), else BM3D (small images, ``bm3d``
+    installed), else the DFT Wiener filter; both of those per opponent channel with its own PSD."""
     from ..scripts.bm3d_denoise import bm3d_available, denoise as bm3d_denoise, fallback_denoise
     from ..scripts.grain import _psd_from_acf
 
     h, w, c = img.shape
-    acf = np.asarray(p["noise_acf"], np.float64) * float(p.get("strength", 1.0)) ** 2
+    strength = float(p.get("strength", 1.0))
+    acf = np.asarray(p["noise_acf"], np.float64) * strength ** 2
     backend = p.get("backend", "auto")
     notes = []
-    if backend in ("auto", "pretrained") and p.get("kind") == "white" and c == 3:
-        fn, why = _pretrained_denoiser()
+    independent = c == 3 and p.get("kind") == "white" and \
+        float(p.get("chroma_ratio", 1.0)) >= PRETRAINED_MIN_CHROMA_RATIO
+    if backend in ("auto", "pretrained") and independent:
+        fn, why = _pretrained_denoiser(h * w)
         if fn is not None:
-            out, rep = fn(img, float(p["sigma"]) * float(p.get("strength", 1.0)))
-            return np.asarray(out, np.float32), {"backend": "pretrained", "model": getattr(rep, "model", "")}
+            out, rep = fn(img, float(p["sigma"]))
+            return np.clip(np.asarray(out, np.float32), 0.0, 1.0), {
+                "backend": f"pretrained {getattr(rep, 'model', '')}".strip(), "sigma": float(p["sigma"]),
+                "licence": getattr(rep, "licence", ""), "notes": list(getattr(rep, "notes", []))}
         if backend == "pretrained":
             raise RuntimeError(f"the pretrained denoiser was asked for, but {why}")
         notes.append(why)
     elif backend == "pretrained":
-        raise RuntimeError("the pretrained denoisers remove white noise in colour images only; this noise is "
-                           f"{p.get('kind')} in {c} channel(s)")
+        raise RuntimeError("the pretrained denoisers remove white noise independent in R, G and B; this noise is "
+                           f"{p.get('kind')} (chroma ratio {float(p.get('chroma_ratio', 0)):.2f}) in {c} channel(s)")
     use_bm3d = backend == "bm3d" or (backend == "auto" and bm3d_available() and h * w <= BM3D_MAX_PIXELS)
     if backend == "bm3d" and not bm3d_available():
         raise RuntimeError("the bm3d denoiser was asked for, but the optional 'bm3d' package is not installed")
+    import cv2
+
     planes = _defects._opponent(img.astype(np.float64)) if c == 3 else img.astype(np.float64)
     out = np.empty_like(planes)
-    step = 4 if h * w <= WIENER_FINE_MAX_PIXELS else 8
+    large = h * w > WIENER_FINE_MAX_PIXELS
+    step = 8 if large else 4
     for ch in range(planes.shape[-1]):
         if use_bm3d:
             psd = _psd_from_acf(acf[ch], (h, w))
             out[..., ch] = bm3d_denoise(planes[..., ch], psd=psd, method="bm3d").image
+        elif large and ch > 0:  # chroma at half resolution: 2×2 means carry a quarter of the noise power
+            half = cv2.resize(planes[..., ch], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+            psd = _psd_from_acf(acf[ch], (64, 64)) / 4.0
+            den = fallback_denoise(half, psd=psd, step=4)
+            out[..., ch] = cv2.resize(den, (w, h), interpolation=cv2.INTER_LINEAR)
         else:
             psd = _psd_from_acf(acf[ch], (64, 64))
             out[..., ch] = fallback_denoise(planes[..., ch], psd=psd, step=step)
     res = out @ _defects.OPPONENT if c == 3 else out
     name = "bm3d (opponent channels, measured PSD)" if use_bm3d else \
-        f"DFT Wiener (opponent channels, measured PSD, step {step} px)"
-    if not use_bm3d and backend == "auto" and not bm3d_available():
-        notes.append("bm3d not installed")
-    elif not use_bm3d and backend == "auto":
-        notes.append(f"image above {BM3D_MAX_PIXELS} px for bm3d")
-    return np.clip(res, 0.0, 1.0).astype(np.float32), {"backend": name, "notes": notes}
+        f"DFT Wiener (opponent channels, measured PSD, step {step} px" + \
+        (", chroma at half resolution)" if large and c == 3 else ")")
+    if not use_bm3d and backend == "auto":
+        notes.append("bm3d not installed" if not bm3d_available() else f"image above {BM3D_MAX_PIXELS} px for bm3d")
+    return np.clip(res, 0.0, 1.0).astype(np.float32), {"backend": name, "strength": strength, "notes": notes}
 
 
 def _deblur(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, object]]:
@@ -347,14 +378,18 @@ def _deblur(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str
         k = gaussian_kernel(float(p["sigma"]))
     y = _defects.luma(img)
     h, w = y.shape
-    its = int(max(1, min(int(p.get("iterations", RL_MAX_ITERATIONS)), RL_PIXEL_ITERATIONS // max(h * w, 1))))
-    # damping: corrections below damping × σ of the residual noise are not fitted (White 1994)
-    out, rep = deconvolve(y, k, method="richardson_lucy", iterations=its, regularisation="damping",
-                          strength=float(p.get("damping", 2.0)), clip=False)
+    if h * w > RL_MAX_PIXELS:
+        out, rep = deconvolve(y, k, method="wiener", balance=WIENER_BALANCE, clip=False)
+        method = f"Wiener deconvolution on luma (balance {WIENER_BALANCE}; image above {RL_MAX_PIXELS} px for RL)"
+    else:
+        # damping: corrections below damping × σ of the residual noise are not fitted (White 1994)
+        out, rep = deconvolve(y, k, method="richardson_lucy", iterations=int(p.get("iterations", RL_MAX_ITERATIONS)),
+                              regularisation="damping", strength=float(p.get("damping", 2.0)), clip=False)
+        method = "Richardson–Lucy on luma, damped"
     dy = (out - y)[..., None]
     res = np.clip(img + dy, 0.0, 1.0).astype(np.float32)
-    return res, {"kernel": p["kernel"], "kernel_px": list(k.shape), "iterations": rep["iterations_run"],
-                 "method": "Richardson–Lucy on luma, damped"}
+    return res, {"kernel": p["kernel"], "kernel_px": list(k.shape), "iterations": rep.get("iterations_run", 0),
+                 "method": method}
 
 
 def _levels(img: np.ndarray, q: Dict[str, float]) -> np.ndarray:

@@ -28,15 +28,17 @@ CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 LIGHT_DB = Thresholds().light_min_db
 SEVERE_DB = Thresholds().severe_max_db
 ESTIMATOR_HELP = (
-    "What the thresholds compare. unet: PSNR of the image against the U-Net's restoration of it (the "
+    "What the thresholds compare. forest (default): the random forest's estimate of the image's PSNR from the "
+    "14 damage features (about 1 ms). unet: PSNR of the image against the U-Net's restoration of it (the "
     "restoration stands in for the unknown original; costs one U-Net run, reused when the image goes to the "
-    "U-Net). forest: the random forest's estimate from the 14 damage features (about 1 ms). Calibrated "
-    "thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB" for k, v in CALIBRATED.items())
-    + ".")
+    "U-Net). Calibrated thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB"
+                                                  for k, v in CALIBRATED.items()) + ".")
 STRATEGY_HELP = (
-    "auto: analyse the damage and route light -> classical, moderate -> ML-guided classical, severe -> U-Net. "
-    "classical: colour correction + unsharp mask chosen by rules. ml_guided: parameters predicted by the "
-    "random forest, or no change when no setting is predicted to help. deep_learning: the shipped U-Net."
+    "auto: measure the defects; light and moderate damage -> the classical plan, severe -> the U-Net. "
+    "classical: the plan over the pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen), each stage "
+    "only when its defect is measured; an image with none comes back unchanged and the info says why. "
+    "ml_guided: unsharp/colour-stretch parameters predicted by the random forest, or no change when no setting "
+    "is predicted to help. deep_learning: the shipped U-Net."
 )
 
 _RESTORERS = {}
@@ -57,15 +59,12 @@ def _restorer(light_min_db: float, severe_max_db: float, device: str, estimator:
     return _RESTORERS[key]
 
 
-def _gray_to_rgb(rgb: torch.Tensor) -> torch.Tensor:
-    return rgb.expand(-1, -1, -1, 3) if rgb.shape[-1] == 1 else rgb
-
-
 class RestoreKitHybridRestore:
     """Analyse each image's damage and restore it with the cheapest adequate method."""
 
-    DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: FFT damage analysis, then classical colour "
-                   "correction + sharpening, random-forest-guided parameters or a U-Net, by severity.")
+    DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: measures each defect (noise, blur, motion, "
+                   "tone, colour cast, illumination, JPEG, 14 FFT features), then runs a plan over the pack's own "
+                   "tools (inpaint, denoise, deblur, tone, colour, sharpen) or, for severe damage, the U-Net.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("image", "info")
@@ -99,21 +98,19 @@ class RestoreKitHybridRestore:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
         restorer = _restorer(light_min_db, severe_max_db, device, estimator)
         rgb, alpha = split_alpha(image)
-        gray = rgb.shape[-1] == 1
-        arr = to_numpy(_gray_to_rgb(rgb))
+        arr = to_numpy(rgb)  # grey stays one channel: the plan works on it as it is
         outs, infos = [], []
         with timed() as t:
             for i in range(arr.shape[0]):
                 out, info = restorer.restore(arr[i], strategy)
                 outs.append(out)
                 infos.append(info)
-        res = from_numpy(np.stack(outs))
-        if gray:
-            res = res.mean(dim=-1, keepdim=True)
-        res = merge_alpha(res, alpha)
+        res = merge_alpha(from_numpy(np.stack(outs)), alpha)
         per_image = [{"method": inf["method"], "severity": inf["severity"],
                       "quality_estimate_db": round(inf["analysis"]["quality_db"], 2),
-                      "parameters": {k: v for k, v in inf["parameters"].items() if k != "runner"},
+                      "stages": inf.get("stages", []), "unchanged": inf.get("unchanged", False),
+                      "reason": inf.get("reason", ""), "defects": inf["analysis"].get("defect_summary", ""),
+                      "parameters": {k: v for k, v in inf["parameters"].items() if k not in ("runner", "execution")},
                       "runner": inf["parameters"].get("runner")} for inf in infos]
         notes = sorted({n for inf in infos for n in inf.get("notes", [])})
         info = format_info("Hybrid restore", {
@@ -129,8 +126,9 @@ class RestoreKitHybridRestore:
 class RestoreKitDamageAnalysis:
     """The 14 FFT damage features of each image, the quality estimate and the severity."""
 
-    DESCRIPTION = ("FFT damage analysis: 7 spectral statistics, 5 radial-profile samples, colour-balance and "
-                   "sharpening need, the estimated quality (dB) and the severity (light/moderate/severe).")
+    DESCRIPTION = ("Damage analysis: the defects with units (noise σ and kind, blur and motion, black/white point, "
+                   "Oklab colour cast, illumination, JPEG blockiness), 14 FFT features, the estimated quality (dB) "
+                   "and the severity (light/moderate/severe).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING", "STRING", "STRING")
     RETURN_NAMES = ("features", "severity", "info")
@@ -156,20 +154,22 @@ class RestoreKitDamageAnalysis:
             raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
         rgb, _alpha = split_alpha(image)
-        arr = to_numpy(_gray_to_rgb(rgb))
+        arr = to_numpy(rgb)
         results = []
         with timed() as t:
             for i in range(arr.shape[0]):
                 a = restorer.analyse(arr[i])
                 results.append({"features": a["features"], "quality_db": a["quality_db"],
                                 "severity": a["severity"], "quality_source": a["quality_source"],
-                                "forest_quality_db": a["forest_quality_db"]})
+                                "forest_quality_db": a["forest_quality_db"], "defects": a["defects"],
+                                "defect_summary": a["defect_summary"]})
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(r["severity"] for r in results)
         info = format_info("Damage analysis", {
             "severity": severity,
             "quality estimate (dB)": ", ".join(f"{r['quality_db']:.2f}" for r in results),
             "estimated by": results[0]["quality_source"],
+            "defects": " | ".join(r["defect_summary"] for r in results),
             "seconds": t["seconds"],
         })
         return {"ui": {"text": [info + "\nfeatures:\n" + features]}, "result": (features, severity, info)}

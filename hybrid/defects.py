@@ -79,6 +79,9 @@ MOTION_ANISOTROPY_GATE = 1.0
 #: the motion estimate is trusted (``motion.present``) from this spectrum-model correlation on
 #: (clean photographs ≤ 0.45, linear motion of 5–15 px ≥ 0.6)
 MOTION_MIN_CONFIDENCE = 0.5
+#: ... and only when the strongest edges are blurred too (Zhuo–Sim σ, px): a motion of ≥ 3 px reads
+#: ≥ 0.6 there, while a sharp scene of parallel lines (a rocket on its gantry) can fool the spectrum fit
+MOTION_MIN_EDGE_SIGMA = 0.5
 MOTION_MIN_LENGTH = 3.0
 TONE_SIDE = 384
 ILLUM_SIDE = 128
@@ -141,7 +144,8 @@ class MotionMeasure:
     """Linear motion: ``anisotropy`` of the whitened spectrum (decades); when estimated, ``length``
     (px), ``angle`` (°, [0, 180), counter-clockwise from +x, y up) and ``confidence`` (spectrum-model
     correlation, :func:`scripts.motion_blur.estimate_motion`); ``present`` when the confidence and
-    length pass :data:`MOTION_MIN_CONFIDENCE` / :data:`MOTION_MIN_LENGTH`."""
+    length pass :data:`MOTION_MIN_CONFIDENCE` / :data:`MOTION_MIN_LENGTH` and the edges are blurred
+    (:data:`MOTION_MIN_EDGE_SIGMA`)."""
 
     anisotropy: float
     estimated: bool
@@ -516,9 +520,11 @@ def spectrum_anisotropy(p: np.ndarray) -> float:
     return float(am.max() - am.min())
 
 
-def measure_motion(img: np.ndarray, spectrum: np.ndarray) -> MotionMeasure:
+def measure_motion(img: np.ndarray, spectrum: np.ndarray, edge_sigma: Optional[float] = None) -> MotionMeasure:
     """Motion blur: anisotropy from the analysis spectrum; the motion fit (on the luma of the central
-    256² square) only when it is anisotropic."""
+    256² square) only when it is anisotropic.  ``edge_sigma``: the Zhuo–Sim edge blur (px) of
+    :func:`measure_blur`; the motion is ``present`` only when it is at least
+    :data:`MOTION_MIN_EDGE_SIGMA` (None: not checked)."""
     aniso = spectrum_anisotropy(spectrum)
     h, w = img.shape[:2]
     if aniso < MOTION_ANISOTROPY_GATE or min(h, w) < 64:
@@ -530,9 +536,13 @@ def measure_motion(img: np.ndarray, spectrum: np.ndarray) -> MotionMeasure:
     y0, x0 = (h - s) // 2, (w - s) // 2
     est = estimate_motion(luma(img[y0:y0 + s, x0:x0 + s]), max_length=48.0, analysis_size=256)
     present = est["score"] >= MOTION_MIN_CONFIDENCE and est["length"] >= MOTION_MIN_LENGTH
+    where = "central 256² square at full resolution (cepstrum + log-spectrum fit)"
+    if present and edge_sigma is not None and edge_sigma < MOTION_MIN_EDGE_SIGMA:
+        present = False
+        where += f"; not trusted: the strongest edges are sharp (σ {edge_sigma:.2f} px)"
     return MotionMeasure(anisotropy=aniso, estimated=True, length=float(est["length"]),
                          angle=float(est["angle"]), confidence=float(est["score"]), present=bool(present),
-                         where="central 256² square at full resolution (cepstrum + log-spectrum fit)")
+                         where=where)
 
 
 # --- tone, colour, illumination ---------------------------------------------------------------------
@@ -691,7 +701,7 @@ def measure(image) -> DefectReport:
     blur = measure_blur(img, noise.sigma)
     sec["blur"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    motion = measure_motion(img, spectrum)
+    motion = measure_motion(img, spectrum, 0.0 if blur.sigma is None else blur.sigma)
     sec["motion"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     small = downscale(img, TONE_SIDE)

@@ -231,7 +231,7 @@ class DefectReport:
         for k in ("noise", "illumination"):
             d[k].pop("acf", None)
             d[k].pop("surface", None)
-        return _round(d)
+        return jsonable(d)
 
     def summary(self) -> str:
         """One line: the measured defects with units."""
@@ -249,11 +249,15 @@ class DefectReport:
         return "; ".join(parts)
 
 
-def _round(x):
+def jsonable(x):
+    """``x`` (dicts, lists, numpy scalars and arrays) for a JSON report: floats rounded to 5 decimals,
+    arrays replaced by ``"array[shape]"``."""
     if isinstance(x, dict):
-        return {k: _round(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return f"array{list(x.shape)}"
     if isinstance(x, (list, tuple)):
-        return [_round(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (float, np.floating)):
         return round(float(x), 5)
     if isinstance(x, np.integer):

@@ -158,18 +158,7 @@ class Plan:
                 "skipped": [{"stage": s.stage, "why": s.why} for s in self.skipped]}
 
 
-def _jsonable(p):
-    if isinstance(p, dict):
-        return {k: _jsonable(v) for k, v in p.items()}
-    if isinstance(p, np.ndarray):
-        return f"array{list(p.shape)}"
-    if isinstance(p, (list, tuple)):
-        return [_jsonable(v) for v in p]
-    if isinstance(p, (float, np.floating)):
-        return round(float(p), 5)
-    if isinstance(p, np.integer):
-        return int(p)
-    return p
+_jsonable = _defects.jsonable
 
 
 # --- planning by rules -----------------------------------------------------------------------------

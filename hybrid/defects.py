@@ -24,7 +24,7 @@ motion          angular anisotropy of the whitened Welch spectrum (decades); the
                 log-spectrum fit of :mod:`scripts.motion_blur` (Cannon 1976;  fit on a central 256²
                 Oliveira et al. 2014) gives length (px), angle (°) and its    square
                 confidence (model correlation)
-tone            black / white point: 0.5 / 99.5 % percentiles of Rec. 601   ≤ 384-px area-downscaled
+tone            black / white point: 0.5 / 99.5 % percentiles of Rec. 601   ≤ 256-px area-downscaled
                 luma, contrast = their difference, RMS contrast = std        copy (percentiles of
                                                                              smooth areas survive)
 colour          cast = median Oklab (a, b) of the near-neutral pixels (the   same copy
@@ -83,9 +83,9 @@ MOTION_MIN_CONFIDENCE = 0.5
 #: ≥ 0.6 there, while a sharp scene of parallel lines (a rocket on its gantry) can fool the spectrum fit
 MOTION_MIN_EDGE_SIGMA = 0.5
 MOTION_MIN_LENGTH = 3.0
-TONE_SIDE = 384
+TONE_SIDE = 256
 ILLUM_SIDE = 128
-JPEG_MAX_LINES = 768
+JPEG_MAX_LINES = 512
 
 
 def _opponent(rgb: np.ndarray) -> np.ndarray:
@@ -653,7 +653,8 @@ def _phase_profile(d: np.ndarray) -> np.ndarray:
     2-D difference array (columns = the boundaries): a block grid raises a whole phase, the edges of the
     scene only the rows they cross, which the median ignores."""
     w = d.shape[1] // 8 * 8
-    med = np.median(np.abs(d[:, :w]), axis=0)
+    rows = d[::max(1, d.shape[0] // 256), :w]  # ≤ ~256 rows suffice for a column median
+    med = np.median(np.abs(rows), axis=0)
     return med.reshape(-1, 8).mean(axis=0)
 
 

@@ -246,6 +246,9 @@ def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] 
         if any(op == "flatfield" for op, _ in tone_ops):
             why.append(f"illumination varies {illum.variation_stops:.2f} stops ≥ {r.illumination_min}")
         run("tone", {"ops": tone_ops}, "; ".join(why))
+    elif r.black_max >= 1.0 and r.white_min <= 0.0 and not np.isfinite(r.illumination_min):
+        skip("tone", f"off in these rules (measured: black point {bi:.3f}, white point {wi:.3f}, "
+                     f"illumination {illum.variation_stops:.2f} stops)")
     else:
         skip("tone", f"black point {bi:.3f} ≤ {r.black_max}, white point {wi:.3f} ≥ {r.white_min}, "
                      f"illumination {illum.variation_stops:.2f} stops < {r.illumination_min}")
@@ -260,6 +263,8 @@ def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] 
     elif c.magnitude >= r.cast_min:
         skip("colour", f"cast magnitude {c.magnitude:.3f} but the near-neutral pixels spread {c.spread:.3f} "
                        f"(> {r.cast_spread_max} × the cast): a colourful scene, not a cast")
+    elif r.cast_min >= 1.0:
+        skip("colour", f"off in these rules (measured cast ({c.cast_a:+.3f}, {c.cast_b:+.3f}) Oklab)")
     else:
         skip("colour", f"cast magnitude {c.magnitude:.3f} < {r.cast_min}")
 
@@ -554,7 +559,7 @@ def detect_mask(img: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
     try:
         from . import damage_mask
     except ImportError:
-        return None, "no damage-mask detector available (pass a mask to inpaint)"
+        return None, "no damage-mask detector installed"
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
     mask, rep = damage_mask.detect(rgb)
     return np.asarray(mask, bool), f"damage-mask detector ({getattr(rep, 'method', '')})"

@@ -1,7 +1,7 @@
 """Two things any retoucher would try first — the baselines the hybrid restorer must beat (issue #15).
 
 * :func:`nlm_autolevels`: non-local means (Buades, Coll, Morel, CVPR 2005; scikit-image, ``h = 0.8 σ``
-  with σ estimated by the wavelet MAD of :func:`scripts.denoise.estimate_noise_sigma`), then
+  with σ estimated by the wavelet MAD of :func:`scripts.noise.estimate_noise_sigma`), then
   :func:`autolevels`.
 * :func:`autolevels_unsharp`: :func:`autolevels`, then an unsharp mask of radius σ = 1 px and amount
   0.5 (``x + 0.5 (x − G₁ * x)``, the common "radius 1, 50 %" setting), clipped to 0..1.
@@ -52,7 +52,7 @@ def nlm_autolevels(image) -> np.ndarray:
     from ..scripts.denoise import denoise
 
     x = _hwc(image)
-    den, _sigma, _ = denoise(x, "nlm", sigma=None)
+    den, _report = denoise(x, "nlm", sigma=None)
     return autolevels(np.asarray(den, np.float32)).reshape(np.shape(image))
 
 

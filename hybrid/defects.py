@@ -539,13 +539,13 @@ def measure_motion(img: np.ndarray, spectrum: np.ndarray, edge_sigma: Optional[f
     s = min(256, h, w)
     y0, x0 = (h - s) // 2, (w - s) // 2
     est = estimate_motion(luma(img[y0:y0 + s, x0:x0 + s]), max_length=48.0, analysis_size=256)
-    present = est["score"] >= MOTION_MIN_CONFIDENCE and est["length"] >= MOTION_MIN_LENGTH
+    present = est.score >= MOTION_MIN_CONFIDENCE and est.length >= MOTION_MIN_LENGTH
     where = "central 256² square at full resolution (cepstrum + log-spectrum fit)"
     if present and edge_sigma is not None and edge_sigma < MOTION_MIN_EDGE_SIGMA:
         present = False
         where += f"; not trusted: the strongest edges are sharp (σ {edge_sigma:.2f} px)"
-    return MotionMeasure(anisotropy=aniso, estimated=True, length=float(est["length"]),
-                         angle=float(est["angle"]), confidence=float(est["score"]), present=bool(present),
+    return MotionMeasure(anisotropy=aniso, estimated=True, length=float(est.length),
+                         angle=float(est.angle), confidence=float(est.score), present=bool(present),
                          where=where)
 
 

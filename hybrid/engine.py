@@ -22,7 +22,7 @@ The quality estimate (``Thresholds.estimator``):
 * ``unet``: the PSNR of the input against the U-Net's restoration of it (the restoration stands in
   for the unknown original); it costs one U-Net run, reused when the image is routed to the U-Net.
 
-``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``.  Arrays may be uint8
+``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, RestoreReport)``.  Arrays may be uint8
 (0..255), uint16 (0..65535) or float (0..1), ``[H, W]`` or ``[H, W, C]`` with C = 1, 3 or 4; the
 result has the input's dtype, scale and channel count (grey is processed as one channel by the plan;
 alpha is kept and reattached).  File I/O lives in :mod:`scripts.image_io`, folder batching in
@@ -39,6 +39,7 @@ import numpy as np
 
 from . import analysis, classical, defects, plan as _plan
 from ..scripts import image_io
+from ..scripts.finite import check_finite
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
@@ -98,10 +99,11 @@ def fallback_quality_db(features: Dict[str, float]) -> float:
 
 
 def residual_quality_db(image: np.ndarray, restored: np.ndarray) -> float:
-    """PSNR (dB, peak 1) of ``image`` against its restoration, capped at :data:`MAX_QUALITY_DB`."""
-    diff = np.asarray(image, np.float64) - np.asarray(restored, np.float64)
-    mse = float(np.mean(diff * diff))
-    return float(min(MAX_QUALITY_DB, 10.0 * np.log10(1.0 / max(mse, 1e-12))))
+    """PSNR (dB, peak 1, :func:`scripts.metrics.psnr`) of ``image`` against its restoration, capped
+    at :data:`MAX_QUALITY_DB`."""
+    from ..scripts.metrics import psnr
+
+    return float(min(MAX_QUALITY_DB, psnr(image, restored)))
 
 
 def classify(quality_db: float, thresholds: Thresholds) -> str:
@@ -111,6 +113,91 @@ def classify(quality_db: float, thresholds: Thresholds) -> str:
     if quality_db < thresholds.severe_max_db:
         return "severe"
     return "moderate"
+
+
+class _Mapping:
+    """Dict-style read access (``report["method"]``) for code written against the reports' old dict
+    form (the CLI, tools); new code reads the attributes."""
+
+    def __getitem__(self, key: str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default)
+
+
+@dataclass
+class Analysis(_Mapping):
+    """Damage analysis of one image: the 14 features, the quality estimate (dB, see the module
+    docstring) and where it came from, the forest's estimate, the severity and the thresholds; the
+    defect measurements (:meth:`.defects.DefectReport.to_dict`) and their one-line summary."""
+
+    features: Dict[str, float]
+    spectral_slopes: Dict[str, float]
+    quality_db: float
+    quality_source: str
+    forest_quality_db: float
+    severity: str
+    thresholds: Dict[str, object]
+    analysis_seconds: float
+    defects: Dict[str, object] = None
+    defect_summary: str = ""
+
+    def info_fields(self) -> dict:
+        return {"severity": self.severity, "quality estimate (dB)": f"{self.quality_db:.2f}",
+                "estimated by": self.quality_source, "defects": self.defect_summary or None}
+
+
+@dataclass
+class RestoreReport(_Mapping):
+    """What :meth:`HybridRestorer.restore` did with one image: the method and its parameters (for the
+    plan: its steps with parameters and why, the stages skipped and why, the execution report),
+    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was."""
+
+    method: str
+    severity: str
+    strategy: str
+    analysis: Analysis
+    parameters: Dict[str, object]
+    notes: List[str]
+    seconds: float
+    unchanged: bool = False
+    reason: str = ""
+    stages: List[str] = None
+
+    def info_fields(self) -> dict:
+        params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model", "execution")}
+        out = {"method": self.method, "severity": self.severity,
+               "quality estimate (dB)": f"{self.analysis.quality_db:.2f} ({self.analysis.quality_source})",
+               "stages": " -> ".join(self.stages or []) or f"none: unchanged ({self.reason})",
+               "defects": self.analysis.defect_summary or None,
+               "parameters": params or None}
+        runner = self.parameters.get("runner")
+        if runner is not None:
+            f = runner.info_fields()
+            out["U-Net run"] = f"{f['device']}, {f['tile']}, {f['precision']}, {f['runner time']}"
+        out["notes"] = self.notes or "shipped models (models/hybrid) used"
+        return out
+
+
+_SHARED: Dict[tuple, "HybridRestorer"] = {}
+
+
+def shared_restorer(thresholds: Optional["Thresholds"] = None, device: str = "auto", tile: int = 0) -> "HybridRestorer":
+    """The restorer for these thresholds, device and tile, kept between calls (the nodes' and the
+    Python API's cache); restorers made later share the predictor and U-Net already loaded."""
+    th = thresholds or Thresholds()
+    key = (th.light_min_db, th.severe_max_db, th.estimator, device, int(tile))
+    if key not in _SHARED:
+        r = HybridRestorer(thresholds=th, device=device, tile=tile)
+        previous = next(iter(_SHARED.values()), None)
+        if previous is not None:
+            r._predictor, r._unet = previous._predictor, previous._unet
+        _SHARED[key] = r
+    return _SHARED[key]
 
 
 class HybridRestorer:
@@ -164,14 +251,14 @@ class HybridRestorer:
         return self._unet
 
     # --- steps ------------------------------------------------------------------------------
-    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Dict[str, object]:
+    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Analysis:
         """Features, defect measurements, quality estimate and severity of an image (``[H, W, C]``,
         C = 1 or 3, 0..1).  ``estimator``: ``unet`` / ``forest``; default the thresholds' own."""
         img = defects.as_image(rgb)
         return self._analyse(img, defects.measure(img), estimator)[0]
 
     def _analyse(self, img: np.ndarray, report: "defects.DefectReport", estimator: Optional[str] = None):
-        """``(analysis dict, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
+        """``(Analysis, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
         feats = report.features
         pred = self.predictor
         if pred is not None:
@@ -189,12 +276,12 @@ class HybridRestorer:
         else:
             q, q_source = q_forest, forest_source
         severity = classify(q, self.thresholds)
-        return {"features": {k: feats[k] for k in analysis.FEATURE_NAMES},
-                "spectral_slopes": {"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
-                "defects": report.to_dict(), "defect_summary": report.summary(),
-                "quality_db": float(q), "quality_source": q_source, "forest_quality_db": q_forest,
-                "severity": severity, "thresholds": asdict(self.thresholds),
-                "analysis_seconds": report.seconds["total"]}, deep
+        return Analysis(features={k: feats[k] for k in analysis.FEATURE_NAMES},
+                        spectral_slopes={"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
+                        quality_db=float(q), quality_source=q_source, forest_quality_db=q_forest,
+                        severity=severity, thresholds=asdict(self.thresholds),
+                        analysis_seconds=report.seconds["total"], defects=report.to_dict(),
+                        defect_summary=report.summary()), deep
 
     def _plan(self, img: np.ndarray, report: "defects.DefectReport", mask=None, progress=None):
         """The ``classical`` strategy: measurements → rules → plan → execution."""
@@ -236,7 +323,7 @@ class HybridRestorer:
 
     # --- API ----------------------------------------------------------------------------------
     def restore(self, image_or_path, strategy: str = "auto", mask: Optional[np.ndarray] = None,
-                progress=None) -> Tuple[np.ndarray, Dict[str, object]]:
+                progress=None) -> Tuple[np.ndarray, RestoreReport]:
         """Restore one image: an array ``[H,W]`` / ``[H,W,C]`` (C = 1, 3 or 4) or a file path.
 
         Arrays: ``uint8`` is read as 0..255, ``uint16`` as 0..65535, float as 0..1 (values outside
@@ -244,13 +331,14 @@ class HybridRestorer:
         mis-scaled data).  The result has the input's dtype, scale and channel count.  A path is
         read with :func:`scripts.image_io.read_image` (orientation applied) and gives float32 0..1.
 
-        Returns ``(image, info)``; info has ``method``, ``severity``, ``strategy``, ``analysis``
+        Returns ``(image, RestoreReport)``: ``method``, ``severity``, ``strategy``, ``analysis``
         (features, defect measurements, the quality estimate, thresholds), ``parameters`` of the
         method that ran (for the plan: the steps with their parameters and why, the stages skipped
         and why), ``unchanged`` and ``reason`` (why an image came back as it was: then it is
         bit-identical), ``stages``, ``notes`` and ``seconds``.  ``mask``: bool ``[H, W]`` of damaged
         pixels for the plan to inpaint (default: the damage-mask detector when present).
         ``progress(done, total, stage)`` is called between the plan's stages (it may raise to abort).
+        A NaN or infinite result is an error (:class:`scripts.finite.NonFiniteError`), never hidden.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
@@ -271,9 +359,9 @@ class HybridRestorer:
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, deep = self._analyse(img, report, estimator)
-        severity = info_an["severity"]
+        severity = info_an.severity
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
-        feats = info_an["features"]
+        feats = info_an.features
         rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
         if method == "classical":
             out, params = self._plan(img, report, mask, progress)
@@ -292,16 +380,13 @@ class HybridRestorer:
             out, params = deep if deep is not None else self._deep(img)
             unchanged, reason, stages = False, "", ["U-Net"]
         out = np.asarray(out, np.float32)
-        if not np.isfinite(out).all():
-            raise RuntimeError(f"the {method} method produced NaN or infinite values")
+        check_finite(out, "Hybrid restore", method)
         if not unchanged:
             out = np.clip(out, 0.0, 1.0)
         if channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
         if squeeze:
             out = out[..., 0]
-        info = {"method": method, "severity": severity, "strategy": strategy,
-                "analysis": info_an, "parameters": params, "unchanged": bool(unchanged), "reason": reason,
-                "stages": stages, "notes": list(self.notes) + intake_notes, "seconds": time.perf_counter() - t0}
-        return image_io.from_float01(out, kind), info
-
+        report = RestoreReport(method, severity, strategy, info_an, params, list(self.notes) + intake_notes,
+                               time.perf_counter() - t0, bool(unchanged), reason, stages)
+        return image_io.from_float01(out, kind), report

@@ -397,7 +397,7 @@ def _deblur(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str
         method = "Richardson–Lucy on luma, damped"
     dy = (out - y)[..., None]
     res = np.clip(img + dy, 0.0, 1.0).astype(np.float32)
-    return res, {"kernel": p["kernel"], "kernel_px": list(k.shape), "iterations": rep.get("iterations_run", 0),
+    return res, {"kernel": p["kernel"], "kernel_px": list(k.shape), "iterations": int(getattr(rep, "iterations_run", 0)),
                  "method": method}
 
 
@@ -429,13 +429,14 @@ def _tone(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, 
         elif op == "lbclahe":
             from ..scripts.lbclahe import lb_clahe
 
-            out, params = lb_clahe(out if out.shape[-1] == 3 else out[..., 0])
+            out, rep = lb_clahe(out if out.shape[-1] == 3 else out[..., 0])
             out = out.reshape(img.shape)
-            q = dict(q, **params)
+            q = dict(q, clip=float(rep.clip), grid=int(rep.grid))
         elif op == "retinex":
             from ..scripts.retinex import retinex
 
-            out = retinex(out, mode="MSR-intensity").reshape(img.shape)
+            out, _rep = retinex(out, mode="MSR-intensity")
+            out = out.reshape(img.shape)
         else:
             raise ValueError(f"unknown tone operation '{op}'")
         done.append({"op": op, **{k: v for k, v in q.items() if k != "surface"}})

@@ -210,7 +210,8 @@ def registry() -> Dict[str, Source]:
             stem = os.path.splitext(it["file"])[0]
             name = f"{family}/{stem}"
             out[name] = Source(name, family, lic, it.get("kind", "photo"),
-                               f"{FAMILIES[family]['package']}: templates/{it['file']}", picture_stem(it["file"]))
+                               f"{FAMILIES[family]['package']}: templates/{it['file']}",
+                               it.get("group") or picture_stem(it["file"]))
     return out
 
 

@@ -136,9 +136,18 @@ class Source:
     group: str
 
 
+_IMAGE_EXTS = (".webp", ".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".dat", ".npy")
+
+
+def _strip_ext(filename: str) -> str:
+    base = os.path.basename(str(filename))
+    root, ext = os.path.splitext(base)
+    return root if ext.lower() in _IMAGE_EXTS else base  # 'sd3.5_large_blur-2' has no extension
+
+
 def picture_stem(filename: str) -> str:
     """File name without extension and without a trailing ``-N`` (``flux_schnell-2.webp`` → ``flux_schnell``)."""
-    base = os.path.splitext(os.path.basename(filename))[0]
+    base = _strip_ext(filename)
     m = _VARIANT.match(base)
     return m.group("stem") if m else base
 
@@ -150,7 +159,7 @@ def is_reserved(package: str, name: str) -> bool:
     compared case-insensitively with the reserved stems, which also cover longer stems that extend
     them with ``_`` or ``-``.  Other packages: the bare name (without extension).
     """
-    base = os.path.splitext(os.path.basename(str(name)))[0].lower()
+    base = _strip_ext(name).lower()
     if package.startswith("comfyui-workflow-templates") or package.startswith("comfyui_workflow_templates"):
         stem = picture_stem(str(name)).lower()
         for r in RESERVED["comfyui-workflow-templates"]:
@@ -207,8 +216,7 @@ def registry() -> Dict[str, Source]:
         for it in items:
             if is_reserved(FAMILIES[family]["package"], it["file"]):
                 continue  # never registered, whatever the curated list says
-            stem = os.path.splitext(it["file"])[0]
-            name = f"{family}/{stem}"
+            name = f"{family}/{_strip_ext(it['file'])}"
             out[name] = Source(name, family, lic, it.get("kind", "photo"),
                                f"{FAMILIES[family]['package']}: templates/{it['file']}",
                                it.get("group") or picture_stem(it["file"]))

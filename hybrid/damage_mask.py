@@ -13,7 +13,7 @@ Two detectors:
   loaded without unpickling; the probability threshold chosen on the validation split is stored with
   them.  Large images run in overlapping tiles so memory stays bounded.
 * ``classical``: thin dark / bright structures from morphological black / white top-hats of the
-  luminance (Soille 2003, ch. 4), scaled by a robust noise estimate (MAD of the Laplacian residual),
+  luminance (Soille 2003, ch. 4), scaled by a robust noise estimate (MAD of the 3×3-median residual),
   thresholded, and kept only as line- or spot-shaped connected components.  No training; used when
   the weights are missing and as the baseline the CNN is compared with.
 
@@ -99,10 +99,6 @@ def as_rgb(image) -> np.ndarray:
     return a
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.float32)
-
-
 # --- shape classification ----------------------------------------------------------------------------------
 def classify_components(mask: np.ndarray) -> Dict[str, int]:
     """Count the mask's 8-connected components by shape: ``lines`` (bounding-box elongation ≥ 3 or
@@ -124,7 +120,7 @@ def classify_components(mask: np.ndarray) -> Dict[str, int]:
             kind = "spot"
         else:
             kind = "patch"
-        out[kind + "s"] += 1
+        out[{"line": "lines", "spot": "spots", "patch": "patches"}[kind]] += 1
         out[kind + "_px"] += area
     return out
 
@@ -250,7 +246,9 @@ def classical_score(rgb: np.ndarray, size: int = 7) -> np.ndarray:
     (a robust noise estimate; floor 0.004)."""
     import cv2
 
-    y = _luma(rgb)
+    from .analysis import luminance
+
+    y = luminance(rgb)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     dark = cv2.morphologyEx(y, cv2.MORPH_BLACKHAT, k)
     bright = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, k)

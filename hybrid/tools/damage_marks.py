@@ -226,19 +226,42 @@ def patches(img: np.ndarray, rng: np.random.Generator, count: int,
 
 
 # --- natural thin lines (not damage) ------------------------------------------------------------------------
-def scene_lines(img: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
-    """``count`` thin lines that belong to the scene: sagging wires (catenary-like arcs, 1–3 px) and
-    tapering twigs with side branches, in a dark or mid tone of the image's own colours, softened by
-    a Gaussian of 0.5–1.0 px (the camera's optics) and given the image's own tonal texture.  Returns
-    the new *clean* image (clipped to 0..1)."""
+#: kinds of :func:`scene_lines`
+SCENE_LINE_KINDS = ("wire", "twig", "grid", "hatch")
+
+
+def _scene_colour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A dark pixel of the image itself (1–20 % luminance quantile), so the line sits in its palette."""
+    lum = img.mean(-1)
+    dark = np.quantile(lum, rng.uniform(0.01, 0.2))
+    ys, xs = np.nonzero(lum <= dark + 1e-6)
+    if len(ys):
+        i = int(rng.integers(0, len(ys)))
+        return img[ys[i], xs[i]]
+    return np.zeros(3, np.float32)
+
+
+def scene_lines(img: np.ndarray, rng: np.random.Generator, count: int,
+                kinds: Tuple[str, ...] = ("wire", "twig")) -> np.ndarray:
+    """``count`` thin lines that belong to the scene, each of a kind drawn from ``kinds``:
+
+    * ``wire``: a sagging wire across the frame (catenary-like arc, 1–3 px);
+    * ``twig``: a tapering polyline with side branches;
+    * ``grid``: a regular brick / tile pattern of joints (rows 8–30 px, bricks 1.5–3 × as long,
+      alternate rows offset), rotated, over the whole crop or a band;
+    * ``hatch``: 3–12 parallel gently waving lines (wood grain, fabric, railings).
+
+    Drawn in a dark tone of the image's own colours and softened by a Gaussian like everything the
+    camera saw (wire / twig: 0.5–1.0 px; grid / hatch: 0.7–1.5 px).  Returns the new *clean* image
+    (clipped to 0..1)."""
     import cv2
 
     h, w = img.shape[:2]
     out = img.copy()
-    lum = img.mean(-1)
     for _ in range(int(count)):
         layer = np.zeros((h, w), np.float32)
-        if rng.random() < 0.5:  # wire across the frame
+        kind = kinds[int(rng.random() * len(kinds))]
+        if kind == "wire":
             y0, y1 = rng.uniform(0, h, 2)
             sag = rng.uniform(0.0, 0.15) * h
             t = np.linspace(0, 1, 40)
@@ -246,7 +269,7 @@ def scene_lines(img: np.ndarray, rng: np.random.Generator, count: int) -> np.nda
             if rng.random() < 0.5:
                 xy = xy[:, ::-1] * np.array([h / max(w, 1), w / max(h, 1)])
             _polyline(layer, xy, int(rng.choice([1, 1, 2, 3])))
-        else:  # twig: tapering polyline with side branches
+        elif kind == "twig":
             p = np.array([rng.uniform(0, w), rng.uniform(0, h)])
             a = rng.uniform(0, 2 * np.pi)
             width = float(rng.uniform(1.5, 3.5))
@@ -258,15 +281,43 @@ def scene_lines(img: np.ndarray, rng: np.random.Generator, count: int) -> np.nda
                     b = a + rng.choice([-1, 1]) * rng.uniform(0.4, 1.0)
                     _polyline(layer, np.stack([q, q + rng.uniform(6, 20) * np.array([np.cos(b), np.sin(b)])]), 1)
                 p, width = q, max(1.0, width * 0.9)
-        layer = cv2.GaussianBlur(np.clip(layer, 0, 1), (0, 0), sigmaX=float(rng.uniform(0.5, 1.0)))
-        # the line's colour: a dark pixel of the image itself, so it sits in the scene's palette
-        dark = np.quantile(lum, rng.uniform(0.01, 0.2))
-        ys, xs = np.nonzero(lum <= dark + 1e-6)
-        if len(ys):
-            i = int(rng.integers(0, len(ys)))
-            colour = img[ys[i], xs[i]]
-        else:
-            colour = np.zeros(3, np.float32)
+        elif kind == "grid":
+            row = rng.uniform(8, 30)
+            brick = row * rng.uniform(1.5, 3.0)
+            ang = rng.uniform(0, np.pi)
+            c, s_ = np.cos(ang), np.sin(ang)
+            thick = int(rng.choice([1, 1, 2]))
+            big = 2 * max(h, w)
+            cx, cy = w / 2, h / 2
+            for k in range(-int(big / row), int(big / row) + 1):
+                v = k * row
+                a0 = np.array([cx - big * c - v * s_, cy - big * s_ + v * c])
+                a1 = np.array([cx + big * c - v * s_, cy + big * s_ + v * c])
+                _polyline(layer, np.stack([a0, a1]), thick)
+                off = (k % 2) * brick / 2
+                for m in range(-int(big / brick), int(big / brick) + 1):
+                    u = m * brick + off
+                    b0 = np.array([cx + u * c - v * s_, cy + u * s_ + v * c])
+                    b1 = b0 + row * np.array([-s_, c])
+                    _polyline(layer, np.stack([b0, b1]), thick)
+            if rng.random() < 0.5:  # only a band of the crop
+                yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+                d = (xx - rng.uniform(0, w)) * np.cos(ang + 1.0) + (yy - rng.uniform(0, h)) * np.sin(ang + 1.0)
+                layer *= (np.abs(d) < rng.uniform(0.2, 0.5) * max(h, w)).astype(np.float32)
+        else:  # hatch
+            n = int(rng.integers(3, 13))
+            gap = rng.uniform(3, 12)
+            ang = rng.uniform(0, np.pi)
+            d = np.array([np.cos(ang), np.sin(ang)])
+            nrm = np.array([-d[1], d[0]])
+            c0 = np.array([rng.uniform(0, w), rng.uniform(0, h)])
+            t = np.linspace(-1, 1, 30)[:, None] * max(h, w)
+            wave = rng.uniform(0, 3) * np.sin(t / rng.uniform(10, 40) + rng.uniform(0, 6))
+            for k in range(n):
+                _polyline(layer, c0 + t * d + (k * gap + wave) * nrm, int(rng.choice([1, 1, 2])))
+        soft = rng.uniform(0.5, 1.0) if kind in ("wire", "twig") else rng.uniform(0.7, 1.5)
+        layer = cv2.GaussianBlur(np.clip(layer, 0, 1), (0, 0), sigmaX=float(soft))
+        colour = _scene_colour(img, rng)
         a = (layer * rng.uniform(0.7, 1.0))[..., None]
         out = out * (1 - a) + colour * a
     return np.clip(out, 0, 1).astype(np.float32)

@@ -3,8 +3,8 @@
 Data: random crops of the ``train`` sources of :mod:`.sources` (variants of one picture count once),
 damaged by recipe v2 of :mod:`.damage` at a random level; the target is the generator's true mask
 (``info["mask"]``: scratches, cracks, dust, patches).  So that thin lines of the scene are *not*
-learnt as damage, half of the clean crops first get 1–3 :func:`.damage_marks.scene_lines` (wires,
-twigs; softened like the rest of the scene), 15 % are made grey (old black-and-white photos) and
+learnt as damage, 50–70 % of the clean crops first get 1–3 :func:`.damage_marks.scene_lines` (wires,
+twigs, brick / tile joints, hatching; softened like the rest of the scene), 15 % are made grey (old black-and-white photos) and
 20 % get another plausible tone curve (:func:`.damage.vary_tone`).  Flips and 90° rotations.
 
 Loss: binary cross-entropy on the logits with ``pos_weight`` (damaged pixels are rare).  Adam,
@@ -34,12 +34,19 @@ import numpy as np
 from . import damage, damage_marks, sources
 
 RELPATH = "hybrid/damage_mask.safetensors"
-#: the shipped detector's settings; ``steps`` sets the cosine schedule, ``stop_step`` (None = steps)
-#: where training ends (the shipped run ended at 1500 of 3000 on its time budget)
-DEFAULTS = dict(widths=(16, 32, 48), crop=128, batch=12, steps=3000, stop_step=None, lr=2e-3, pos_weight=3.0,
-                seed=0, sides=(256, 512), scene_lines=0.5, grey=0.15, tone=0.2, eval_every=500,
-                val_per_level=1, val_side=256, threads=2)
-QUICK = dict(widths=(8, 8, 8), crop=48, batch=2, steps=6, eval_every=3, sides=(96,), val_side=64)
+#: the shipped detector's settings.  ``stages``: ``(schedule steps, stop after, learning rate)`` — each
+#: stage is a fresh Adam with a cosine decay over its schedule, starting from the best weights so far,
+#: seeded with ``seed + stage index``, with its own share of crops given natural scene lines and their
+#: kinds: stage 0 runs 1500 steps of a 3000-step schedule at 2e-3 with wires and twigs in half the
+#: crops (the first run was cut there by its time budget), stage 1 fine-tunes 1000 steps at 5e-4 with
+#: every kind (also brick / tile joints and hatching) in 70 % of the crops.
+DEFAULTS = dict(widths=(16, 32, 48), crop=128, batch=12,
+                stages=((3000, 1500, 2e-3, 0.5, ("wire", "twig")),
+                        (1000, None, 5e-4, 0.7, damage_marks.SCENE_LINE_KINDS)),
+                pos_weight=3.0, seed=0, sides=(256, 512), grey=0.15, tone=0.2,
+                eval_every=500, val_per_level=1, val_side=256, threads=2)
+QUICK = dict(widths=(8, 8, 8), crop=48, batch=2, stages=((6, None, 2e-3, 0.5, damage_marks.SCENE_LINE_KINDS),),
+             eval_every=3, sides=(96,), val_side=64)
 TOLERANCE_PX = 2
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.951, 0.05), 2))
 
@@ -130,7 +137,8 @@ def _augment(rng: np.random.Generator, *arrs):
     return out
 
 
-def sample_batch(sampler: sources.CropSampler, rng: np.random.Generator, cfg: Dict[str, object]):
+def sample_batch(sampler: sources.CropSampler, rng: np.random.Generator, cfg: Dict[str, object],
+                 scene_p: float = 0.5, scene_kinds=("wire", "twig")):
     """``(x [B,H,W,3] float32, y [B,H,W] float32)`` of damaged crops and their true masks."""
     xs, ys = [], []
     for _ in range(int(cfg["batch"])):
@@ -141,14 +149,25 @@ def sample_batch(sampler: sources.CropSampler, rng: np.random.Generator, cfg: Di
             c = np.repeat(c.mean(-1, keepdims=True), 3, axis=-1)
         if rng.random() < cfg["tone"]:
             c = damage.vary_tone(c, rng)
-        if rng.random() < cfg["scene_lines"]:
-            c = damage_marks.scene_lines(c, rng, int(rng.integers(1, 4)))
+        if rng.random() < scene_p:
+            c = damage_marks.scene_lines(c, rng, int(rng.integers(1, 4)), tuple(scene_kinds))
         lv = damage.LEVEL_NAMES[int(rng.integers(0, 3))]
         d, info = damage.damage_image(c, lv, int(rng.integers(0, 2**31 - 1)))
         d, m = _augment(rng, d, info["mask"].astype(np.float32))
         xs.append(d)
         ys.append(m)
     return np.stack(xs), np.stack(ys)
+
+
+def _save(state, threshold: float, relpath: str, models_dir: Optional[str]) -> str:
+    """Weights plus ``meta.threshold`` as safetensors with its sha256; returns the digest."""
+    import torch
+
+    from ...scripts import shipped_models
+
+    sd = dict(state)
+    sd["meta.threshold"] = torch.tensor([float(threshold)], dtype=torch.float32)
+    return shipped_models.save_torch_weights(sd, relpath, **({"models_dir": models_dir} if models_dir else {}))
 
 
 def predict_all(net, pairs, device: str = "cpu") -> List[np.ndarray]:
@@ -160,10 +179,13 @@ def predict_all(net, pairs, device: str = "cpu") -> List[np.ndarray]:
 
 def train(out_relpath: Optional[str] = RELPATH, *, models_dir: Optional[str] = None, quick: bool = False,
           log: Callable[[str], None] = print, max_minutes: Optional[float] = None,
-          report_tests: bool = True, **overrides) -> Dict[str, object]:
+          report_tests: bool = True, init=None, start_stage: int = 0, **overrides) -> Dict[str, object]:
     """Train the CNN detector, choose its threshold on validation, save it (with sha256) and score
     it — and the classical detector — on the validation and both test splits.  Returns a summary
-    (also written beside the weights as ``damage_mask_training.json``)."""
+    (also written beside the weights as ``damage_mask_training.json``).
+
+    ``init`` (a state dict, e.g. a saved stage) and ``start_stage`` resume the schedule: stages before
+    ``start_stage`` are skipped and training starts from ``init``."""
     import torch
     import torch.nn.functional as F
 
@@ -176,8 +198,6 @@ def train(out_relpath: Optional[str] = RELPATH, *, models_dir: Optional[str] = N
     cfg.update(overrides)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(int(cfg["threads"]))
-    rng = np.random.default_rng(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
     t0 = time.perf_counter()
     fams = [f for f in sources.FAMILIES if sources.available(f)]
     missing = [f for f in sources.FAMILIES if f not in fams]
@@ -192,54 +212,75 @@ def train(out_relpath: Optional[str] = RELPATH, *, models_dir: Optional[str] = N
     log(f"[damage-mask] {len(train_names)} training sources ({len(sampler.groups)} picture groups), "
         f"{len(val)} validation images; loaded in {time.perf_counter() - t0:.0f} s")
 
+    torch.manual_seed(int(cfg["seed"]))
     net = build_net(cfg["widths"])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
-    steps = int(cfg["steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     pos_weight = torch.tensor([float(cfg["pos_weight"])])
     best = {"f1": -1.0}
-    best_state = None
     history = []
-    stopped = "max steps" if not cfg["stop_step"] else f"stop_step {cfg['stop_step']}"
-    step = 0
-    last = min(steps, int(cfg["stop_step"] or steps))
-    for step in range(1, last + 1):
-        net.train()
-        x, y = sample_batch(sampler, rng, cfg)
-        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        yt = torch.from_numpy(y)[:, None]
-        loss = F.binary_cross_entropy_with_logits(net(xt), yt, pos_weight=pos_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % cfg["eval_every"] == 0 or step == last:
-            table = score_probabilities(predict_all(net, val), val)
-            thr = best_threshold(table)
-            ev = table[thr]
-            history.append({"step": step, "loss": float(loss.detach()), "threshold": thr, **ev,
-                            "seconds": time.perf_counter() - t0})
-            log(f"[damage-mask] step {step}: loss {float(loss.detach()):.4f}; val at {thr:.2f}: precision "
-                f"{ev['precision']:.3f} recall {ev['recall']:.3f} F1 {ev['f1']:.3f} ({time.perf_counter() - t0:.0f} s)")
-            if ev["f1"] > best["f1"]:
-                best = {"step": step, "threshold": thr, **ev}
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            if max_minutes and time.perf_counter() - t0 > max_minutes * 60:
-                stopped = f"time budget {max_minutes} min"
-                break
+    if init is not None:  # the resumed weights are the score to beat
+        from ..damage_mask import split_state
+
+        net.load_state_dict(split_state(init)[0], strict=True)
+        table = score_probabilities(predict_all(net, val), val)
+        thr = best_threshold(table)
+        best = {"stage": start_stage - 1, "step": "init", "threshold": thr, **table[thr]}
+        log(f"[damage-mask] initial weights: val at {thr:.2f}: precision {best['precision']:.3f} "
+            f"recall {best['recall']:.3f} F1 {best['f1']:.3f}")
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    stopped = "schedule complete"
+    step = total = 0
+    for si, (steps, stop, lr, scene_p, scene_kinds) in enumerate(cfg["stages"]):
+        if si < start_stage:
+            continue
+        # each stage has its own seeds, so resuming from a saved stage gives the same result
+        rng = np.random.default_rng(int(cfg["seed"]) + si)
+        torch.manual_seed(int(cfg["seed"]) + si)
+        net.load_state_dict(best_state)
+        opt = torch.optim.Adam(net.parameters(), lr=float(lr))
+        steps = int(steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, n=steps: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, n) / n)))
+        last = min(steps, int(stop or steps))
+        for step in range(1, last + 1):
+            total += 1
+            net.train()
+            x, y = sample_batch(sampler, rng, cfg, scene_p, scene_kinds)
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            yt = torch.from_numpy(y)[:, None]
+            loss = F.binary_cross_entropy_with_logits(net(xt), yt, pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % cfg["eval_every"] == 0 or step == last:
+                table = score_probabilities(predict_all(net, val), val)
+                thr = best_threshold(table)
+                ev = table[thr]
+                history.append({"stage": si, "step": step, "loss": float(loss.detach()), "threshold": thr, **ev,
+                                "seconds": time.perf_counter() - t0})
+                log(f"[damage-mask] stage {si} step {step}: loss {float(loss.detach()):.4f}; val at {thr:.2f}: "
+                    f"precision {ev['precision']:.3f} recall {ev['recall']:.3f} F1 {ev['f1']:.3f} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+                if ev["f1"] > best["f1"]:
+                    best = {"stage": si, "step": step, "threshold": thr, **ev}
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                    if out_relpath:  # keep the best so far on disk (a long run may be cut short)
+                        _save(best_state, best["threshold"], out_relpath, models_dir)
+                if max_minutes and time.perf_counter() - t0 > max_minutes * 60:
+                    stopped = f"time budget {max_minutes} min"
+                    break
+        if stopped != "schedule complete":
+            break
     net.load_state_dict(best_state)
     net.eval()
     train_seconds = time.perf_counter() - t0
     summary: Dict[str, object] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
-        "steps": step, "stopped": stopped, "best": best, "train_seconds": train_seconds,
+        "steps": total, "stopped": stopped, "best": best, "start_stage": start_stage, "train_seconds": train_seconds,
         "train_sources": len(train_names), "families_installed": fams, "history": history,
         "parameters": int(sum(p.numel() for p in net.parameters()))}
     if out_relpath:
-        sd = dict(net.state_dict())
-        sd["meta.threshold"] = torch.tensor([best["threshold"]], dtype=torch.float32)
-        kw = {"models_dir": models_dir} if models_dir else {}
-        summary["sha256"] = shipped_models.save_torch_weights(sd, out_relpath, **kw)
+        summary["sha256"] = _save(net.state_dict(), best["threshold"], out_relpath, models_dir)
     summary["scores"] = evaluate(net, best["threshold"], quick=quick, log=log, tests=report_tests)
     if out_relpath:
         kw = {"models_dir": models_dir} if models_dir else {}
@@ -294,15 +335,18 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description="train the damage-mask detector")
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run (do not ship its output)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--stop-step", type=int, default=None, help="end training here (schedule still set by --steps)")
+    ap.add_argument("--init", default=None, help="start from these weights (.safetensors), e.g. a saved stage")
+    ap.add_argument("--start-stage", type=int, default=0, help="skip the stages before this one (with --init)")
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--models-dir", default=None, help="write here instead of the pack's models/")
     a = ap.parse_args(argv)
-    kw = {"steps": a.steps} if a.steps else {}
-    if a.stop_step:
-        kw["stop_step"] = a.stop_step
-    res = train(models_dir=a.models_dir, quick=a.quick, max_minutes=a.max_minutes, **kw)
+    init = None
+    if a.init:
+        from safetensors.torch import load_file
+
+        init = load_file(a.init)
+    res = train(models_dir=a.models_dir, quick=a.quick, max_minutes=a.max_minutes, init=init,
+                start_stage=a.start_stage)
     print(json.dumps({k: v for k, v in res.items() if k not in ("net", "history")}, indent=1, default=str))
     return 0
 

@@ -7,7 +7,7 @@ to be inpainted); ``report`` a :class:`DamageMaskReport`.  The input is never mo
 Two detectors:
 
 * ``cnn`` (default when the shipped weights are present): :class:`DamageMaskNet`, a small
-  encoder–decoder (0.19 M parameters) working on a 2× space-to-depth of the image, trained on the
+  encoder–decoder (96 k parameters) working on a 2× space-to-depth of the image, trained on the
   damage generator's true masks (``hybrid/tools/train_damage_mask.py``; data, command and scores in
   ``models/hybrid/MODEL_CARD.md``).  Weights ``models/hybrid/damage_mask.safetensors``, sha256-checked,
   loaded without unpickling; the probability threshold chosen on the validation split is stored with
@@ -32,8 +32,8 @@ import numpy as np
 #: shipped weights of the CNN detector (models/hybrid/, sha256-checked)
 WEIGHTS_RELPATH = "hybrid/damage_mask.safetensors"
 METHODS = ("auto", "cnn", "classical")
-#: default threshold of the classical detector's score (noise-normalised top-hat), chosen on val
-CLASSICAL_THRESHOLD = 6.0
+#: default threshold of the classical detector's score (noise-normalised top-hat), chosen on val (F1)
+CLASSICAL_THRESHOLD = 28.0
 #: CNN tiles: side and overlap in px (the network sees about ±60 px around a pixel)
 TILE, OVERLAP = 1024, 64
 #: spots are components of at most this many px; larger compact ones are patches

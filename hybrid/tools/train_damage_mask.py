@@ -38,11 +38,12 @@ RELPATH = "hybrid/damage_mask.safetensors"
 #: stage is a fresh Adam with a cosine decay over its schedule, starting from the best weights so far,
 #: seeded with ``seed + stage index``, with its own share of crops given natural scene lines and their
 #: kinds: stage 0 runs 1500 steps of a 3000-step schedule at 2e-3 with wires and twigs in half the
-#: crops (the first run was cut there by its time budget), stage 1 fine-tunes 1000 steps at 5e-4 with
-#: every kind (also brick / tile joints and hatching) in 70 % of the crops.
+#: crops (the first run was cut there by its time budget), stage 1 fine-tunes 500 steps of a 1000-step
+#: schedule at 5e-4 (cut there for time too) with every kind (also brick / tile joints and hatching) in
+#: 70 % of the crops.
 DEFAULTS = dict(widths=(16, 32, 48), crop=128, batch=12,
                 stages=((3000, 1500, 2e-3, 0.5, ("wire", "twig")),
-                        (1000, None, 5e-4, 0.7, damage_marks.SCENE_LINE_KINDS)),
+                        (1000, 500, 5e-4, 0.7, damage_marks.SCENE_LINE_KINDS)),
                 pos_weight=3.0, seed=0, sides=(256, 512), grey=0.15, tone=0.2,
                 eval_every=500, val_per_level=1, val_side=256, threads=2)
 QUICK = dict(widths=(8, 8, 8), crop=48, batch=2, stages=((6, None, 2e-3, 0.5, damage_marks.SCENE_LINE_KINDS),),

@@ -286,9 +286,10 @@ class HybridRestorer:
     def _plan(self, img: np.ndarray, report: "defects.DefectReport", mask=None, progress=None):
         """The ``classical`` strategy: measurements → rules → plan → execution."""
         source = "given mask" if mask is not None else ""
-        if mask is None and self.detect_damage:
+        detected = mask is None and self.detect_damage
+        if detected:
             mask, source = _plan.detect_mask(img)
-        p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source)
+        p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source, mask_detected=detected)
         out, ex = _plan.execute(img, p, progress)
         return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(),
                      "why": "rules on the measured defects (hybrid/plan.py)"}

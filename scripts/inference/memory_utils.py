@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .runtime import get_runtime
+from .runtime import get_runtime, memory_share
 
 #: fraction of free memory the planner leaves untouched
 SAFETY_MARGIN = {"cuda": 0.20, "mps": 0.30, "cpu": 0.50}
@@ -93,8 +93,10 @@ def resolve_device(preference: str = "auto") -> Tuple[torch.device, str]:
 
 
 def free_memory(device) -> int:
-    """Free bytes on ``device`` as the host reports them."""
-    return int(get_runtime().free_memory(torch.device(device)))
+    """Free bytes on ``device`` for this process to plan with: what the host reports times this
+    process's share of the machine (1 unless several workers share it: :func:`runtime.set_memory_share`)."""
+    device = torch.device(device)
+    return int(get_runtime().free_memory(device) * memory_share(device))
 
 
 def cleanup(device=None, after_oom: bool = False) -> None:

@@ -8,6 +8,8 @@ Examples::
     restorekit restore examples/images -o restored/            # hybrid restorer, auto strategy
     restorekit restore scans/ -o out/ -r --skip-existing        # a tree, resumable
     restorekit restore scans/ -o out/ --engine ray --workers 2  # Ray actors (local Ray, or --address)
+    restorekit comfy-serve --comfy-root ~/ComfyUI --replicas 4  # N ComfyUI servers behind Ray Serve
+    restorekit submit scans/ --prompt examples/api/hybrid_restore.json --serve http://127.0.0.1:8000/restorekit -o out/
     restorekit run RestoreKitLBCLAHE scan.tif -o out/ --set clip_limit=3
     restorekit run RestoreKitRetinex --help                     # inputs, ranges, tooltips
     restorekit run --workflow examples/api/old_photo_chain.json photo.jpg -o out/
@@ -173,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--per-level", type=_ranged_int(1, 1000, "--per-level must be 1..1000"), default=10,
                    help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
+    sub.add_parser("submit", add_help=False, help="submit images as ComfyUI API prompts to many ComfyUI servers "
+                                                  "or a Ray Serve endpoint (restorekit submit --help)")
+    sub.add_parser("comfy-serve", add_help=False, help="run N ComfyUI servers with RestoreKit behind one Ray Serve "
+                                                       "queue (restorekit comfy-serve --help)")
     ap.set_defaults(run_parser=n)
     return ap
 
@@ -434,6 +440,15 @@ def _cmd_evaluate(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "submit":  # the standard-library client has its own options
+        from .comfy_client import main as submit_main
+
+        return submit_main(argv[1:], prog="restorekit submit")
+    if argv and argv[0] == "comfy-serve":
+        from .comfy_serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

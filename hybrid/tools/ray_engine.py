@@ -325,6 +325,15 @@ def _pack_import_path() -> Optional[str]:
     return shim
 
 
+def worker_runtime_env() -> Optional[Dict[str, Any]]:
+    """Ray ``runtime_env`` that lets workers on this machine import the pack (None when they can)."""
+    shim = _pack_import_path()
+    if not shim:
+        return None
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([shim] + rest)}}
+
+
 def _inherited_paths() -> List[str]:
     """sys.path entries a fresh interpreter of this Python has (site-packages)."""
     import site
@@ -446,11 +455,7 @@ def run_batch(inputs, spec: WorkerSpec, options: batch.BatchOptions, ray_options
             ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        shim = _pack_import_path()
-        runtime_env = None
-        if shim:
-            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                [shim] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}}
+        runtime_env = worker_runtime_env()
         job = {"workers": workers, "cpus_per_worker": cpw, "gpus_per_worker": gpw, "started": started,
                "cwd": os.getcwd()}
         items = [_task_item(i, t) for i, t in enumerate(tasks)]

@@ -326,13 +326,18 @@ def _row(src: str, status: str, **fields) -> Dict[str, object]:
     return {"input": src, "status": status, **{k: v for k, v in fields.items() if v not in (None, "", [])}}
 
 
-def _direct_worker(api: ComfyAPI, job: Job, todo: "queue.Queue", done: Callable, alive: Dict[str, bool],
-                   lock: threading.Lock, attempts: Dict[str, int], max_attempts: int) -> None:
+def _take(todo: "queue.Queue"):
+    """The queue's items until it is empty (several threads take from one queue)."""
     while True:
         try:
-            src = todo.get_nowait()
+            yield todo.get_nowait()
         except queue.Empty:
             return
+
+
+def _direct_worker(api: ComfyAPI, job: Job, todo: "queue.Queue", done: Callable, alive: Dict[str, bool],
+                   lock: threading.Lock, attempts: Dict[str, int], max_attempts: int) -> None:
+    for src in _take(todo):
         t0 = time.monotonic()
         try:
             with open(src, "rb") as f:
@@ -355,11 +360,7 @@ def _direct_worker(api: ComfyAPI, job: Job, todo: "queue.Queue", done: Callable,
 
 
 def _serve_worker(url: str, job: Job, todo: "queue.Queue", done: Callable, retries: int) -> None:
-    while True:
-        try:
-            src = todo.get_nowait()
-        except queue.Empty:
-            return
+    for src in _take(todo):
         t0 = time.monotonic()
         try:
             with open(src, "rb") as f:

@@ -64,11 +64,15 @@ def _die_with_parent():  # pragma: no cover - runs in the child between fork and
 
 
 class ComfyProcess:
-    """One headless ComfyUI on a loopback port, with folders of its own under ``workdir``."""
+    """One headless ComfyUI on a free loopback port, with input/output/temp/user folders of its own
+    under ``workdir`` (a new temporary folder by default); ``base_directory`` is ComfyUI's
+    ``--base-directory`` (custom_nodes, models).  Start-up waits for ``/system_stats`` (at most
+    ``start_timeout`` s) and, with ``require_pack``, for RestoreKit's nodes to be registered.  On
+    Linux the server dies with the process that started it."""
 
     def __init__(self, comfy_root: str, python: Optional[str] = None, *, base_directory: Optional[str] = None,
                  cpu: bool = True, extra_args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 start_timeout: float = 300.0, workdir: Optional[str] = None):
+                 start_timeout: float = 300.0, workdir: Optional[str] = None, require_pack: bool = True):
         self.root = os.path.abspath(comfy_root)
         if not os.path.isfile(os.path.join(self.root, "main.py")):
             raise ValueError(f"'{comfy_root}' is not a ComfyUI folder (no main.py)")
@@ -103,7 +107,7 @@ class ComfyProcess:
                 raise RuntimeError(f"ComfyUI did not answer within {start_timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.3)
         self.start_seconds = time.monotonic() - t0
-        problem = self.pack_problem()
+        problem = self.pack_problem() if require_pack else ""
         if problem:
             self.stop()
             raise RuntimeError(f"RestoreKit did not load in ComfyUI:\n{problem}")

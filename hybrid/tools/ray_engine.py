@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import batch
@@ -72,8 +72,9 @@ class RayOptions:
     connected (``ray.init`` called before), that connection is used and left open.
     ``workers``: actors; 0 = one per CPU of the local Ray (``num_cpus``) or, with GPUs, one per
     ``gpus_per_worker`` of the cluster's GPUs; never more than there are files.
-    ``cpus_per_worker``: 0 = the local Ray's CPUs divided among the workers (a fraction when there
-    are more workers than CPUs), 1 on a cluster.  ``gpus_per_worker``: a fraction shares a GPU
+    ``cpus_per_worker``: 0 = on one machine (a local Ray or a one-node cluster) its CPUs divided
+    among the workers (a fraction when there are more workers than CPUs); on a cluster 1, or the
+    fraction that lets every worker start when there are more workers than CPUs.  ``gpus_per_worker``: a fraction shares a GPU
     (0.25 = four actors per GPU).  ``num_cpus``: CPUs the local Ray may use (0 = this machine's).
     ``object_store_mb``: the local Ray's object store (only file lists and report rows travel).
     ``files_per_block``: files per Ray Data block (0 = automatic: about four blocks per worker, at
@@ -168,8 +169,9 @@ class WorkerSpec:
 def _hybrid_processor(thresholds, device: str, tile: int, strategy: str):
     from ..engine import HybridRestorer
 
-    return batch.RestoreProcessor(HybridRestorer(thresholds=thresholds, device=device, tile=tile,
-                                                 progress=False), strategy)
+    restorer = HybridRestorer(thresholds=thresholds, device=device, tile=tile, progress=False)
+    restorer.predictor, restorer.unet  # noqa: B018 - load the shipped models once, when the actor starts
+    return batch.RestoreProcessor(restorer, strategy)
 
 
 def restore_spec(thresholds, device: str = "auto", tile: int = 0, strategy: str = "auto") -> WorkerSpec:
@@ -225,6 +227,7 @@ class FileWorker:
     def __init__(self, spec: WorkerSpec, options: Dict[str, Any], job: Dict[str, Any]):
         from ...scripts.inference.runtime import get_runtime, set_memory_share
 
+        t0 = time.perf_counter()
         self.options = batch.BatchOptions(**options)
         self.job = job
         node_cpus, node_gpus = _node_resources()
@@ -250,7 +253,8 @@ class FileWorker:
             _adapter().set_image_folder("output", spec.node_output_dir)
         self.processor = spec.build()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.node = {"node_cpus": node_cpus, "node_gpus": node_gpus}
+        self.node = {"node_cpus": node_cpus, "node_gpus": node_gpus,
+                     "init_seconds": round(time.perf_counter() - t0, 3)}  # imports + models loaded
 
     def __call__(self, items: Dict[str, Any]) -> Dict[str, List[Any]]:
         out: Dict[str, List[Any]] = {"i": [], "row": [], "worker": []}
@@ -283,6 +287,7 @@ class FileWorker:
                 r = batch.process_task(task, self.processor, options)
                 r["input"] = given
         r["worker"] = self.name
+        r["finished_at"] = round(time.time(), 3)  # epoch s: when this worker finished the file
         return r
 
 
@@ -400,9 +405,12 @@ def _resolve(opts: RayOptions, session: Dict[str, Any], n_tasks: int) -> Tuple[i
         workers = int(math.floor(gpus / gpw + 1e-9)) if gpw > 0 else int(cpus) or 1
     workers = max(1, min(workers, n_tasks))
     cpw = float(opts.cpus_per_worker)
-    if not cpw:
-        cpw = cpus / workers if session.get("cluster") == "local" else 1.0
-        cpw = min(cpw, cpus) if cpus else cpw
+    if not cpw and cpus:
+        # one machine (a local Ray, or a one-node cluster): its CPUs split among the workers;
+        # a cluster: 1 CPU each, less when there are more workers than CPUs so that all can start
+        one_node = sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+        cpw = cpus / workers if one_node else min(1.0, cpus / workers)
+    cpw = cpw or 1.0
     if cpw > cpus:
         raise RayEngineError(f"--cpus-per-worker {cpw:g}: the Ray cluster has {cpus:g} CPU(s)")
     return workers, cpw, gpw

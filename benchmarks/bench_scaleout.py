@@ -84,8 +84,18 @@ def _local_only(src, out, strategy):
                           progress=False, on_row=lambda r: done.append(time.perf_counter()))
     wall = time.perf_counter() - t0
     assert rep["summary"]["counts"]["failed"] == 0, rep["summary"]
+    # the part of an image's cost a GPU would take over: the U-Net's run (runner included) on each source
+    from restorekit.hybrid.unet import run as unet_run
+    from restorekit.scripts import image_io
+
+    unet_times = []
+    for name in SOURCES * 3:
+        rgb = image_io.read_image(os.path.join(IMAGES, name)).pixels[..., :3]
+        t0 = time.perf_counter()
+        unet_run(restorer.unet, rgb)
+        unet_times.append(time.perf_counter() - t0)
     # steady state as for the actors: from the first finished file to the last
-    print(json.dumps({"seconds": wall, "load_seconds": load,
+    print(json.dumps({"seconds": wall, "load_seconds": load, "unet_seconds": statistics.median(unet_times),
                       "steady_images_per_s": (len(done) - 1) / (done[-1] - done[0])}))
 
 
@@ -175,7 +185,8 @@ def main(argv=None):
                     ray_runs[a].append(run_ray(src, os.path.join(work, f"ray{a}_{r}"), args.strategy, a,
                                                args.num_cpus))
                     shutil.rmtree(os.path.join(work, f"ray{a}_{r}"), ignore_errors=True)
-        results["local"] = {k: spread([x[k] for x in local]) for k in ("seconds", "load_seconds", "steady_images_per_s")}
+        results["local"] = {k: spread([x[k] for x in local]) for k in ("seconds", "load_seconds", "unet_seconds",
+                                                                      "steady_images_per_s")}
         for a, runs in ray_runs.items():
             results[f"ray_{a}"] = {k: spread([x[k] for x in runs]) for k in
                                    ("seconds", "steady_images_per_s", "first_row_seconds", "startup_seconds",
@@ -202,6 +213,10 @@ def report(res, args):
     print(f"local loop, 1 thread: steady {local_rate:.3f} images/s ({lo['min']:.3f}-{lo['max']:.3f}; "
           f"{1 / local_rate:.3f} s/image), whole loop {n / t_local:.3f} images/s, model load "
           f"{res['local']['load_seconds']['max']:.2f} s")
+    unet_s = res["local"]["unet_seconds"]["median"]
+    print(f"  of an image's {1 / local_rate:.3f} s, the U-Net's run (what a GPU takes over) is {unet_s:.3f} s; "
+          f"the other {max(0.0, 1 / local_rate - unet_s):.3f} s (decode, damage analysis, forest, PNG encode) "
+          f"stay on the CPU")
     print(f"local Ray start: {res['ray_start_seconds']:.1f} s (once per job)")
     one = res.get("ray_1")
     rate1 = one["steady_images_per_s"]["median"] if one else None

@@ -283,7 +283,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address the endpoint listens on (default loopback)")
     ap.add_argument("--port", type=int, default=8000, help="endpoint port (default 8000)")
     ap.add_argument("--start-timeout", type=float, default=300.0, help="seconds a ComfyUI may take to start")
-    ap.add_argument("--hours", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    ap.add_argument("--hours", type=float, default=0.0,
+                    help="stop after this long (default: until Ctrl-C or SIGTERM, which stop every ComfyUI cleanly)")
     ap.add_argument("comfy_args", nargs="*", help="extra ComfyUI arguments after --")
     args = ap.parse_args(argv)
     try:
@@ -297,6 +298,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"READY {url}  ({args.replicas} ComfyUI servers; submit with: restorekit submit FOLDER "
           f"--prompt examples/api/hybrid_restore.json --serve {url} -o OUT)", flush=True)
     deadline = time.monotonic() + args.hours * 3600 if args.hours > 0 else None
+
+    def _interrupt(signum, frame):  # Ctrl-C, and SIGTERM / a background job's SIGINT, stop cleanly
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(1.0)

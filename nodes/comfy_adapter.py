@@ -12,7 +12,8 @@ import contextlib
 import importlib
 import os
 
-from ..scripts.inference.runtime import PlainRuntime, get_runtime, resolve_inside, set_runtime
+from ..scripts.inference.runtime import (SHIPPED_MODEL_FOLDERS, PlainRuntime, get_runtime, resolve_inside,
+                                         set_runtime)
 
 
 def _optional(module: str):
@@ -197,4 +198,7 @@ def install() -> ComfyRuntime:
         if models_dir:
             for kind, sub in PACK_MODEL_FOLDERS.items():
                 runtime.register_model_folder(kind, os.path.join(models_dir, sub))
+        for kind, folders in SHIPPED_MODEL_FOLDERS.items():  # weights that ship inside the pack
+            for folder in folders:
+                runtime.register_model_folder(kind, folder)
     return runtime

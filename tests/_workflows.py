@@ -22,7 +22,9 @@ form, because only that one posts with ``curl -d @file``.
 
 ``_meta.models`` lists the model files an example needs; the tests write a small random-weight file of
 ``arch`` (a key of :data:`MODEL_MAKERS`) under ``name`` in a temporary ``<models>/<folder>``, and the
-description says which real file to use.
+description says which real file to use.  An entry with ``"shipped": "models/<path>"`` names real weights
+that ship inside the pack (its ``models/`` folder, registered as a model folder by the pack itself): nothing
+is written, the file must exist, and the example runs the real network.
 
 Schemas, validation and the in-process executor are the library's (``hybrid/tools/workflow.py``, also
 behind ``restorekit run --workflow``); this module adds what only the tests need: the examples' file
@@ -360,6 +362,12 @@ def write_models(example: Example, models_dir: str) -> List[str]:
         for key in ("folder", "name", "arch"):
             if key not in spec:
                 raise ValueError(f"{example.name}: _meta.models entry {spec} lacks '{key}'")
+        if spec.get("shipped"):
+            shipped = os.path.join(REPO, spec["shipped"])
+            if not os.path.isfile(shipped) or os.path.basename(shipped) != spec["name"]:
+                raise ValueError(f"{example.name}: shipped model {spec['shipped']} is missing or not named {spec['name']}")
+            written.append(shipped)
+            continue
         maker = MODEL_MAKERS.get(spec["arch"])
         if maker is None:
             raise ValueError(f"{example.name}: model arch '{spec['arch']}' has no maker "

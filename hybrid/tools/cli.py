@@ -496,7 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("status report not available (scripts/status_report.py missing)")
         from ...scripts.shipped_models import ShippedModelError, verify
 
-        for rel in ("hybrid/unet.safetensors", "hybrid/predictor.joblib"):
+        for rel in ("hybrid/unet.safetensors", "hybrid/predictor.joblib", "hybrid/damage_mask.safetensors"):
             try:
                 verify(rel)
                 print(f"{rel}: present, sha256 ok")

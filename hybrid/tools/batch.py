@@ -382,7 +382,14 @@ def run_batch(inputs, processor: Processor, options: BatchOptions, *, progress: 
             bar.set_postfix_str(os.path.basename(task.src or once_name or ""))
     if bar is not None:
         bar.close()
-    summary = summarise(rows, processor.done_label)
+    return finish_report(rows, processor.done_label, options, report_name, extra)
+
+
+def finish_report(rows: List[Dict[str, object]], done_label: str, options: BatchOptions,
+                  report_name: str, extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """The run's report from its rows (summary, counts, options, ``extra``), written as JSON into the
+    output folder (:func:`write_report`); any engine ends a batch with this."""
+    summary = summarise(rows, done_label)
     report = {"files": rows, "summary": summary, **summary["counts"],
               "options": asdict(options), **(extra or {})}
     report["report"] = write_report(report, options.output_dir, report_name)
@@ -421,9 +428,13 @@ class RestoreProcessor(Processor):
         out, info = self.restorer.restore(image.pixels, self.strategy)
         params = info.get("parameters") or {}
         q = round(float(info.analysis.quality_db), 2)
-        fields = {"method": info.method, "severity": info.severity, "quality_db": q}
-        text = f"{info.severity} -> {info.method}, quality estimate {q} dB"
-        unchanged = bool(params.get("no_change"))
+        stages = list(info.stages or [])
+        fields = {"method": info.method, "severity": info.severity, "quality_db": q, "stages": stages}
+        unchanged = bool(info.unchanged or params.get("no_change"))
+        text = (f"{info.severity} -> {info.method}"
+                + (f" ({' -> '.join(stages)})" if stages else " (unchanged)" if unchanged else "")
+                + f", quality estimate {q} dB")
+        why = info.reason or params.get("why")
         return Result({"": out}, fields, text, changed=False if unchanged else None,
-                      unchanged_reason=str(params.get("why") or "output identical to the input"),
+                      unchanged_reason=str(why or "output identical to the input"),
                       notes=list(info.get("notes") or []))

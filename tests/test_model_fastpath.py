@@ -54,10 +54,15 @@ def files(tmp_path_factory):
     torch.save({"state_dict": load_state_dict(os.path.join(FIX, "sfhformer_haze_tiny.safetensors"))},
                d / "sfhformer_haze_ots.pth")
     (d / "corrupt.pth").write_bytes(os.urandom(3000))
-    get_runtime().register_model_folder("upscale_models", str(d))
-    get_runtime().register_model_folder("restorekit", str(d))
+    rt = get_runtime()
+    saved = {k: list(v) for k, v in rt._folders.items()}
+    rt.register_model_folder("upscale_models", str(d))
+    rt.register_model_folder("restorekit", str(d))
     zoo.clear_cache()
-    return d
+    yield d
+    rt._folders.clear()  # other test modules list these folders: leave them as they were
+    rt._folders.update(saved)
+    zoo.clear_cache()
 
 
 LOAD = {

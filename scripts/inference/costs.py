@@ -5,10 +5,11 @@ time and the memory of a network call as functions of the (padded) pixel count o
 
 * **time** — the fastest call seen per size bucket (a shared, loaded machine can only slow a call
   down, so the minimum is the robust estimate).  Between measured sizes the per-pixel time is
-  interpolated in log pixels; above the largest measured size it is assumed to grow by
-  :data:`GROWTH_PER_DOUBLING` per doubling of the pixel count on the CPU (larger working sets spill
-  out of the caches: on a 2-core EPYC the realesr-animevideov3 network ran 10 us/px at 128-256 px
-  tiles, 14.5 at 512, 17.5 at 768, one thread, fp32 channels-last), flat on GPUs.  Every real tile
+  interpolated in log pixels; above the largest measured size it is assumed flat
+  (:data:`GROWTH_PER_DOUBLING`: per-pixel time can grow with the working set — realesr-animevideov3
+  ran 10 us/px at 128-256 px tiles and 14.5 at 512 on one core — or fall as per-call overheads
+  amortise — ESRGAN 64 filters ran ~2.5x faster per pixel at 289x216 than at 100 px under load —
+  so neither is assumed).  Every real tile
   the runner computes is recorded, so the assumption is replaced by measurements as a session runs.
 * **memory** — the peak bytes of tensors alive during the call plus its input
   (:class:`~scripts.inference.memory_utils.TensorBytes` on the CPU, the allocator's peak on CUDA),
@@ -30,9 +31,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .memory_utils import TensorBytes
+from .tiling import pad_to_multiple, round_up
 
 #: assumed growth of the per-pixel time per doubling of the pixel count above the largest measured size
-GROWTH_PER_DOUBLING = {"cpu": 0.10, "cuda": 0.0, "mps": 0.0}
+GROWTH_PER_DOUBLING = {"cpu": 0.0, "cuda": 0.0, "mps": 0.0}
 #: what the allocator adds to the bytes of live tensors (fragmentation, scratch of fused kernels)
 ALLOCATOR_SLACK = 1.15
 #: size buckets: 8 per doubling of the pixel count (pixel counts within ~9 % share a bucket)
@@ -216,3 +218,17 @@ def probe_sizes(align: int, floor: int, largest: int) -> List[int]:
             break
         side = nxt
     return sides
+
+
+def probe_side(handle) -> int:
+    """The side of the smallest probe tile of ``handle``: 64 px on its grid, at least its minimum size."""
+    return round_up(max(probe_sizes(handle.align, 0, 1 << 30)[0], handle.min_size), handle.align)
+
+
+def probe_input(handle, image: torch.Tensor, side: int, dtype: torch.dtype, channels_last: bool,
+                device) -> torch.Tensor:
+    """A ``side``² probe tile of the IMAGE batch ``image`` as the network takes it: on ``device`` in
+    ``dtype`` and memory layout, padded to the size multiple."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = sample_tile(image, side, side).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+    return pad_to_multiple(x, handle.size_multiple, handle.min_size, handle.pad_mode)[0]

@@ -31,16 +31,20 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .costs import measure_call, probe_sizes, sample_tile, table_for
-from .tiling import pad_to_multiple
+from .costs import measure_call, probe_input, probe_side, table_for
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 #: a reduced precision must be at least this much faster than fp32 to be chosen under ``auto``
 MIN_GAIN = 0.05
-#: a job is measured only when it computes at least this many probe tiles' worth of pixels
-MEASURE_MIN_TILES = 12
+#: a job's candidates are timed only when it computes at least this many probe tiles' worth of pixels
+#: (timing every candidate costs ~20 probe-tile calls; below this it would cost more than 10 % of the job)
+MEASURE_MIN_TILES = 200
+#: below that, a job of at least this many probe tiles still checks a native reduced precision's
+#: accuracy against fp32 (one call each) and uses it when within the tolerance (not timed: native
+#: bf16/fp16 arithmetic is assumed faster, as measured on AMX/AVX512-BF16 CPUs and CUDA)
+CHECK_MIN_TILES = 12
 #: timed rounds per candidate (alternating)
 ROUNDS = 2
 
@@ -141,8 +145,9 @@ class Selection:
             return f"{self.variant.name} ({self.reason})"
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         diffs = "; ".join(f"{k} vs fp32: mean {m:.1e}, p99.9 {p:.1e}" for k, (m, p) in self.differences.items())
-        return (f"{self.variant.name} ({self.reason}; measured on a {self.probe} px tile of the image: {times}"
-                + (f"; {diffs}" if diffs else "") + ")")
+        what = f"measured on a {self.probe} px tile of the image: {times}" if times else \
+            f"checked on a {self.probe} px tile of the image"
+        return f"{self.variant.name} ({self.reason}; {what}" + (f"; {diffs}" if diffs else "") + ")"
 
 
 def _difference(out: torch.Tensor, ref: torch.Tensor, clamp: bool) -> Tuple[float, float]:
@@ -168,12 +173,14 @@ def cached(handle, device, precision: str) -> Optional[Selection]:
 
 
 def select(handle, device, precision: str, image: torch.Tensor, *, job_px: int = 0,
-           measure: Optional[bool] = None, check_interrupt=None) -> Tuple[Selection, List[str]]:
+           measure: Optional[bool] = None, check_interrupt=None,
+           check_only: Optional[bool] = None) -> Tuple[Selection, List[str]]:
     """Choose the variant to run ``handle`` in (module docstring); returns ``(selection, notes)``.
 
     ``image``: the IMAGE batch ``[B, H, W, C_in]`` the probe tile is cut from; ``job_px``: input pixels
     the job will compute (decides whether measuring pays off); ``measure``: force (True) or skip
-    (False) measuring, None = decide from the job size.
+    (False) measuring, None = decide from the job size; ``check_only``: without timing, check the
+    reduced precision's accuracy only (None = decide from the job size).
     """
     device = torch.device(device)
     precision = (precision or "auto").lower()
@@ -184,25 +191,28 @@ def select(handle, device, precision: str, image: torch.Tensor, *, job_px: int =
     default = cands[0]
     if len(cands) == 1:
         return Selection(default, reason="the only path"), notes
-    side = probe_sizes(handle.align, 0, 1 << 30)[0]
-    side = max(side, -(-max(handle.min_size, 1) // handle.align) * handle.align)
+    side = probe_side(handle)
     if measure is None:
         measure = job_px >= MEASURE_MIN_TILES * side * side
-    if not measure:
+    if check_only is None:
+        check_only = not measure and job_px >= CHECK_MIN_TILES * side * side
+    check_only = bool(check_only) and not measure and precision == "auto"
+    if check_only:  # the default and the native reduced precision in the same layout, one call each
+        cands = [default] + [v for v in cands if v.reduced and v.channels_last == default.channels_last][:1]
+        if len(cands) == 1:
+            return Selection(default, reason="default; no native reduced precision here"), notes
+    elif not measure:
         return Selection(default, reason="default; the image is too small for measuring to pay off"), notes
 
     t_start = time.perf_counter()
-    sample = sample_tile(image, side, side)
     outs: Dict[Variant, torch.Tensor] = {}
     best: Dict[Variant, float] = {}
-    for rnd in range(ROUNDS + 1):
+    for rnd in range(1 if check_only else ROUNDS + 1):
         for v in cands:
             if check_interrupt is not None:
                 check_interrupt()
             module = handle.variant(device, v.dtype)
-            fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-            x = sample.to(device=device, dtype=v.dtype).contiguous(memory_format=fmt)
-            x, _, _ = pad_to_multiple(x, handle.size_multiple, handle.min_size, handle.pad_mode)
+            x = probe_input(handle, image, side, v.dtype, v.channels_last, device)
             table = table_for(handle, device, v.dtype, v.channels_last)
             # round 0: warm-up that measures memory; then timed rounds, alternating the candidates
             y, seconds, _peak = measure_call(module, x, table, memory=(rnd == 0))
@@ -214,7 +224,7 @@ def select(handle, device, precision: str, image: torch.Tensor, *, job_px: int =
     sel = Selection(default, measured=True, probe=side,
                     seconds={v.name: t for v, t in best.items()})
     fp32s = [v for v in cands if not v.reduced]
-    ref_v = min(fp32s, key=lambda v: best[v]) if fp32s else None
+    ref_v = (min(fp32s, key=lambda v: best[v]) if not check_only else fp32s[0]) if fp32s else None
     tol_mean, tol_p999 = handle.reduced_tolerance
     accepted = []
     for v in cands:
@@ -227,7 +237,13 @@ def select(handle, device, precision: str, image: torch.Tensor, *, job_px: int =
                 accepted.append(v)
         else:
             accepted.append(v)
-    if precision in ("fp16", "bf16"):
+    if check_only:
+        choice = accepted[0] if accepted else default
+        sel.reason = (f"native {choice.precision}, within {handle.arch}'s tolerance (mean {tol_mean:.0e}, p99.9 "
+                      f"{tol_p999:.0e}); not timed (the job is too small for timing to pay off)" if accepted else
+                      f"default; {cands[1].precision} outside {handle.arch}'s tolerance (mean {tol_mean:.0e}, "
+                      f"p99.9 {tol_p999:.0e})")
+    elif precision in ("fp16", "bf16"):
         choice = min(cands, key=lambda v: best[v])
         sel.reason = f"{precision} requested; the faster layout"
     else:

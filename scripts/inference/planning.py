@@ -24,9 +24,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .costs import CostTable, measure_call, probe_sizes, sample_tile
+from .costs import CostTable, measure_call, probe_input, probe_side, probe_sizes
 from .memory_utils import OutOfMemoryError, format_bytes, free_memory
-from .tiling import grid_pixels, pad_to_multiple
+from .tiling import grid_pixels, round_up, tile_grid
 
 #: fraction of free memory the planner leaves untouched
 SAFETY_MARGIN = {"cuda": 0.20, "mps": 0.30, "cpu": 0.50}
@@ -42,15 +42,10 @@ PROBE_SHARE = 0.10
 _LADDER = 1.25
 
 
-def _round_up(value: int, multiple: int) -> int:
-    multiple = max(1, int(multiple))
-    return int(-(-int(value) // multiple) * multiple)
-
-
 def round_to_multiple(value: int, multiple: int, up: bool = False) -> int:
     multiple = max(1, int(multiple))
     if up:
-        return _round_up(value, multiple)
+        return round_up(value, multiple)
     return max(multiple, int(value // multiple) * multiple)
 
 
@@ -74,9 +69,9 @@ def tile_rule(handle, overlap: Optional[int] = None) -> TileRule:
     """
     a = max(1, int(handle.align))
     ov = max(int(handle.min_overlap), int(overlap or 0))
-    ov = _round_up(ov, a) if ov > 0 else 0
+    ov = round_up(ov, a) if ov > 0 else 0
     floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), 2 * ov, ov + a)
-    return TileRule(align=a, overlap=ov, floor=_round_up(floor, a))
+    return TileRule(align=a, overlap=ov, floor=round_up(floor, a))
 
 
 def default_overlap(handle, tile: int = 0) -> int:
@@ -107,7 +102,7 @@ def tile_ladder(floor: int, largest: int, align: int) -> List[int]:
     sides, s = [], int(floor)
     while s < largest:
         sides.append(s)
-        s = max(s + align, _round_up(int(s * _LADDER), align))
+        s = max(s + align, round_up(int(s * _LADDER), align))
     return sides
 
 
@@ -146,9 +141,7 @@ def plan_options(height: int, width: int, rule: TileRule, costs: Optional[CostTa
 
 
 def _sizes(length: int, tile: int, rule: TileRule, multiple: int, min_size: int) -> List[int]:
-    from .tiling import tile_grid
-
-    return [max(_round_up(b - a, multiple), min_size) for a, b in tile_grid(length, tile, rule.overlap, rule.align)]
+    return [max(round_up(b - a, multiple), min_size) for a, b in tile_grid(length, tile, rule.overlap, rule.align)]
 
 
 def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
@@ -229,7 +222,7 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
     bpp = float(bytes_per_pixel or 0.0)
 
     if tile and tile > 0:  # a forced tile needs no measurement
-        t = _round_up(max(int(tile), rule.floor if floor is None else int(floor)), rule.align)
+        t = round_up(max(int(tile), rule.floor if floor is None else int(floor)), rule.align)
         note = f"tile {tile} requested" + (f", raised to {handle.arch}'s smallest tile {t}px" if t > tile else "")
         if t >= max(height, width):
             return TilePlan(None, 0, bpp, free, budget, f"{note}: covers the image")
@@ -242,6 +235,10 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
     opts = plan_options(height, width, rule, costs, batch=batch, multiple=handle.size_multiple,
                         min_size=handle.min_size, max_tile=MAX_TILE.get(device.type, 512),
                         extra_bytes=extra_bytes, bytes_per_pixel=bpp)
+    if not any(o.seconds for o in opts) and max(height, width) > MAX_TILE.get(device.type, 512):
+        # untimed: the whole image only up to MAX_TILE (a large image in one call holds activations for
+        # all of it with no measured gain); the largest tile that fits otherwise
+        opts = [o for o in opts if o.tile is not None] or opts
     if budget <= 0:
         raise OutOfMemoryError(
             f"not enough free memory on {device}: {format_bytes(free)} free, "
@@ -267,8 +264,7 @@ def probe_bytes_per_pixel(handle, device, dtype=torch.float32, channels_last: bo
     device = torch.device(device)
     table = table_for(handle, device, dtype, channels_last)
     if not table.has_memory:
-        side = probe_sizes(handle.align, 0, 1 << 30)[0]
-        side = _round_up(max(side, handle.min_size), handle.align)
+        side = probe_side(handle)
         x = torch.rand(1, handle.in_channels, side, side, generator=torch.Generator().manual_seed(0))
         x = x.to(device=device, dtype=dtype)
         if channels_last:
@@ -286,9 +282,8 @@ def measure_costs(handle, module, table: CostTable, image: torch.Tensor, variant
     (default :data:`PROBE_SHARE` of the job's predicted time).  Returns the seconds spent."""
     device = torch.device(device)
     t0 = time.perf_counter()
-    fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     for side in probe_sizes(handle.align, 0, max(64, largest)):
-        side = _round_up(max(side, handle.min_size), handle.align)
+        side = round_up(max(side, handle.min_size), handle.align)
         px = side * side
         have_mem = any(abs(math.log2(p / px)) < 0.1 for p, _ in table.mems.values())
         have_time = any(abs(math.log2(p / px)) < 0.1 for p, _ in table.times.values())
@@ -303,8 +298,7 @@ def measure_costs(handle, module, table: CostTable, image: torch.Tensor, variant
                 break
         if check_interrupt is not None:
             check_interrupt()
-        x = sample_tile(image, side, side).to(device=device, dtype=variant.dtype).contiguous(memory_format=fmt)
-        x, _, _ = pad_to_multiple(x, handle.size_multiple, handle.min_size, handle.pad_mode)
+        x = probe_input(handle, image, side, variant.dtype, variant.channels_last, device)
         if not have_mem:
             measure_call(module, x, table, memory=True)
         if not have_time:

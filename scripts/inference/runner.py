@@ -299,7 +299,8 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                 with _cudnn_autotune(dev):
                     sel, notes = fastpath.select(handle, dev, "fp32" if force_fp32 else precision, net_image,
                                                  job_px=b * h * w, measure=measuring,
-                                                 check_interrupt=job.runtime.check_interrupt)
+                                                 check_interrupt=job.runtime.check_interrupt,
+                                                 check_only=None if measure is None else False)
                     for n in notes:
                         if n not in report.steps:
                             report.steps.append(n)

@@ -37,7 +37,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 Extent = Tuple[int, int]
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple``."""
     multiple = max(1, int(multiple))
     return int(-(-int(value) // multiple) * multiple)
 
@@ -51,12 +52,12 @@ def tile_grid(length: int, tile: int, overlap: int, align: int = 1) -> List[Exte
     shorter last one.  One tile when ``length <= tile``.
     """
     length, a = int(length), max(1, int(align))
-    ov = _round_up(max(0, int(overlap)), a)
+    ov = round_up(max(0, int(overlap)), a)
     t = max(int(tile) // a * a, ov + a)
     if length <= t:
         return [(0, length)]
     n = int(math.ceil((length - ov) / (t - ov)))
-    stride = _round_up(int(math.ceil((length - ov) / n)), a)
+    stride = round_up(int(math.ceil((length - ov) / n)), a)
     while n > 1 and (n - 1) * stride >= length - ov:  # a last tile inside the overlap adds nothing
         n -= 1
     return [(i * stride, min(i * stride + stride + ov, length)) for i in range(n)]
@@ -77,7 +78,7 @@ def grid_pixels(height: int, width: int, tile: Optional[int], overlap: int, alig
         ys, xs = tile_grid(height, tile, overlap, align), tile_grid(width, tile, overlap, align)
 
     def padded(e: Extent) -> int:
-        return max(_round_up(e[1] - e[0], multiple), int(min_size))
+        return max(round_up(e[1] - e[0], multiple), int(min_size))
 
     hs, ws = [padded(e) for e in ys], [padded(e) for e in xs]
     return len(hs) * len(ws), sum(hs) * sum(ws), max(hs) * max(ws)

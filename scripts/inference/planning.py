@@ -64,13 +64,15 @@ def tile_rule(handle, overlap: Optional[int] = None) -> TileRule:
     ``min_overlap`` and rounded up to the grid.
 
     The floor is the largest of :data:`MIN_TILE`, the architecture's ``min_tile`` and ``min_size``,
-    and twice the overlap (tiles advance by at least the overlap: a 72 px tile with a 64 px overlap
-    would advance 8 px at a time and compute the image ~9 times), rounded up to the grid.
+    twice the architecture's own overlap (tiles advance by at least that much: a 72 px tile with a
+    64 px overlap would advance 8 px at a time and compute the image ~9 times) and the overlap asked
+    for plus one grid step, rounded up to the grid.
     """
     a = max(1, int(handle.align))
+    own = round_up(int(handle.min_overlap), a) if handle.min_overlap > 0 else 0
     ov = max(int(handle.min_overlap), int(overlap or 0))
     ov = round_up(ov, a) if ov > 0 else 0
-    floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), 2 * ov, ov + a)
+    floor = max(MIN_TILE, int(handle.min_tile), int(handle.min_size), 2 * own, ov + a)
     return TileRule(align=a, overlap=ov, floor=round_up(floor, a))
 
 

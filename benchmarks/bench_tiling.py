@@ -6,9 +6,9 @@ model and input exist):
 
 * ``ours``  — ``scripts.inference.runner.run_model``: planned tile, feathered blending straight into the
   final ``[B,H*s,W*s,C]`` buffer with a tile-sized weight map.
-* ``core``  — ComfyUI core's method re-implemented here: fixed 512 px tiles, overlap 32, a linear
-  feather on every tile edge, output and divisor accumulated in two full-size float32 buffers, then
-  divided and moved to channel-last.
+* ``core``  — ComfyUI core's method (``bench_core.core_method``): fixed 512 px tiles, overlap 32, a
+  linear feather on every tile edge, output and divisor accumulated in full-size float32 buffers,
+  then divided and moved to channel-last.
 * ``untiled`` — the bare network on the whole image (only where it fits: by default on a 1/4-area
   crop, and throughput is compared per pixel).
 
@@ -26,6 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from bench_core import core_method  # noqa: E402  ComfyUI core's method, re-implemented once
 
 
 def build_model():
@@ -37,37 +38,6 @@ def build_model():
     torch.manual_seed(0)
     net = RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=4).eval()
     return net
-
-
-def core_method(net, image_bhwc, tile=512, overlap=32, scale=4):
-    """ComfyUI core's tiled upscale, re-implemented: two full-size float32 buffers + feather masks."""
-    import torch
-
-    x = image_bhwc.movedim(-1, -3)  # [B,C,H,W]
-    b, c, h, w = x.shape
-    output = torch.zeros((b, c, h * scale, w * scale), dtype=torch.float32)
-    divisor = torch.zeros((b, c, h * scale, w * scale), dtype=torch.float32)
-    feather = round(overlap * scale)
-    stride = tile - overlap
-    for bi in range(b):
-        for y in range(0, max(1, h - overlap), stride):
-            for xx in range(0, max(1, w - overlap), stride):
-                y0, x0 = max(0, min(h - overlap - 1, y)), max(0, min(w - overlap - 1, xx))
-                piece = x[bi:bi + 1, :, y0:y0 + tile, x0:x0 + tile]
-                with torch.inference_mode():
-                    ps = net(piece).clamp(0, 1)
-                mask = torch.ones_like(ps)
-                for t in range(feather):
-                    a = (t + 1) / feather
-                    mask[:, :, t:1 + t, :] *= a
-                    mask[:, :, mask.shape[2] - 1 - t:mask.shape[2] - t, :] *= a
-                    mask[:, :, :, t:1 + t] *= a
-                    mask[:, :, :, mask.shape[3] - 1 - t:mask.shape[3] - t] *= a
-                oy, ox = y0 * scale, x0 * scale
-                output[bi:bi + 1, :, oy:oy + ps.shape[2], ox:ox + ps.shape[3]] += ps * mask
-                divisor[bi:bi + 1, :, oy:oy + ps.shape[2], ox:ox + ps.shape[3]] += mask
-    result = output / divisor
-    return torch.clamp(result.movedim(-3, -1), 0, 1)
 
 
 def run_one(method: str, width: int, height: int) -> dict:
@@ -93,7 +63,8 @@ def run_one(method: str, width: int, height: int) -> dict:
             out, report = run_model(handle, image, device="cpu", progress=False)
             info = {"tile": report.tile, "overlap": report.overlap, "tiles": report.tiles}
         elif method == "core":
-            out = core_method(net, image)
+            with torch.inference_mode():  # as ComfyUI runs every node
+                out = core_method(net, image)
             info = {"tile": 512, "overlap": 32}
         else:
             with torch.inference_mode():

@@ -56,9 +56,26 @@ def estimate_noise_sigma(image: np.ndarray, method: str = "skimage") -> float:
         return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
     if method != "skimage":
         raise ValueError(f"unknown noise estimator '{method}' (skimage, mad)")
+    return float(np.mean([_skimage_sigma(x[..., c]) for c in range(x.shape[2])]))
+
+
+def _skimage_sigma(channel: np.ndarray) -> float:
+    """skimage ``estimate_sigma`` of one channel, 0 for a channel without fine detail.
+
+    skimage leaves out wavelet coefficients that are exactly 0 and takes the median of the rest; a
+    flat (e.g. all-black) or piecewise-constant channel has none left and skimage returns NaN (the
+    median of an empty set).  There is no noise to measure there, so σ = 0.  The averaged multi-
+    channel call equals the mean of these per-channel values.
+    """
+    import warnings
+
     from skimage.restoration import estimate_sigma
 
-    return float(estimate_sigma(x, channel_axis=-1, average_sigmas=True))
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")  # "Mean of empty slice" for such a channel; skimage's
+        # "image is size N on the last axis" guess does not apply to a single 2-D channel
+        s = float(estimate_sigma(channel))
+    return s if np.isfinite(s) else 0.0
 
 
 def denoise_nlm(x: np.ndarray, sigma: float, strength: float = 1.0, patch_size: int = 5,
@@ -130,6 +147,8 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
     else:
         source = "given"
     sigma = float(sigma)
+    if sigma <= 0:
+        source += "; no noise measured: output unchanged"
     if min(x.shape[:2]) < 3:
         out = x.copy()
         source += "; image under 3 px: returned unchanged"
@@ -139,7 +158,6 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
         out = fn(x, sigma, strength)
     if x.min() >= 0 and x.max() <= 1:
         out = np.clip(out, 0.0, 1.0)
-    out = np.nan_to_num(out, nan=0.0)
     if np.ndim(image) == 2:
         out = out[:, :, 0]
     return out, sigma, source

@@ -51,6 +51,14 @@ def kernel_psd(kernel: np.ndarray, shape) -> np.ndarray:
     return np.abs(np.fft.fft2(k)) ** 2 * m * n
 
 
+def _block_count(h: int, w: int, block: int) -> int:
+    """How many half-overlapping ``block`` px blocks fit in an ``h`` x ``w`` image."""
+    if min(h, w) < block:
+        return 0
+    step = max(1, block // 2)
+    return ((h - block) // step + 1) * ((w - block) // step + 1)
+
+
 def _blocks(channel: np.ndarray, block: int, step: int) -> np.ndarray:
     """All ``block``×``block`` windows of a 2-D array at ``step`` px, as ``[K, block, block]``."""
     from numpy.lib.stride_tricks import sliding_window_view
@@ -129,7 +137,8 @@ def estimate_grain_psd(
     the ``fraction`` flattest (at least ``min_blocks``) are taken as noise-only.  With ``mask``
     (``[H, W]``, nonzero = noise-only area, e.g. a flat sky or a film border) only blocks lying
     at least 90 % inside it are used.  The periodograms of the chosen blocks are averaged per
-    channel (Welch 1967) and resampled to ``out_shape`` (default: the image size).
+    channel (Welch 1967) and resampled to ``out_shape`` (default: the image size).  ``block`` is
+    halved (down to 8 px) until at least ``min_blocks`` blocks fit in the image; ``notes`` says so.
 
     Flat-block selection biases the estimate low where the image has no flat area (textures are
     never chosen if flatter areas exist); give a mask in that case.
@@ -143,9 +152,14 @@ def estimate_grain_psd(
     if not np.all(np.isfinite(img)):
         raise ValueError("estimate_grain_psd: the image contains NaN or infinite values")
     notes = []
-    block = int(block)
+    block = asked = int(block)
+    # fewer than min_blocks blocks would make the image itself the "grain" (a 64x96 image holds two
+    # 64 px blocks): halve the block until enough fit, down to 8 px
+    while block > 8 and _block_count(h, w, block) < min_blocks:
+        block = max(8, block // 2)
     if min(h, w) < block:
         block = max(4, 2 ** int(np.floor(np.log2(max(min(h, w), 4)))))
+    if block != asked:
         notes.append(f"block reduced to {block} px for a {w}x{h} image")
     if min(h, w) < 4:
         raise ValueError(f"estimate_grain_psd: the image ({w}x{h}) is too small to estimate grain")

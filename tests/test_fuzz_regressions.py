@@ -1,0 +1,113 @@
+"""Regressions found by fuzzing (issue 13): each test feeds the input that failed and checks the root
+fix, not the symptom.  Inputs that made a NaN inside run under ``np.errstate(invalid="raise")`` so
+the 0/0 itself fails the test, even where a later step would have hidden it."""
+import numpy as np
+import pytest
+import torch
+
+from fuzz import mentions_nonfinite
+from restorekit import NODE_CLASS_MAPPINGS
+from restorekit.scripts import bm3d_denoise as bd
+from restorekit.scripts import denoise as dn
+from restorekit.scripts import grain
+from restorekit.scripts import sharpen as sh
+
+
+def _node(name):
+    cls = NODE_CLASS_MAPPINGS[name]
+    return getattr(cls(), cls.FUNCTION)
+
+
+def _astronaut_64x96():
+    from skimage import data
+
+    return data.astronaut()[100:164, 100:196].astype(np.float64) / 255.0
+
+
+# --- item 1: Smart Sharpen radius 0.1 returned an all-black image --------------------------------
+@pytest.mark.parametrize("space", ["oklab", "luma", "rgb"])
+def test_sharpen_subpixel_radius_is_identity_not_black(space):
+    img = np.clip(_astronaut_64x96() + np.random.default_rng(0).normal(0, 0.02, (64, 96, 3)), 0, 1)
+    with np.errstate(invalid="raise", divide="raise"):  # the soft-coring 0/0 of a 1-tap Gaussian
+        out, rep = sh.sharpen(img, amount=2.0, radius=0.1, space=space)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, img, atol=1e-5)  # a 0.1 px Gaussian blurs nothing: no detail
+    assert any("unchanged" in n for n in rep.notes)
+    out2, _ = sh.sharpen(img, amount=2.0, radius=0.2, space=space)  # 0.2 px: a (tiny) change
+    assert np.isfinite(out2).all() and float(np.abs(out2 - img).mean()) < 0.01
+
+
+def test_sharpen_node_radius_0_1_keeps_the_image():
+    x = torch.from_numpy(_astronaut_64x96()[None].astype(np.float32))
+    out, info = _node("RestoreKitSmartSharpen")(image=x, amount=1.0, radius=0.1)
+    assert float(out.mean()) > 0.3 and torch.allclose(out, x, atol=1e-4)
+    assert not mentions_nonfinite(info)
+
+
+# --- item 2: Film Grain fallback, Wiener gain 0/0 ----------------------------------------------
+def test_grain_fallback_block_128_on_64x96():
+    z = _astronaut_64x96()
+    est = grain.estimate_grain_psd(z, block=128)
+    # a 64 px block leaves two blocks: the image itself would be the "grain"; enough blocks fit at 32
+    assert est.block == 32 and est.blocks >= 6 and "reduced" in est.notes[0]
+    with np.errstate(invalid="raise", divide="raise"):
+        out = bd.denoise(z, psd=est.psd, method="fallback").image
+    assert np.isfinite(out).all()
+    assert float(np.abs(out - z).mean()) < 0.01  # light grain removal, no black blotches
+    assert float((out < 1e-6).mean()) <= float((z < 1e-6).mean()) + 0.01
+
+
+def test_grain_fallback_quantised_gradient_block_8():
+    yy = np.mgrid[0:48, 0:48][0]
+    q = np.round((0.25 + 0.5 * yy / 48) * 255) / 255  # 8-bit steps of a smooth ramp
+    est = grain.estimate_grain_psd(q, block=8)
+    with np.errstate(invalid="raise", divide="raise"):
+        out = bd.denoise(q, psd=est.psd, method="fallback").image
+    assert np.isfinite(out).all() and float(np.abs(out - q).max()) < 0.02
+
+
+def test_grain_node_block_128_fallback():
+    x = torch.from_numpy(_astronaut_64x96()[None].astype(np.float32))
+    out, info = _node("RestoreKitFilmGrainBM3D")(image=x, block=128, method="fallback")
+    assert torch.isfinite(out).all() and float((out - x).abs().mean()) < 0.01
+    assert not mentions_nonfinite(info)
+
+
+@pytest.mark.skipif(not bd.bm3d_available(), reason="optional bm3d package not installed")
+def test_bm3d_package_image_smaller_than_its_blocks_uses_the_fallback():
+    z = np.full((10, 11, 3), 0.5) + np.random.default_rng(0).normal(0, 0.05, (10, 11, 3))
+    r = bd.denoise(z, sigma=0.3, method="bm3d", profile="vn")  # vn's Wiener blocks are 11 px
+    assert "fallback" in r.path and str(bd.PACKAGE_MIN_SIDE) in r.detail
+    assert np.isfinite(r.image).all()
+
+
+# --- item 3: sigma 0 on an all-black frame: "got nan" / "noise sigma: nan" ------------------------
+def test_noise_estimate_of_a_flat_frame_is_zero():
+    for img in (np.zeros((32, 32, 3)), np.full((20, 24), 0.7), np.zeros((5, 5, 1))):
+        with np.errstate(invalid="raise", divide="raise"):
+            assert dn.estimate_noise_sigma(img, "skimage") < 1e-12
+            assert dn.estimate_noise_sigma(img, "mad") == 0.0
+    # one flat channel among noisy ones counts as 0, not NaN (skimage's mean would be NaN)
+    rng = np.random.default_rng(1)
+    mixed = np.stack([0.5 + 0.05 * rng.standard_normal((64, 64)), np.zeros((64, 64)),
+                      0.5 + 0.05 * rng.standard_normal((64, 64))], axis=-1)
+    s = dn.estimate_noise_sigma(mixed, "skimage")
+    assert abs(s - 2 * 0.05 / 3) < 0.005
+
+
+def test_black_frame_in_a_video_batch_white_noise_mode():
+    frames = torch.rand(3, 24, 32, 3) * 0.2 + 0.4
+    frames[1] = 0.0  # one black frame
+    out, info = _node("RestoreKitFilmGrainBM3D")(image=frames, noise_model="white noise (sigma)", sigma=0.0,
+                                                 method="fallback")
+    assert torch.isfinite(out).all() and torch.equal(out[1], frames[1])
+    assert not mentions_nonfinite(info)
+
+
+@pytest.mark.parametrize("method", ["nlm", "bilateral", "wavelet", "tv"])
+def test_classical_denoise_black_frame_reports_zero_sigma(method):
+    out, s, src = dn.denoise(np.zeros((24, 32, 3)), method)
+    assert s == 0.0 and "unchanged" in src and np.array_equal(out, np.zeros((24, 32, 3)))
+    x = torch.zeros(2, 24, 32, 3)
+    out, info = _node("RestoreKitDenoise")(image=x, method=method)
+    assert torch.equal(out, x) and not mentions_nonfinite(info)

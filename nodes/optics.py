@@ -247,7 +247,7 @@ class RestoreKitPSF:
                   "z range (µm)": f"{z[0]:.3f} .. {z[-1]:.3f} (focal plane above coverslip)",
                   "particle depth (µm)": pz}
         lat, ax = P.stack_fwhm(stack, float(pixel_size), float(z_step))
-        fields["lateral FWHM (µm)"] = lat
+        fields["lateral FWHM (µm)"] = lat if np.isfinite(lat) else "wider than the PSF frame"
         if len(z) >= 3:
             fields["axial FWHM (µm)"] = ax if np.isfinite(ax) else "wider than the stack"
         if "fallback" in fit:

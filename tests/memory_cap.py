@@ -121,7 +121,7 @@ def is_pack_memory_error(exc: BaseException, pack_name: str) -> bool:
             and isinstance(exc, (MemoryError, RuntimeError)))
 
 
-def child(node: str, w: int, h: int, c: int, overrides: Dict[str, str]) -> int:
+def child(node: str, w: int, h: int, c: int, overrides: Dict[str, str], headroom: int = 0) -> int:
     from _workflows import load_pack
 
     pack = load_pack()
@@ -133,6 +133,18 @@ def child(node: str, w: int, h: int, c: int, overrides: Dict[str, str]) -> int:
     except MemoryError as exc:
         print(json.dumps({"node": node, "status": "setup", "message": f"no memory for the test image: {exc}"}))
         return REFUSED
+    try:  # warm-up on a small image: lazily loaded libraries and models are mapped before the cap
+        small = _test_image(32, 24, c)
+        getattr(cls(), cls.FUNCTION)(**_node_kwargs(cls, small, overrides))
+    except Exception:
+        pass
+    if headroom:  # cap = what the process holds now (interpreter, libraries, the image) + headroom
+        import resource
+
+        import psutil
+
+        cap = psutil.Process().memory_info().vms + headroom
+        resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
     try:
         ret = getattr(cls(), cls.FUNCTION)(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - classified and reported
@@ -149,18 +161,28 @@ def child(node: str, w: int, h: int, c: int, overrides: Dict[str, str]) -> int:
 
 
 # --- the parent ---------------------------------------------------------------------------------
-def run_capped(node: str, size=(7680, 4320), channels: int = 3, cap: int = 6 << 30,
+def run_capped(node: str, size=(7680, 4320), channels: int = 3, cap: Optional[int] = 6 << 30,
                overrides: Optional[Dict[str, str]] = None, timeout: float = 1800.0,
-               threads: int = 1) -> dict:
+               threads: int = 1, headroom: int = 0) -> dict:
     """Run ``node`` in a subprocess under an address-space cap; returns the child's report dict
-    plus ``returncode``; ``status`` is KILLED (signal) or TIMEOUT when the child gave no report."""
+    plus ``returncode``; ``status`` is KILLED (signal) or TIMEOUT when the child gave no report.
+
+    ``cap``: the limit for the whole process (imports included, as ``prlimit --as``); or
+    ``headroom``: the limit is set inside the child once the libraries and the test image are
+    loaded, at what it holds then plus ``headroom`` (independent of how much address space the
+    libraries reserve on a given machine -- what the CI test uses)."""
     args = [os.path.join(HERE, "memory_cap.py"), "--child", node, "--size", f"{size[0]}x{size[1]}",
             "--channels", str(channels)]
+    if headroom:
+        args += ["--headroom", str(int(headroom))]
+        cap = None
     for k, v in (overrides or {}).items():
         args += ["--set", f"{node}.{k}={v}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    if shutil.which("prlimit"):
+    if cap is None:
+        cmd, pre = [sys.executable] + args, None
+    elif shutil.which("prlimit"):
         cmd = ["prlimit", f"--as={cap}", sys.executable] + args
         pre = None
     else:
@@ -201,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cap", default="6G", help="address-space cap (prlimit --as), e.g. 6G")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per node")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    ap.add_argument("--headroom", default="0", help="instead of --cap: limit = address space after "
+                    "imports and the test image + this (e.g. 600M)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     overrides: Dict[str, Dict[str, str]] = {}
@@ -210,13 +234,14 @@ def main(argv=None) -> int:
         overrides.setdefault(node, {})[name] = value
     w, h = parse_size(a.size)
     if a.child:
-        return child(a.child, w, h, a.channels, overrides.get(a.child, {}))
+        return child(a.child, w, h, a.channels, overrides.get(a.child, {}), parse_bytes(a.headroom))
     nodes = a.nodes or classical_nodes()
     cap = parse_bytes(a.cap)
     bad = 0
     print(f"{len(nodes)} node(s), {w}x{h}x{a.channels}, address-space cap {cap / 2**30:.1f} GiB", flush=True)
     for node in nodes:
-        r = run_capped(node, (w, h), a.channels, cap, overrides.get(node), a.timeout)
+        r = run_capped(node, (w, h), a.channels, cap, overrides.get(node), a.timeout,
+                       headroom=parse_bytes(a.headroom))
         ok = r["status"] in ("ok", "pack memory error")
         bad += not ok
         detail = r.get("message") or r.get("outputs") or ""

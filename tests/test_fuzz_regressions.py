@@ -111,3 +111,36 @@ def test_classical_denoise_black_frame_reports_zero_sigma(method):
     x = torch.zeros(2, 24, 32, 3)
     out, info = _node("RestoreKitDenoise")(image=x, method=method)
     assert torch.equal(out, x) and not mentions_nonfinite(info)
+
+
+# --- memory (item 9, classical nodes): work in strips, the same result -------------------------------
+def test_gaussian_blur_in_strips_equals_one_convolution(monkeypatch):
+    from restorekit.scripts import frequency as fq
+
+    x = torch.rand(2, 3, 61, 47, dtype=torch.float64)
+    whole = fq.gaussian_blur(x, 3.0)
+    monkeypatch.setattr(fq, "CONV_STRIP_BYTES", 2048)  # a few rows per strip
+    torch.testing.assert_close(fq.gaussian_blur(x, 3.0), whole, atol=1e-12, rtol=0)  # summation order only
+
+
+def test_clahe_colour_conversion_in_strips_equals_whole(monkeypatch):
+    from restorekit.scripts import clahe
+
+    img = _astronaut_64x96().astype(np.float32)
+    whole = {ch: clahe.clahe(img, 3.0, 4, ch) for ch in clahe.CHANNELS}
+    monkeypatch.setattr(clahe, "STRIP_BYTES", 4096)  # one or two rows per strip
+    for ch in clahe.CHANNELS:
+        # the same maps; vectorised colour transforms round differently at strip ends (< 1e-4 << 1/255)
+        np.testing.assert_allclose(clahe.clahe(img, 3.0, 4, ch), whole[ch], atol=1e-4, rtol=0)
+
+
+def test_psf_info_never_says_nan():
+    # a PSF much wider than its frame (size 9 px at 1 nm per pixel): FWHM not measurable
+    cls = NODE_CLASS_MAPPINGS["RestoreKitPSF"]
+    from _workflows import input_specs
+
+    kw = {s.name: s.options["default"] for s in input_specs(cls) if "default" in s.options}
+    kw.update(size=9, pixel_size=0.001)
+    image, psf, info = _node("RestoreKitPSF")(**kw)
+    assert torch.isfinite(image).all() and not mentions_nonfinite(info)
+    assert "wider than the PSF frame" in info

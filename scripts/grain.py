@@ -59,12 +59,29 @@ def _block_count(h: int, w: int, block: int) -> int:
     return ((h - block) // step + 1) * ((w - block) // step + 1)
 
 
-def _blocks(channel: np.ndarray, block: int, step: int) -> np.ndarray:
-    """All ``block``×``block`` windows of a 2-D array at ``step`` px, as ``[K, block, block]``."""
+def _windows(channel: np.ndarray, block: int, step: int) -> np.ndarray:
+    """All ``block``×``block`` windows of a 2-D array at ``step`` px: a ``[ny, nx, block, block]``
+    view (no copy; block k in row-major order is ``[k // nx, k % nx]``)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    win = sliding_window_view(channel, (block, block))[::step, ::step]
-    return win.reshape(-1, block, block)
+    return sliding_window_view(channel, (block, block))[::step, ::step]
+
+
+def _blocks(channel: np.ndarray, block: int, step: int, idx=None) -> np.ndarray:
+    """Windows of :func:`_windows` as ``[K, block, block]``: all of them, or those numbered ``idx``
+    (only those are copied)."""
+    win = _windows(channel, block, step)
+    if idx is None:
+        return win.reshape(-1, block, block)
+    iy, ix = np.unravel_index(np.asarray(idx), win.shape[:2])
+    return win[iy, ix]
+
+
+def _per_block(channel: np.ndarray, block: int, step: int, fn) -> np.ndarray:
+    """``fn(blocks [n, block, block]) -> [n]`` over every window, one row of windows at a time: the
+    half-overlapping windows hold 4x the image, so they are never all copied at once."""
+    win = _windows(channel, block, step)
+    return np.concatenate([fn(np.ascontiguousarray(win[i])) for i in range(win.shape[0])])
 
 
 def _detrend(blocks: np.ndarray) -> np.ndarray:
@@ -172,13 +189,14 @@ def estimate_grain_psd(
     from scipy.ndimage import gaussian_filter
 
     smooth = gaussian_filter(lum, 2.0, mode="reflect")
-    score = _detrend(_blocks(smooth, block, step)).var(axis=(1, 2))
+    score = _per_block(smooth, block, step, lambda bl: _detrend(bl).var(axis=(1, 2)))
+    del smooth
     source = "flat blocks"
     if mask is not None:
         m = np.asarray(mask, dtype=np.float64)
         if m.shape != (h, w):
             raise ValueError(f"estimate_grain_psd: mask shape {m.shape} does not match the image {(h, w)}")
-        cover = _blocks((m > 0.5).astype(np.float64), block, step).mean(axis=(1, 2))
+        cover = _per_block((m > 0.5).astype(np.float32), block, step, lambda bl: bl.mean(axis=(1, 2)))
         inside = cover >= 0.9
         if inside.sum() >= 1:
             score = np.where(inside, score, np.inf)
@@ -190,7 +208,7 @@ def estimate_grain_psd(
     else:
         chosen_n = None
     # keep edges of brightness range out: clipped (0 or 1) blocks have no grain
-    means = _blocks(lum, block, step).mean(axis=(1, 2))
+    means = _per_block(lum, block, step, lambda bl: bl.mean(axis=(1, 2)))
     lo, hi = np.percentile(lum, 0.5), np.percentile(lum, 99.5)
     clipped = (means <= lo + 1e-6) | (means >= hi - 1e-6)
     if (~clipped).sum() >= min_blocks:
@@ -204,7 +222,7 @@ def estimate_grain_psd(
     psds = []
     sig = []
     for c in range(ch):
-        bl = _detrend(_blocks(img[:, :, c], block, step)[idx])
+        bl = _detrend(_blocks(img[:, :, c], block, step, idx))
         psd = _psd_from_acf(_acf_from_blocks(bl, removed_dof=3), out_shape)
         psds.append(psd)
         sig.append(np.sqrt(psd.mean() / (out_shape[0] * out_shape[1])))

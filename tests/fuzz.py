@@ -101,7 +101,9 @@ def node_cost(node: str, kw: Dict[str, Any]) -> float:
     c = {"RestoreKitSCUNet": 8.0, "RestoreKitRealESRGAN": 8.0, "RestoreKitRestoreWithModel": 8.0,
          "RestoreKitNoiseDA": 4.0, "RestoreKitSFHformer": 4.0, "RestoreKitHybridRestore": 4.0,
          "RestoreKitDamageAnalysis": 2.0, "RestoreKitFilmGrainBM3D": 4.0, "RestoreKitDenoise": 2.0,
-         "RestoreKitRetinex": 2.0}.get(node, 1.0)
+         "RestoreKitRetinex": 2.0,
+         # the motion estimate needs 32 px and a kernel (up to 256 px) inside the image: larger images
+         "RestoreKitMotionDeblur": 0.25}.get(node, 1.0)
     if "iterations" in kw and kw.get("method") == "richardson_lucy":
         c *= max(1.0, float(kw["iterations"]) / 30.0)
     if kw.get("output_scale"):
@@ -410,32 +412,19 @@ def draw_widget(rng, spec, node: str = "") -> Any:
                 ", ".join(f"{v:.3g}" for v in rng.uniform(0.1, 300, size=int(rng.integers(1, 6))))]
         return junk[int(rng.integers(len(junk)))]
     lo, hi = o.get("min", 0), o.get("max", 100)
-    default = o.get("default", lo)
+    is_int = spec.type == "INT"
+    step = int(o.get("step", 1) or 1) if is_int else float(o.get("step", 0.01) or 0.01)
+    # min, max, default, just above the minimum (e.g. radius 0.1), or on the step grid between
     r = rng.random()
-    if spec.type == "INT":
-        step = int(o.get("step", 1) or 1)
-        if r < 0.25:
-            v = lo
-        elif r < 0.5:
-            v = hi
-        elif r < 0.6:
-            v = default
-        else:
-            v = lo + step * int(rng.integers(0, (hi - lo) // step + 1))
-        return int(v)
-    step = float(o.get("step", 0.01) or 0.01)
-    if r < 0.25:
-        v = lo
-    elif r < 0.5:
-        v = hi
-    elif r < 0.6:
-        v = default
+    if r < 0.6:
+        v = lo if r < 0.25 else hi if r < 0.5 else o.get("default", lo)
     elif r < 0.7:
-        v = min(hi, lo + step)  # just above the minimum (e.g. radius 0.1)
+        v = min(hi, lo + step)
+    elif is_int:
+        v = lo + step * int(rng.integers(0, (hi - lo) // step + 1))
     else:
-        v = lo + step * round(float(rng.uniform(0, (hi - lo) / step)))
-        v = float(np.clip(round(v, 6), lo, hi))
-    return float(v)
+        v = float(np.clip(round(lo + step * round(float(rng.uniform(0, (hi - lo) / step))), 6), lo, hi))
+    return int(v) if is_int else float(v)
 
 
 def _seed_for(node: str, seed: int) -> np.random.Generator:
@@ -677,7 +666,7 @@ class ModelRegistry:
         self._seen: Dict[int, Tuple[Any, str, tuple]] = {}
 
     @staticmethod
-    def _modules() -> List[Any]:
+    def _modules(extra=()) -> List[Any]:
         import torch
 
         found, seen = [], set()
@@ -706,6 +695,8 @@ class ModelRegistry:
             for gname, value in list(vars(mod).items()):
                 if ("CACHE" in gname.upper() or "RESTORER" in gname.upper()) and isinstance(value, (dict, list, tuple)):
                     walk(value, 0)
+        for value in extra:  # models handed to the node as inputs (a RESTOREKIT_MODEL)
+            walk(value, 1)
         return found
 
     @staticmethod
@@ -733,10 +724,11 @@ class ModelRegistry:
             h.update(a.numpy().tobytes() if a.numel() else b"")
         return h.hexdigest()
 
-    def observe(self) -> List[str]:
-        """Register new modules; return a description of each known module whose weights changed."""
+    def observe(self, extra=()) -> List[str]:
+        """Register new modules (from the pack's caches and ``extra`` input values); return a
+        description of each known module whose weights changed."""
         changed = []
-        for m in self._modules():
+        for m in self._modules(list(extra)):
             key = id(m)
             entry = self._seen.get(key)
             if entry is not None and entry[0]() is not m:
@@ -758,25 +750,50 @@ class ModelRegistry:
         return changed
 
 
-def _snapshot(kwargs) -> Dict[str, Any]:
+def _arrays_in(value, path: str, depth: int = 0):
+    """(path, tensor or array) for every tensor/array in an input value (tensors, dicts such as a
+    RESTOREKIT_PSF, lists)."""
     import torch
 
-    return {k: (v.clone(), v.dtype, tuple(v.shape), v.stride()) for k, v in kwargs.items()
-            if isinstance(v, torch.Tensor)}
+    if depth > 3:
+        return
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _arrays_in(v, f"{path}[{k!r}]", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _arrays_in(v, f"{path}[{i}]", depth + 1)
 
 
-def _mutated(kwargs, snap) -> List[str]:
+def _snapshot(kwargs) -> Dict[str, Any]:
+    """Copies of every tensor/array the inputs hold (model weights are the registry's job)."""
+    snap = {}
+    for k, v in kwargs.items():
+        for path, a in _arrays_in(v, k):
+            snap[path] = (a, a.clone() if hasattr(a, "clone") else a.copy(), a.dtype, tuple(a.shape),
+                          a.stride() if hasattr(a, "stride") and callable(a.stride) else a.strides)
+    return snap
+
+
+def _mutated(snap) -> List[str]:
     import torch
 
     out = []
-    for k, (copy, dtype, shape, stride) in snap.items():
-        v = kwargs[k]
-        if v.dtype != dtype or tuple(v.shape) != shape or v.stride() != stride:
-            out.append(f"{k}: dtype/shape/stride changed")
+    for path, (v, copy, dtype, shape, stride) in snap.items():
+        now_stride = v.stride() if isinstance(v, torch.Tensor) else v.strides
+        if v.dtype != dtype or tuple(v.shape) != shape or now_stride != stride:
+            out.append(f"{path}: dtype/shape/stride changed")
             continue
-        same = (v == copy) | (torch.isnan(v) & torch.isnan(copy)) if v.is_floating_point() else (v == copy)
-        if not bool(same.all()):
-            out.append(f"{k}: {int((~same).sum())} value(s) changed in place")
+        if isinstance(v, torch.Tensor):
+            same = (v == copy) | (torch.isnan(v) & torch.isnan(copy)) if v.is_floating_point() else (v == copy)
+            changed = int((~same).sum())
+        else:
+            same = (v == copy) | (np.isnan(v) & np.isnan(copy)) if v.dtype.kind in "fc" else (v == copy)
+            changed = int(np.size(same) - np.count_nonzero(same))
+        if changed:
+            out.append(f"{path}: {changed} value(s) changed in place")
     return out
 
 
@@ -951,7 +968,7 @@ def run_case(case: Case, classes, registry: ModelRegistry, strict: bool = False)
     cls = classes[case.node]
     if "_unavailable" in case.meta:
         return Outcome(case, "skipped", [], [], 0.0, case.meta["_unavailable"]["why"])
-    registry.observe()
+    registry.observe(case.kwargs.values())
     snap = _snapshot(case.kwargs)
     fails: List[Failure] = []
     error = ""
@@ -976,8 +993,8 @@ def run_case(case: Case, classes, registry: ModelRegistry, strict: bool = False)
     for hit in sorted(set(spy.hits)):
         if case.finite:
             fails.append(Failure("hidden-nan", "nan_to_num", "a NaN/inf made inside was replaced", hit))
-    fails += [Failure("violation", "mutation", m) for m in _mutated(case.kwargs, snap)]
-    fails += [Failure("violation", "model-changed", m) for m in registry.observe()]
+    fails += [Failure("violation", "mutation", m) for m in _mutated(snap)]
+    fails += [Failure("violation", "model-changed", m) for m in registry.observe(case.kwargs.values())]
     if ret is not None:
         result = ret["result"] if isinstance(ret, dict) and "result" in ret else ret
         fails += check_outputs(case, cls, result)

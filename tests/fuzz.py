@@ -23,7 +23,7 @@ Every call is checked against the contract (the *checks*):
                  padding errors, ZeroDivisionError, IndexError, numpy's MemoryError ... are crashes.
 ``violation``    outputs: IMAGE float32 ``[B,H,W,C]``, C in 1/3/4, the input's batch, the input's size
                  (except the nodes in :data:`RESIZING_NODES`, which must keep the aspect), finite and
-                 in 0..1; alpha by the one rule (:func:`expected_alpha`); STRING info without "nan" or
+                 in 0..1; alpha by the one rule (:func:`expected_alphas`); STRING info without "nan" or
                  "inf"; NaN/inf or malformed input refused, not processed; inputs never changed in
                  place; cached models (any torch module reachable from a pack cache) unchanged
                  (state-dict hash before/after).

@@ -98,8 +98,10 @@ def test_clean_node_passes(monkeypatch):
 
 
 def test_clear_errors_are_the_packs_own():
-    from restorekit.nodes._common import check_image
+    from restorekit import NODE_CLASS_MAPPINGS
     from restorekit.scripts.inference.files import ModelFileError
+
+    sharpen = NODE_CLASS_MAPPINGS["RestoreKitSmartSharpen"]().sharpen
 
     def caught(fn):
         try:
@@ -108,7 +110,7 @@ def test_clear_errors_are_the_packs_own():
             return fuzz.is_clear_error(exc)[0]
         raise AssertionError("no exception")
 
-    assert caught(lambda: check_image(torch.rand(1, 4, 4, 2)))          # ValueError raised by the pack
+    assert caught(lambda: sharpen(image=torch.rand(1, 4, 4, 2)))        # ValueError raised by the pack
     assert caught(lambda: (_ for _ in ()).throw(ModelFileError("model file 'x.pth' is broken")))
     assert not caught(lambda: np.zeros(-1))                             # ValueError inside numpy
     assert not caught(lambda: [][0])                                     # IndexError

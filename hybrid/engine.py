@@ -19,28 +19,29 @@ With the configurable thresholds (:class:`Thresholds`):
 
 Strategies: ``auto`` (the routing above) or one method forced for every image.
 
-``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``; images are float32
-RGB ``[H, W, 3]`` in 0..1 (grey and RGBA inputs are accepted: grey is replicated, alpha is kept
-and reattached).  :meth:`HybridRestorer.batch_restore` processes a folder.
+``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``.  Arrays may be uint8
+(0..255), uint16 (0..65535) or float (0..1), ``[H, W]`` or ``[H, W, C]`` with C = 1, 3 or 4; the
+result has the input's dtype, scale and channel count (grey is replicated for the analysis and
+averaged back; alpha is kept and reattached).  File I/O lives in :mod:`scripts.image_io`, folder
+batching in :mod:`.tools.batch`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import analysis, classical
+from ..scripts import image_io
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
 #: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
 MAX_QUALITY_DB = 60.0
 METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "ml_guided", "severe": "deep_learning"}
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 #: thresholds ``(light_min_db, severe_max_db)`` calibrated for each estimator by
@@ -107,52 +108,23 @@ def classify(quality_db: float, thresholds: Thresholds) -> str:
     return "moderate"
 
 
-def read_image(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Read an image file as float32 RGB 0..1 plus its alpha (or None).  ValueError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            alpha = None
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                arr = np.asarray(im, np.float32) / 255.0
-                return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, np.float32) / (65535.0 if im.mode.startswith("I;16") else 255.0)
-                arr = np.clip(arr, 0, 1)
-                return np.repeat(arr[..., None], 3, axis=-1), alpha
-            arr = np.asarray(im.convert("RGB"), np.float32) / 255.0
-            return arr, alpha
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read '{os.path.basename(path)}' as an image: {exc}") from exc
-
-
-def write_image(path: str, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) -> None:
-    from PIL import Image
-
-    u8 = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-    if alpha is not None:
-        u8 = np.concatenate([u8, np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8)[..., None]], -1)
-    Image.fromarray(u8).save(path)
-
-
 class HybridRestorer:
     """Analysis → severity → classical / ML-guided classical / U-Net.
 
     ``predictor`` and ``unet`` default to the shipped models (loaded lazily, on first use);
     pass objects to override (``predictor``: :class:`.predictor.Predictor`; ``unet``: a
-    ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net.
+    ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net; ``progress``
+    shows a per-tile progress bar while the U-Net runs (useful on large images).
     """
 
     def __init__(self, thresholds: Optional[Thresholds] = None, predictor=None, unet=None,
-                 device: str = "auto", tile: int = 0, use_shipped: bool = True):
+                 device: str = "auto", tile: int = 0, use_shipped: bool = True, progress: bool = False):
         self.thresholds = thresholds or Thresholds()
         self._predictor = predictor
         self._unet = unet
         self.device = device
         self.tile = int(tile)
+        self.progress = bool(progress)
         self.use_shipped = use_shipped
         self.notes: List[str] = []
 
@@ -229,37 +201,37 @@ class HybridRestorer:
     def _deep(self, rgb) -> Tuple[np.ndarray, Dict[str, object]]:
         from .unet import run
 
-        out, report = run(self.unet, rgb, device=self.device, tile=self.tile, progress=False)
+        out, report = run(self.unet, rgb, device=self.device, tile=self.tile, progress=self.progress)
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
     # --- API ----------------------------------------------------------------------------------
     def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, Dict[str, object]]:
-        """Restore one image (array ``[H,W,C]`` 0..1, C = 1/3/4, or a file path).
+        """Restore one image: an array ``[H,W]`` / ``[H,W,C]`` (C = 1, 3 or 4) or a file path.
 
-        Returns ``(float32 image [H,W,C] with the input's channel count, info)``; info has
-        ``method``, ``severity``, ``strategy``, ``analysis`` (all features, the quality estimate,
-        thresholds), ``parameters`` of the method that ran and ``seconds``.
+        Arrays: ``uint8`` is read as 0..255, ``uint16`` as 0..65535, float as 0..1 (values outside
+        are clipped with a note in ``info["notes"]``; a float maximum above 2 is refused as
+        mis-scaled data).  The result has the input's dtype, scale and channel count.  A path is
+        read with :func:`scripts.image_io.read_image` (orientation applied) and gives float32 0..1.
+
+        Returns ``(image, info)``; info has ``method``, ``severity``, ``strategy``, ``analysis`` (all
+        features, the quality estimate, thresholds), ``parameters`` of the method that ran, ``notes``
+        and ``seconds``.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
         t0 = time.perf_counter()
-        alpha = None
         if isinstance(image_or_path, (str, os.PathLike)):
-            rgb, alpha = read_image(os.fspath(image_or_path))
-            channels = 4 if alpha is not None else 3
+            arr, kind, intake_notes = image_io.read_image(os.fspath(image_or_path)).pixels, "float", []
         else:
-            arr = np.asarray(image_or_path, np.float32)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-                raise ValueError(f"restore expects an [H, W, C] image with 1, 3 or 4 channels, got {arr.shape}")
-            if not np.isfinite(arr.sum(dtype=np.float64)):
-                raise ValueError("restore: the image contains NaN or infinite values")
-            channels = arr.shape[-1]
-            if channels == 4:
-                alpha = arr[..., 3]
-            rgb = np.repeat(arr, 3, axis=-1) if channels == 1 else arr[..., :3]
-            rgb = np.clip(rgb, 0, 1)
+            arr, kind, intake_notes = image_io.to_float01(image_or_path, "restore")
+        squeeze = arr.ndim == 2
+        if squeeze:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
+            raise ValueError(f"restore expects an [H, W, C] image with 1, 3 or 4 channels, got {arr.shape}")
+        channels = arr.shape[-1]
+        alpha = arr[..., 3] if channels == 4 else None
+        rgb = np.repeat(arr, 3, axis=-1) if channels == 1 else arr[..., :3]
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, deep = self._analyse(rgb, estimator)
@@ -277,80 +249,9 @@ class HybridRestorer:
             out = out.mean(axis=-1, keepdims=True)
         elif channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
+        if squeeze:
+            out = out[..., 0]
         info = {"method": method, "severity": severity, "strategy": strategy,
                 "analysis": info_an, "parameters": params,
-                "notes": list(self.notes), "seconds": time.perf_counter() - t0}
-        return out, info
-
-    def batch_restore(self, inputs, output_dir: str, strategy: str = "auto", progress: bool = True,
-                      report_name: str = "restore_report.json") -> Dict[str, object]:
-        """Restore every image in ``inputs`` (a folder, a file, or a list of both) into ``output_dir``.
-
-        Outputs are PNG ``<stem>_restored.png``; an existing file is never overwritten (a numeric
-        suffix is added) and an output path equal to an input is refused.  Unreadable files are
-        skipped with the reason.  A per-file report is written to ``output_dir/report_name`` and
-        returned: ``{"files": [...], "restored": n, "skipped": n, "report": path}``.
-        """
-        files = list(_collect(inputs))
-        os.makedirs(output_dir, exist_ok=True)
-        inputs_real = {os.path.realpath(f) for f in files}
-        rows: List[Dict[str, object]] = []
-        bar = None
-        if progress:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(files), desc="restoring", unit="img")
-            except Exception:
-                bar = None
-        for path in files:
-            row: Dict[str, object] = {"input": path}
-            try:
-                out, info = self.restore(path, strategy)
-                stem = os.path.splitext(os.path.basename(path))[0]
-                target = _free_name(os.path.join(output_dir, f"{stem}_restored.png"), inputs_real)
-                write_image(target, out[..., :3], out[..., 3] if out.shape[-1] == 4 else None)
-                row.update(status="restored", output=target, method=info["method"],
-                           severity=info["severity"], quality_db=round(info["analysis"]["quality_db"], 2),
-                           seconds=round(info["seconds"], 3))
-            except ValueError as exc:
-                row.update(status="skipped", reason=str(exc))
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{os.path.basename(path)}: {row.get('method', row['status'])}")
-        if bar is not None:
-            bar.close()
-        report_path = _free_name(os.path.join(output_dir, report_name), inputs_real)
-        summary = {"files": rows, "restored": sum(r["status"] == "restored" for r in rows),
-                   "skipped": sum(r["status"] == "skipped" for r in rows), "report": report_path,
-                   "strategy": strategy, "thresholds": asdict(self.thresholds)}
-        with open(report_path, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, default=str)
-        return summary
-
-
-def _collect(inputs) -> Iterable[str]:
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    for item in inputs:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            for name in sorted(os.listdir(item)):
-                p = os.path.join(item, name)
-                if os.path.isfile(p) and not name.startswith("."):
-                    yield p
-        elif os.path.isfile(item):
-            yield item
-        else:
-            raise FileNotFoundError(f"'{item}' is neither a file nor a folder")
-
-
-def _free_name(path: str, forbidden: set) -> str:
-    """``path`` or ``stem_1.ext``, ``stem_2.ext``… — never an existing file, never an input."""
-    stem, ext = os.path.splitext(path)
-    cand, i = path, 0
-    while os.path.exists(cand) or os.path.realpath(cand) in forbidden:
-        i += 1
-        cand = f"{stem}_{i}{ext}"
-    return cand
+                "notes": list(self.notes) + intake_notes, "seconds": time.perf_counter() - t0}
+        return image_io.from_float01(out, kind), info

@@ -69,6 +69,9 @@ def check_image(image: Any, name: str = "image", channels: Iterable[int] = (1, 3
                 nan: str = "error") -> torch.Tensor:
     """Validate a ComfyUI IMAGE and return it as a contiguous float32 CPU/GPU tensor.
 
+    fp16 / bf16 IMAGEs (ComfyUI's ``--fp16-intermediates``) are converted to float32 here, so every
+    node computes in float32 on exactly the values it was given and returns float32.
+
     Raises ``ValueError`` naming the problem for: a non-tensor, rank other than 4 (a rank-3
     ``[H,W,C]`` tensor is accepted as a batch of one), a channel count outside ``channels``,
     an empty side, a side over :data:`MAX_SIDE`, and NaN/inf pixels when ``nan == "error"``

@@ -8,10 +8,12 @@ without ComfyUI.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
-from ..scripts.inference.runtime import PlainRuntime, get_runtime, resolve_inside, set_runtime
+from ..scripts.inference.runtime import (SHIPPED_MODEL_FOLDERS, PlainRuntime, get_runtime, resolve_inside,
+                                         set_runtime)
 
 
 def _optional(module: str):
@@ -34,6 +36,75 @@ class ComfyRuntime(PlainRuntime):
         self.cutils = _optional("comfy.utils")
         self.folder_paths = _optional("folder_paths")
         self.name = "comfyui" if self.mm is not None else "standalone"
+        self._image_dirs = {}
+
+    # --- image folders (what LoadImage / SaveImage-style nodes read and write) ---------------
+    def image_folder(self, kind: str) -> str:
+        """``input`` / ``output`` / ``temp`` folder: one set with :meth:`set_image_folder` (the CLI
+        does), else ComfyUI's, else ``./input``, ``./output`` and a temp folder."""
+        if kind not in ("input", "output", "temp"):
+            raise ValueError(f"unknown image folder kind {kind!r}")
+        if kind in self._image_dirs:
+            return self._image_dirs[kind]
+        fp = self.folder_paths
+        if fp is not None:
+            return getattr(fp, f"get_{kind}_directory")()
+        if kind == "temp":
+            import tempfile
+
+            return os.path.join(tempfile.gettempdir(), "restorekit-temp")
+        return os.path.abspath(kind)
+
+    def set_image_folder(self, kind: str, path: str) -> None:
+        self.image_folder(kind)  # validates kind
+        self._image_dirs[kind] = os.path.abspath(path)
+
+    @contextlib.contextmanager
+    def image_folders(self, **folders):
+        """``with runtime.image_folders(input=..., output=...):`` set for the block, then restored."""
+        old = dict(self._image_dirs)
+        try:
+            for kind, path in folders.items():
+                self.set_image_folder(kind, path)
+            yield self
+        finally:
+            self._image_dirs = old
+
+    def image_path(self, name: str) -> str:
+        """Full path of an image input value: ComfyUI's annotated names (``x.png [output]``) inside
+        ComfyUI, else a file in the input folder.  Refuses names that leave the image folders."""
+        fp = self.folder_paths
+        if fp is not None and "input" not in self._image_dirs:
+            path = fp.get_annotated_filepath(name)
+        else:
+            path = os.path.join(self.image_folder("input"), name)
+        full = os.path.abspath(path)  # '..' is resolved, links the user made in the folder are kept
+        roots = [os.path.abspath(self.image_folder(k)) for k in ("input", "output", "temp")]
+        if not any(full == r or full.startswith(r + os.sep) for r in roots):
+            raise ValueError(f"image '{name}' is outside ComfyUI's input, output and temp folders")
+        return path
+
+    def save_target(self, prefix: str, kind: str = "output"):
+        """``(folder, stem, counter, subfolder)`` for a new file named ``<stem>_<counter:05>_.<ext>``
+        in the output (or temp) folder, as ComfyUI's SaveImage numbers them."""
+        base = self.image_folder(kind)
+        fp = self.folder_paths
+        if fp is not None and kind not in self._image_dirs:
+            folder, stem, counter, subfolder, _ = fp.get_save_image_path(prefix, base, 0, 0)
+            return folder, stem, counter, subfolder
+        subfolder, stem = os.path.split(os.path.normpath(prefix))
+        folder = os.path.join(base, subfolder)
+        if os.path.commonpath([os.path.abspath(folder), os.path.abspath(base)]) != os.path.abspath(base):
+            raise ValueError(f"filename_prefix '{prefix}' leaves the output folder")
+        os.makedirs(folder, exist_ok=True)
+        taken = [f[len(stem) + 1:].split("_")[0] for f in os.listdir(folder) if f.startswith(stem + "_")]
+        counter = max([int(t) for t in taken if t.isdigit()] + [0]) + 1
+        return folder, stem, counter, subfolder
+
+    def workflow_metadata_enabled(self) -> bool:
+        """False when ComfyUI runs with ``--disable-metadata`` (no prompt/workflow in saved files)."""
+        cli_args = _optional("comfy.cli_args")
+        return not bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
 
     def default_device(self):
         if self.mm is not None:
@@ -127,4 +198,7 @@ def install() -> ComfyRuntime:
         if models_dir:
             for kind, sub in PACK_MODEL_FOLDERS.items():
                 runtime.register_model_folder(kind, os.path.join(models_dir, sub))
+        for kind, folders in SHIPPED_MODEL_FOLDERS.items():  # weights that ship inside the pack
+            for folder in folders:
+                runtime.register_model_folder(kind, folder)
     return runtime

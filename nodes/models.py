@@ -44,15 +44,22 @@ def _runtime():
     return get_runtime()
 
 
-def _files(kind: str):
+def _files(kind: str, archs=None):
+    """Model files of ``kind``; with ``archs``, without converted files of other architectures."""
     try:
-        return list(_runtime().model_files(kind))
+        rt = _runtime()
+        files = list(rt.model_files(kind))
+        if archs:
+            from ..scripts.inference.ncnn import drop_other_archs
+
+            files = drop_other_archs(rt.model_folders(kind), files, archs)
+        return files
     except Exception:
         return []
 
 
-def _common_inputs(kind: str, what: str) -> dict:
-    files = _files(kind)
+def _common_inputs(kind: str, what: str, archs=None) -> dict:
+    files = _files(kind, archs)
     return {
         "model_name": (files, {"tooltip": f"{what} weight file in ComfyUI's models/{kind} folder."}),
         "device": DEVICE_INPUT,
@@ -256,7 +263,7 @@ class RestoreKitRealESRGAN(_ModelNode):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"image": image_input()}
-        req.update(_common_inputs("upscale_models", "Real-ESRGAN"))
+        req.update(_common_inputs("upscale_models", "Real-ESRGAN", archs=("ESRGAN", "Compact")))
         req["output_scale"] = float_input(0.0, 0.0, 8.0, 0.25,
                                           "Final scale relative to the input. 0 = the model's own scale (x4); "
                                           "other values resample the model output (antialiased bicubic).")
@@ -303,7 +310,7 @@ class RestoreKitSCUNet(_ModelNode):
     @classmethod
     def INPUT_TYPES(cls):
         req = {"image": image_input()}
-        req.update(_common_inputs("upscale_models", "SCUNet"))
+        req.update(_common_inputs("upscale_models", "SCUNet", archs=("SCUNet",)))
         return {"required": req}
 
     def _prepare(self, handle, opts):

@@ -29,7 +29,8 @@ class RestoreKitLoadModel:
     DESCRIPTION = (
         "Load a restoration model file (.pth/.safetensors) from ComfyUI's models/upscale_models folder: "
         "any architecture spandrel supports (Real-ESRGAN, Compact, SCUNet, SwinIR…). Weights only: "
-        "files carrying pickled code are refused."
+        "files carrying pickled code are refused. ncnn models (.param + .bin, e.g. from upscayl or chaiNNer) "
+        "are listed too and converted on first use into models/restorekit_converted (cached by sha256)."
     )
     CATEGORY = f"{CATEGORY_ROOT}/Models"
     RETURN_TYPES = (MODEL_TYPE, "STRING")
@@ -38,22 +39,25 @@ class RestoreKitLoadModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = _runtime().model_files(UPSCALE_FOLDER)
+        from ..scripts.inference.ncnn import param_files
+
+        rt = _runtime()
+        files = sorted(set(rt.model_files(UPSCALE_FOLDER)) | set(param_files(rt.model_folders(UPSCALE_FOLDER))))
         return {
             "required": {
-                "model_name": (files, {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture)."}),
+                "model_name": (files, {"tooltip": "A model file in models/upscale_models (spandrel-supported architecture, or an ncnn .param with its .bin)."}),
             }
         }
 
     def load(self, model_name):
-        from ..scripts.inference.files import load_spandrel
+        from ..scripts.inference.ncnn import load_model_file
 
         path = _runtime().resolve_model_file(UPSCALE_FOLDER, model_name)
-        handle = load_spandrel(path)
+        handle, note = load_model_file(path)
         info = format_info(
             "Load Restoration Model",
             {
-                "file": model_name,
+                "file": model_name + (f" ({note})" if note else ""),
                 "architecture": handle.describe(),
                 "size multiple": handle.size_multiple,
                 "tiling": handle.tiling,

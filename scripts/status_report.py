@@ -58,7 +58,19 @@ def collect() -> Dict[str, object]:
             pass
         folders[kind] = {"folders": runtime.model_folders(kind), "models": files}
     info["model folders"] = folders
+    info["real pretrained models"] = _pretrained_lines()
     return info
+
+
+def _pretrained_lines() -> List[str]:
+    """One line per real pretrained model (available or not, with the reason): scripts/pretrained.py."""
+    try:
+        from .pretrained import available_pretrained
+
+        return [f"{m.name}: {m.arch or '?'} ({m.task}) — " + ("available" if m.available else m.reason)
+                for m in available_pretrained(include_unavailable=True)]
+    except Exception as exc:  # the report must never fail
+        return [f"could not list ({type(exc).__name__}: {exc})"]
 
 
 def report_text() -> str:
@@ -68,6 +80,9 @@ def report_text() -> str:
         if key == "dependencies":
             lines.append("optional dependencies:")
             lines += [f"  {k}: {v}" for k, v in value.items()]
+        elif key == "real pretrained models":
+            lines.append("real pretrained models (restorekit models list for licences):")
+            lines += [f"  {v}" for v in value]
         elif key == "model folders":
             lines.append("model folders:")
             for kind, d in value.items():

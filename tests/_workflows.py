@@ -22,23 +22,26 @@ form, because only that one posts with ``curl -d @file``.
 
 ``_meta.models`` lists the model files an example needs; the tests write a small random-weight file of
 ``arch`` (a key of :data:`MODEL_MAKERS`) under ``name`` in a temporary ``<models>/<folder>``, and the
-description says which real file to use.
+description says which real file to use.  An entry with ``"shipped": "models/<path>"`` names real weights
+that ship inside the pack (its ``models/`` folder, registered as a model folder by the pack itself): nothing
+is written, the file must exist, and the example runs the real network.
 
-The pack is used through its own ``NODE_CLASS_MAPPINGS``; ComfyUI core's ``LoadImage``,
-``SaveImage`` and ``PreviewImage`` are described here minimally (:data:`CORE_SCHEMAS`) and done by plain
-file I/O, the way ComfyUI does them (RGB float32 ``[1,H,W,3]`` plus a ``[1,H,W]`` mask that is
-``1 - alpha``, or a 64x64 zero mask without alpha; PNG written from ``clip(255*x)`` as uint8).
+Schemas, validation and the in-process executor are the library's (``hybrid/tools/workflow.py``, also
+behind ``restorekit run --workflow``); this module adds what only the tests need: the examples' file
+format, model files for the model examples, the UI-workflow generator, and ComfyUI core's own
+``LoadImage`` / ``SaveImage`` semantics (RGB float32 ``[1,H,W,3]`` from 8-bit data plus a ``[1,H,W]``
+mask that is ``1 - alpha``, or a 64x64 zero mask without alpha; PNG written from ``clip(255*x)`` as
+uint8), so the examples are checked the way ComfyUI runs them.
 """
 from __future__ import annotations
 
 import glob
 import importlib.util
 import json
-import math
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -51,12 +54,6 @@ IMAGES_DIR = os.path.join(EXAMPLES_DIR, "images")
 #: keys ComfyUI's POST /prompt understands in the body; "_meta"/"description" are ours (ignored there)
 BODY_KEYS = {"prompt", "extra_data", "client_id", "number", "front", "prompt_id", "partial_execution_targets"}
 META_KEYS = {"_meta", "description"}
-
-#: ComfyUI value types that become widgets in the UI (anything else is a socket)
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-#: node types that exist only in the frontend (notes) and have no API twin
-UI_ONLY_TYPES = {"MarkdownNote", "Note"}
-
 
 # --- the pack -----------------------------------------------------------------------------------
 def load_pack(name: str = "restorekit"):
@@ -71,6 +68,17 @@ def load_pack(name: str = "restorekit"):
     return module
 
 
+load_pack()
+from restorekit.hybrid.tools import workflow as LW  # noqa: E402  (the library's schema helpers and executor)
+
+# the examples' inputs live in examples/images: file nodes of the pack (Load Image (16-bit/float)) list it
+LW._adapter().set_image_folder("input", IMAGES_DIR)
+
+InputSpec, input_specs, hidden_inputs, output_names = LW.InputSpec, LW.input_specs, LW.hidden_inputs, LW.output_names
+is_link, types_match, topo_order = LW.is_link, LW.types_match, LW.topo_order
+WIDGET_TYPES, UI_ONLY_TYPES = LW.WIDGET_TYPES, LW.UI_ONLY_TYPES
+
+
 def image_files(images_dir: str = IMAGES_DIR) -> List[str]:
     if not os.path.isdir(images_dir):
         return []
@@ -78,11 +86,8 @@ def image_files(images_dir: str = IMAGES_DIR) -> List[str]:
     return sorted(f for f in os.listdir(images_dir) if f.lower().endswith(exts))
 
 
-class _LoadImage:
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("IMAGE", "MASK")
-    FUNCTION = "load_image"
-    OUTPUT_NODE = False
+class _LoadImage(LW.CoreLoadImage):
+    """Core LoadImage listing the files of :data:`IMAGES_DIR` (where the examples' inputs live)."""
     images_dir = IMAGES_DIR
 
     @classmethod
@@ -90,38 +95,7 @@ class _LoadImage:
         return {"required": {"image": (image_files(cls.images_dir), {"image_upload": True})}}
 
 
-class _SaveImage:
-    RETURN_TYPES = ()
-    RETURN_NAMES = ()
-    FUNCTION = "save_images"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
-
-
-class _PreviewImage:
-    RETURN_TYPES = ()
-    RETURN_NAMES = ()
-    FUNCTION = "save_images"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",)}}
-
-
-class _PreviewAny:
-    """ComfyUI core 'Preview Any' (comfy_extras/nodes_preview_any.py): shows any value as text."""
-    RETURN_TYPES = ()
-    RETURN_NAMES = ()
-    FUNCTION = "main"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"source": ("*", {})}}
+_SaveImage, _PreviewImage, _PreviewAny = LW.CoreSaveImage, LW.CorePreviewImage, LW.CorePreviewAny
 
 
 #: ComfyUI core nodes the examples may use, described minimally
@@ -143,70 +117,6 @@ def display_name(class_type: str) -> str:
              "PreviewAny": "Preview Any"}
     names.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
     return names.get(class_type, class_type)
-
-
-# --- schema helpers -----------------------------------------------------------------------------
-@dataclass
-class InputSpec:
-    name: str
-    type: str                 # INT, FLOAT, STRING, BOOLEAN, COMBO or a socket type (IMAGE, ...)
-    options: dict
-    required: bool
-    choices: Optional[list] = None
-
-    @property
-    def is_widget(self) -> bool:
-        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
-
-    @property
-    def control_after_generate(self) -> bool:
-        """The frontend adds a 'control_after_generate' widget after this one (saved in widgets_values)."""
-        if self.type == "INT":
-            return bool(self.options.get("control_after_generate", self.name in ("seed", "noise_seed")))
-        if self.type == "COMBO":
-            return bool(self.options.get("control_after_generate", False))
-        return False
-
-
-def input_specs(cls) -> List[InputSpec]:
-    """The inputs of node class ``cls`` in INPUT_TYPES order (required, then optional)."""
-    declared = cls.INPUT_TYPES()
-    specs = []
-    for section in ("required", "optional"):
-        for name, decl in (declared.get(section) or {}).items():
-            kind = decl[0]
-            opts = dict(decl[1]) if len(decl) > 1 and isinstance(decl[1], dict) else {}
-            if isinstance(kind, (list, tuple)):
-                specs.append(InputSpec(name, "COMBO", opts, section == "required", list(kind)))
-            elif kind == "COMBO":
-                specs.append(InputSpec(name, "COMBO", opts, section == "required", list(opts.get("options", []))))
-            else:
-                specs.append(InputSpec(name, str(kind), opts, section == "required"))
-    return specs
-
-
-def hidden_inputs(cls) -> Dict[str, str]:
-    return dict(cls.INPUT_TYPES().get("hidden") or {})
-
-
-def output_names(cls) -> List[str]:
-    types = list(getattr(cls, "RETURN_TYPES", ()))
-    names = list(getattr(cls, "RETURN_NAMES", None) or types)
-    return [n if n else t for n, t in zip(names, types)]
-
-
-def is_link(value) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], int) and not isinstance(value[1], bool))
-
-
-def types_match(received: str, expected: str) -> bool:
-    """ComfyUI's rule (comfy_execution/validation.py): equal, '*' on either side, or overlapping unions."""
-    if received == expected or "*" in (received, expected):
-        return True
-    a = {t.strip() for t in str(received).split(",")}
-    b = {t.strip() for t in str(expected).split(",")}
-    return bool(a & b)
 
 
 # --- reading examples ---------------------------------------------------------------------------
@@ -301,131 +211,10 @@ def check_model_refs(example: Example) -> List[str]:
 
 def validate_prompt(prompt: Dict[str, dict], classes: Optional[Dict[str, Any]] = None,
                     where: str = "prompt") -> List[str]:
-    """Check an API prompt the way ComfyUI's ``execution.validate_prompt`` does, a little stricter.
+    """The library's ComfyUI-style check (hybrid/tools/workflow.py) plus the examples' rule that every
+    prompt ends in a SaveImage."""
+    return LW.validate_prompt(prompt, classes if classes is not None else node_classes(), where, require_save=True)
 
-    Returns a list of problems (empty = valid): unknown class, unknown or missing inputs, wrong value
-    types, values outside min/max or not in a choice list, links to missing nodes or output indices,
-    link type mismatches, cycles, and a prompt without an output node.
-    """
-    classes = classes if classes is not None else node_classes()
-    errors: List[str] = []
-    if not isinstance(prompt, dict) or not prompt:
-        return [f"{where}: empty or not an object"]
-    for nid, node in prompt.items():
-        tag = f"{where} node {nid}"
-        if not isinstance(node, dict) or "class_type" not in node or "inputs" not in node:
-            errors.append(f"{tag}: needs 'class_type' and 'inputs'")
-            continue
-        if not str(nid).isdigit():
-            errors.append(f"{tag}: node ids must be integers written as strings (the UI needs numbers)")
-        ct = node["class_type"]
-        tag = f"{where} node {nid} ({ct})"
-        cls = classes.get(ct)
-        if cls is None:
-            errors.append(f"{tag}: unknown class_type '{ct}'")
-            continue
-        specs = {s.name: s for s in input_specs(cls)}
-        hidden = hidden_inputs(cls)
-        inputs = node["inputs"]
-        for name in inputs:
-            if name not in specs and name not in hidden:
-                errors.append(f"{tag}: unknown input '{name}' (known: {', '.join(specs)})")
-        for name, spec in specs.items():
-            if name not in inputs:
-                if spec.required:
-                    errors.append(f"{tag}: required input '{name}' missing")
-                continue
-            value = inputs[name]
-            if is_link(value):
-                src_id, slot = value
-                src = prompt.get(src_id)
-                if not isinstance(src, dict) or src.get("class_type") not in classes:
-                    errors.append(f"{tag}: input '{name}' links to missing or unknown node '{src_id}'")
-                    continue
-                rtypes = list(getattr(classes[src["class_type"]], "RETURN_TYPES", ()))
-                if not 0 <= slot < len(rtypes):
-                    errors.append(f"{tag}: input '{name}' links to output {slot} of node {src_id}, "
-                                  f"which has {len(rtypes)} output(s)")
-                    continue
-                want = spec.type if spec.type != "COMBO" else "COMBO"
-                if not types_match(rtypes[slot], want):
-                    errors.append(f"{tag}: input '{name}' wants {want}, node {src_id} output {slot} is {rtypes[slot]}")
-                continue
-            if not spec.is_widget:
-                errors.append(f"{tag}: input '{name}' ({spec.type}) must be a link [node_id, output_index], got {value!r}")
-                continue
-            errors.extend(_check_value(tag, spec, value))
-    errors.extend(_check_graph(prompt, classes, where))
-    return errors
-
-
-def _check_value(tag: str, spec: InputSpec, value) -> List[str]:
-    name, opts = spec.name, spec.options
-    if spec.type == "COMBO":
-        if value not in (spec.choices or []):
-            shown = ", ".join(map(str, (spec.choices or [])[:12]))
-            return [f"{tag}: input '{name}' value {value!r} not in the choice list [{shown}]"]
-        return []
-    if spec.type == "BOOLEAN":
-        return [] if isinstance(value, bool) else [f"{tag}: input '{name}' must be true/false, got {value!r}"]
-    if spec.type == "STRING":
-        return [] if isinstance(value, str) else [f"{tag}: input '{name}' must be a string, got {value!r}"]
-    if spec.type == "INT" and (isinstance(value, bool) or not isinstance(value, int)):
-        return [f"{tag}: input '{name}' must be an integer, got {value!r}"]
-    if spec.type == "FLOAT" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                 or not math.isfinite(float(value))):
-        return [f"{tag}: input '{name}' must be a finite number, got {value!r}"]
-    errs = []
-    if "min" in opts and value < opts["min"]:
-        errs.append(f"{tag}: input '{name}' = {value} is below min {opts['min']}")
-    if "max" in opts and value > opts["max"]:
-        errs.append(f"{tag}: input '{name}' = {value} is above max {opts['max']}")
-    return errs
-
-
-def _check_graph(prompt, classes, where) -> List[str]:
-    errors = []
-    try:
-        topo_order(prompt)
-    except ValueError as exc:
-        errors.append(f"{where}: {exc}")
-    outputs = [nid for nid, n in prompt.items() if isinstance(n, dict)
-               and getattr(classes.get(n.get("class_type")), "OUTPUT_NODE", False)]
-    if not outputs:
-        errors.append(f"{where}: no output node (ComfyUI refuses it: prompt_no_outputs); add a SaveImage")
-    if not any(isinstance(n, dict) and n.get("class_type") == "SaveImage" for n in prompt.values()):
-        errors.append(f"{where}: no SaveImage node (every example ends in a saved image)")
-    # ComfyUI runs only the nodes an output node depends on: anything else would silently not run
-    needed, todo = set(), list(outputs)
-    while todo:
-        nid = todo.pop()
-        if nid in needed or not isinstance(prompt.get(nid), dict):
-            continue
-        needed.add(nid)
-        todo.extend(v[0] for v in prompt[nid].get("inputs", {}).values() if is_link(v))
-    dead = sorted(set(prompt) - needed, key=str)
-    if outputs and dead:
-        errors.append(f"{where}: node(s) {dead} feed no output node, so ComfyUI would not run them "
-                      f"(connect them, e.g. an info STRING to a PreviewAny)")
-    return errors
-
-
-def topo_order(prompt: Dict[str, dict]) -> List[str]:
-    """Node ids in an order where every node comes after the nodes it links to (ties by id)."""
-    deps = {nid: {v[0] for v in node.get("inputs", {}).values() if is_link(v) and v[0] in prompt}
-            for nid, node in prompt.items()}
-    key = lambda n: (int(n) if str(n).isdigit() else 10**9, str(n))  # noqa: E731
-    order, done = [], set()
-    ready = sorted([n for n, d in deps.items() if not d], key=key)
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        done.add(n)
-        ready.extend(m for m, d in deps.items() if m not in done and m not in ready and n in d and d <= done)
-        ready.sort(key=key)
-    if len(order) != len(prompt):
-        raise ValueError(f"cycle among nodes {sorted(set(prompt) - done, key=key)}")
-    return order
 
 
 # --- model files --------------------------------------------------------------------------------
@@ -573,6 +362,12 @@ def write_models(example: Example, models_dir: str) -> List[str]:
         for key in ("folder", "name", "arch"):
             if key not in spec:
                 raise ValueError(f"{example.name}: _meta.models entry {spec} lacks '{key}'")
+        if spec.get("shipped"):
+            shipped = os.path.join(REPO, spec["shipped"])
+            if not os.path.isfile(shipped) or os.path.basename(shipped) != spec["name"]:
+                raise ValueError(f"{example.name}: shipped model {spec['shipped']} is missing or not named {spec['name']}")
+            written.append(shipped)
+            continue
         maker = MODEL_MAKERS.get(spec["arch"])
         if maker is None:
             raise ValueError(f"{example.name}: model arch '{spec['arch']}' has no maker "
@@ -624,59 +419,21 @@ def save_image_batch(images, out_dir: str, prefix: str) -> List[str]:
     return paths
 
 
-@dataclass
-class RunResult:
-    outputs: Dict[str, tuple] = field(default_factory=dict)   # node id -> output tuple
-    saved: Dict[str, List[str]] = field(default_factory=dict)  # SaveImage node id -> PNG paths
-    images: Dict[str, Any] = field(default_factory=dict)       # SaveImage/PreviewImage node id -> tensor
-    order: List[str] = field(default_factory=list)
+RunResult = LW.RunResult
 
 
 def execute_prompt(prompt: Dict[str, dict], out_dir: str, images_dir: str = IMAGES_DIR,
                    classes: Optional[Dict[str, Any]] = None) -> RunResult:
-    """Run an API prompt through the pack's node classes in topological order.
-
-    LoadImage reads ``images_dir``, SaveImage writes PNGs into ``out_dir``; every other node is
-    instantiated from the pack and its ``FUNCTION`` is called with the resolved inputs.  A node that
-    returns ``{"ui": ..., "result": (...)}`` gives its ``result``.  The returned tuple must have as many
-    items as ``RETURN_TYPES``.
-    """
-    import torch
-
-    classes = classes if classes is not None else node_classes()
-    res = RunResult(order=topo_order(prompt))
-    for nid in res.order:
-        node = prompt[nid]
-        ct = node["class_type"]
-        cls = classes[ct]
-        kwargs = {}
-        for name, value in node["inputs"].items():
-            kwargs[name] = res.outputs[value[0]][value[1]] if is_link(value) else value
-        for name, kind in hidden_inputs(cls).items():
-            kwargs[name] = {"UNIQUE_ID": nid, "PROMPT": prompt, "EXTRA_PNGINFO": {}}.get(kind)
-        if ct == "LoadImage":
-            out = load_image_file(os.path.join(images_dir, kwargs["image"]))
-        elif ct == "PreviewAny":
-            out = ()
-        elif ct in ("SaveImage", "PreviewImage"):
-            images = kwargs["images"]
-            assert isinstance(images, torch.Tensor) and images.ndim == 4, \
-                f"node {nid} ({ct}) got {type(images).__name__} {getattr(images, 'shape', '')}, not an IMAGE"
-            res.images[nid] = images
-            if ct == "SaveImage":
-                res.saved[nid] = save_image_batch(images, out_dir, kwargs.get("filename_prefix", "ComfyUI"))
-            out = ()
-        else:
-            with torch.inference_mode():
-                out = getattr(cls(), cls.FUNCTION)(**kwargs)
-            if isinstance(out, dict):
-                out = out.get("result", ())
-            out = tuple(out)
-            n = len(getattr(cls, "RETURN_TYPES", ()))
-            if len(out) != n:
-                raise AssertionError(f"node {nid} ({ct}) returned {len(out)} values for {n} RETURN_TYPES")
-        res.outputs[nid] = tuple(out)
-    return res
+    """Run an API prompt through the library's in-process executor (hybrid/tools/workflow.py) with
+    ComfyUI's own LoadImage / SaveImage semantics: LoadImage reads ``images_dir`` (8-bit RGB as core
+    does), SaveImage writes 8-bit PNGs into ``out_dir``.  Every node runs (no pruning, no validation:
+    the tests validate separately)."""
+    with LW._adapter().image_folders(input=images_dir, output=out_dir):
+        return LW.execute_prompt(
+            prompt, classes if classes is not None else node_classes(),
+            load_image=lambda name: load_image_file(os.path.join(images_dir, name)),
+            save_image=lambda nid, images, prefix: save_image_batch(images, out_dir, prefix),
+            validate=False, only_needed=False)
 
 
 # --- API -> UI workflow -------------------------------------------------------------------------
@@ -713,19 +470,7 @@ def widget_values(class_type: str, cls, inputs: dict) -> List[Any]:
     return values
 
 
-def ui_widget_map(class_type: str, cls, widgets_values: List[Any]) -> Dict[str, Any]:
-    """Inverse of :func:`widget_values`: input name -> value (extra control/upload values skipped)."""
-    out, i = {}, 0
-    for spec in input_specs(cls):
-        if not spec.is_widget:
-            continue
-        if i >= len(widgets_values):
-            raise ValueError(f"{class_type}: widgets_values has {len(widgets_values)} entries, too few")
-        out[spec.name] = widgets_values[i]
-        i += 1 + int(spec.control_after_generate) + int(bool(spec.options.get("image_upload")))
-    if i != len(widgets_values):
-        raise ValueError(f"{class_type}: widgets_values has {len(widgets_values)} entries, expected {i}")
-    return out
+ui_widget_map = LW.ui_widget_map
 
 
 def api_to_ui(example: Example, classes: Optional[Dict[str, Any]] = None) -> dict:

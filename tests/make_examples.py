@@ -3,7 +3,8 @@
 For each examples/api/X.json: examples/X.json (UI format, what ComfyUI's Save writes; the Templates
 browser lists it) and examples/X.jpg (thumbnail, <= 256 px: the output image of running X in-process
 through the pack's own nodes; for examples that need model files, which run here with small
-random-weight files, the input image instead, since a random network's output shows nothing).
+random-weight files, the input image instead, since a random network's output shows nothing; examples
+whose models all ship with the pack show their real output).
 
     .venv/bin/python tests/make_examples.py [NAME ...]       # all examples, or only these
     .venv/bin/python tests/make_examples.py --check          # validate only, write nothing
@@ -39,6 +40,23 @@ def make_old_photo(path: str) -> str:
     return path
 
 
+def make_scan16(path: str) -> str:
+    """examples/images/scan16_grey.png: a 16-bit greyscale 'archive scan', 192x192: skimage's 'camera'
+    (CC0) crop, resampled in float (so it holds thousands of grey levels, not 256), a faint vignette
+    and scanner noise (std 0.012).  Deterministic (seeded)."""
+    import cv2
+    import numpy as np
+    from skimage import data, transform
+
+    img = data.camera()[40:424, 100:484].astype(np.float64) / 255.0
+    img = transform.resize(img, (192, 192), anti_aliasing=True)
+    yy, xx = np.mgrid[-1:1:192j, -1:1:192j]
+    img = 0.08 + 0.84 * img * (1.0 - 0.18 * (xx ** 2 + yy ** 2))
+    img += np.random.default_rng(16).normal(0.0, 0.012, img.shape)
+    cv2.imwrite(path, np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16))
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="example names (default: all in examples/api)")
@@ -51,6 +69,9 @@ def main(argv=None) -> int:
     if not os.path.exists(old_photo) and not args.check:
         os.makedirs(W.IMAGES_DIR, exist_ok=True)
         print("wrote", make_old_photo(old_photo))
+    scan16 = os.path.join(W.IMAGES_DIR, "scan16_grey.png")
+    if not os.path.exists(scan16) and not args.check:
+        print("wrote", make_scan16(scan16))
     examples = [e for e in W.load_examples() if not args.names or e.name in args.names]
     if args.wrap:
         for ex in examples:
@@ -79,7 +100,8 @@ def main(argv=None) -> int:
                 result = W.execute_prompt(ex.prompt, os.path.join(tmp, "out", ex.name), classes=classes)
                 image = W.final_image(result)
                 thumb_src = image
-                if ex.models:  # random weights give noise: show the input the real model restores
+                if ex.models and not all(m.get("shipped") for m in ex.models):
+                    # random weights give noise: show the input the real model restores
                     loads = [n for n in result.order if ex.prompt[n]["class_type"] == "LoadImage"]
                     thumb_src = result.outputs[loads[0]][0] if loads else image
                 if not args.check:

@@ -119,7 +119,8 @@ def test_plain_runtime_fallbacks(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTOREKIT_MODELS_DIR", str(tmp_path))
     (tmp_path / "upscale_models").mkdir()
     (tmp_path / "upscale_models" / "m.safetensors").write_bytes(b"x")
-    assert plain.model_files("upscale_models") == ["m.safetensors"]
+    # the user's folder, then the weights that ship inside the pack (models/realesrgan)
+    assert plain.model_files("upscale_models") == ["m.safetensors", "realesr-animevideov3-x4.safetensors"]
     plain.request_interrupt()
     with pytest.raises(rt.InterruptedByUser):
         plain.check_interrupt()

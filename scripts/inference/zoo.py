@@ -125,7 +125,12 @@ def load_realesrgan(path: str, denoise_strength: float = 1.0) -> Tuple[ModelHand
         handle = load_spandrel({"params": blended}, source=str(path))
         note = f"{_name(general)} x {s:g} + {_name(wdn)} x {1 - s:g} (deep network interpolation)"
     else:
-        handle = load_spandrel(str(path))
+        from .ncnn import is_ncnn_pair, load_ncnn
+
+        if is_ncnn_pair(str(path)):  # an ncnn pair: converted once into the cache folder
+            handle, note = load_ncnn(str(path) if str(path).endswith(".param") else str(path)[:-4] + ".param")
+        else:
+            handle = load_spandrel(str(path))
         if twin is None and s < 1.0:
             note = "denoise strength applies to realesr-general-x4v3 only: ignored"
         elif twin is not None:

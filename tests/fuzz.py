@@ -132,10 +132,65 @@ def node_classes() -> Dict[str, Any]:
     return dict(pack().NODE_CLASS_MAPPINGS)
 
 
+MODEL_FILES = {
+    "upscale_models": {"RealESRGAN_x4plus.pth": "esrgan", "RealESRGAN_x2plus.pth": "esrgan_x2",
+                       "realesr-general-x4v3.pth": "compact", "realesr-general-wdn-x4v3.pth": "compact",
+                       "scunet_color_real_psnr.pth": "scunet"},
+    "restorekit": {"sfhformer_haze_ots.pth": "sfhformer", "sfhformer_haze_its.pth": "sfhformer",
+                   "sfhformer_11211_lolv2s.pth": "sfhformer_lol", "noise_da_denoise.pth": "noise_da"},
+}
+
+
+def _write_models(root: str) -> Dict[str, str]:
+    """The model files of :data:`MODEL_FILES`, two ncnn pairs and a corrupt file per folder."""
+    folders = {}
+    for kind, names in MODEL_FILES.items():
+        folder = os.path.join(root, kind)
+        os.makedirs(folder, exist_ok=True)
+        for name, arch in names.items():
+            if not os.path.exists(os.path.join(folder, name)):
+                W.MODEL_MAKERS[arch](os.path.join(folder, name))
+        corrupt = os.path.join(folder, "corrupt.pth")
+        if not os.path.exists(corrupt):
+            with open(corrupt, "wb") as f:
+                f.write(np.random.default_rng(0).bytes(3000))
+        folders[kind] = folder
+    try:  # ncnn .param/.bin pairs (the ncnn runtime of scripts/inference), when this version has it
+        import _ncnn_graphs as G
+
+        up = folders["upscale_models"]
+        if not os.path.exists(os.path.join(up, "compact-x2.param")):
+            G.write_compact(up, storage="fp16", stem="compact-x2")
+            G.write_waifu2x(up, stem="upconv7")
+    except ImportError:
+        pass
+    return folders
+
+
+def _write_input_images(folder: str) -> None:
+    """Files for image-loading nodes: 8/16-bit, grey, RGBA, float TIFF, JPEG, 1x1, a broken file."""
+    import importlib
+
+    io = importlib.import_module(pack().__name__ + ".scripts.image_io")
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    yy, xx = np.mgrid[0:37, 0:53] / 53.0
+    rgb = np.stack([yy, xx, 0.5 * (yy + xx)], -1).astype(np.float32)
+    for name, px, depth in (("rgb8.png", rgb, 8), ("rgb16.png", rgb, 16), ("grey16.png", rgb[..., :1], 16),
+                            ("rgba.png", np.concatenate([rgb, rng.random((37, 53, 1), np.float32)], -1), 8),
+                            ("float.tiff", rgb * 1.0, 32), ("photo.jpg", rgb, 8), ("one.png", rgb[:1, :1], 8)):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            io.write_image(path, px, bit_depth=depth)
+    with open(os.path.join(folder, "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + rng.bytes(200))
+
+
 @contextlib.contextmanager
-def model_folders(root: Optional[str] = None):
-    """Small random-weight checkpoints for the model nodes, seen by the pack's runtime as the only
-    model folders for the duration (restored afterwards); the zoo cache is cleared on both ends."""
+def environment(root: Optional[str] = None):
+    """What the nodes need from the host, in a temporary folder for the duration: small random-weight
+    checkpoints as the only model folders, and input/output/temp image folders (restored afterwards;
+    the zoo cache is cleared on both ends).  Yields the model folders."""
     import importlib
 
     p = pack()
@@ -143,31 +198,17 @@ def model_folders(root: Optional[str] = None):
     zoo = importlib.import_module(p.__name__ + ".scripts.inference.zoo")
     own = root is None
     root = root or tempfile.mkdtemp(prefix="restorekit-fuzz-")
-    files = {
-        "upscale_models": {"RealESRGAN_x4plus.pth": "esrgan", "RealESRGAN_x2plus.pth": "esrgan_x2",
-                           "realesr-general-x4v3.pth": "compact", "realesr-general-wdn-x4v3.pth": "compact",
-                           "scunet_color_real_psnr.pth": "scunet"},
-        "restorekit": {"sfhformer_haze_ots.pth": "sfhformer", "sfhformer_haze_its.pth": "sfhformer",
-                       "sfhformer_11211_lolv2s.pth": "sfhformer_lol", "noise_da_denoise.pth": "noise_da"},
-    }
-    folders = {}
-    for kind, names in files.items():
-        folder = os.path.join(root, kind)
-        os.makedirs(folder, exist_ok=True)
-        for name, arch in names.items():
-            path = os.path.join(folder, name)
-            if not os.path.exists(path):
-                W.MODEL_MAKERS[arch](path)
-        corrupt = os.path.join(folder, "corrupt.pth")
-        if not os.path.exists(corrupt):
-            with open(corrupt, "wb") as f:
-                f.write(np.random.default_rng(0).bytes(3000))
-        folders[kind] = folder
+    folders = _write_models(root)
     saved = runtime.__dict__.get("model_folders")
     runtime.model_folders = lambda kind: [folders[kind]] if kind in folders else []
     zoo.clear_cache()
+    images = contextlib.nullcontext()
+    if hasattr(runtime, "image_folders"):  # the image I/O nodes read and write there
+        _write_input_images(os.path.join(root, "input"))
+        images = runtime.image_folders(**{k: os.path.join(root, k) for k in ("input", "output", "temp")})
     try:
-        yield folders
+        with images:
+            yield folders
     finally:
         if saved is None:
             runtime.__dict__.pop("model_folders", None)
@@ -1129,7 +1170,7 @@ def main(argv=None) -> int:
         elif (i + 1) % 500 == 0:
             print(f"[{i + 1}] ...", flush=True)
 
-    with model_folders():
+    with environment():
         summary = run(len(seeds), a.seed, a.profile, a.node, a.strict, progress, case_seeds=seeds)
     print(summary.report(a.show))
     return 1 if summary.failed else 0

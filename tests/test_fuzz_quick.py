@@ -13,7 +13,7 @@ CASES = 300
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    with fuzz.model_folders(str(tmp_path_factory.mktemp("fuzz_models"))) as folders:
+    with fuzz.environment(str(tmp_path_factory.mktemp("fuzz_env"))) as folders:
         yield folders
 
 

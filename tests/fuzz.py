@@ -898,7 +898,7 @@ def check_outputs(case: Case, cls, result) -> List[Failure]:
             colour = value[..., :3] if c == 4 else value
             lo, hi = float(colour.min()), float(colour.max())
             if lo < 0.0 or hi > 1.0:
-                fails.append(Failure("violation", "range", f"{tag}: values {lo:.4g}..{hi:.4g} outside 0..1"))
+                fails.append(Failure("violation", "range", f"{tag}: values {lo:.9g}..{hi:.9g} outside 0..1"))
             if c == 4:
                 alpha_seen = True
                 alo, ahi = float(value[..., 3].min()), float(value[..., 3].max())
@@ -957,9 +957,13 @@ def _primary_side(case: Case) -> int:
     return min(shape[-3:-1]) if len(shape) >= 3 else 0
 
 
-def _image_shape(case: Case) -> tuple:
-    shape = case.meta.get(case.primary, {}).get("shape", ())
-    return tuple(shape) if len(shape) == 4 else (1,) + tuple(shape)
+def _range_of(f: "Failure") -> Tuple[float, float]:
+    """(lo, hi) of a range failure's message 'values LO..HI outside 0..1'."""
+    m = re.search(r"values (\S+?)\.\.(\S+) outside", f.message)
+    try:
+        return (float(m.group(1)), float(m.group(2))) if m else (-np.inf, np.inf)
+    except ValueError:
+        return -np.inf, np.inf
 
 
 #: nodes that process or leave alpha outside the one rule today (issue 13 item 8)
@@ -975,6 +979,17 @@ KNOWN: List[Known] = [
     Known("model-precision-mutates-cache", MODEL_NODES, ("model-changed",),
           lambda c, f: c.kwargs.get("precision") in ("bf16", "fp16", "auto"),
           "issue 13 item 4 (phase 2, with #18): precision conversion must work on a copy"),
+    Known("range-rule-model-nodes", MODEL_NODES, ("finite",), lambda c, f: not c.in_range,
+          "issue 13 item 8 (range rule, issue 12 arch) + phase 2: model nodes take out-of-range input as is; "
+          "1e30 in fp16 overflows to inf and the network returns NaN, which the runner does not catch"),
+    Known("range-rule-damage-analysis", ("RestoreKitDamageAnalysis", "RestoreKitHybridRestore"), ("*",),
+          lambda c, f: f.kind == "crash" and not c.in_range,
+          "issue 13 item 8 (range rule, issue 12 arch): the hybrid nodes hand values like 1e30 to the damage "
+          "analysis, whose features overflow to inf and scikit-learn refuses them"),
+    Known("tiled-blend-overshoot", MODEL_NODES, ("range",),
+          lambda c, f: _range_of(f)[1] <= 1.0 + 1e-5 and _range_of(f)[0] >= -1e-5,
+          "model runner (phase 2 tile planner, issue 18): feathered tiles of values at 1.0 sum to 1 + 1e-7; "
+          "the blended output is not clamped"),
     Known("sfhformer-small-side", ("RestoreKitSFHformer",), ("*",),
           lambda c, f: f.kind == "crash" and _primary_side(c) <= 8,
           "issue 13 item 7: SFHformer on a side <= 8 px (padding error), phase 2"),

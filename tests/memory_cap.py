@@ -25,11 +25,13 @@ own memory planner, tested in test_memory_utils.py).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -127,6 +129,11 @@ def child(node: str, w: int, h: int, c: int, overrides: Dict[str, str], headroom
     pack = load_pack()
     cls = pack.NODE_CLASS_MAPPINGS[node]
     t0 = time.time()
+    runtime = importlib.import_module(pack.__name__ + ".scripts.inference.runtime").get_runtime()
+    if hasattr(runtime, "set_image_folder"):  # image-saving nodes write to a scratch folder
+        scratch = tempfile.mkdtemp(prefix="restorekit-memcap-")
+        for kind in ("output", "temp"):
+            runtime.set_image_folder(kind, scratch)
     try:
         image = _test_image(w, h, c)
         kwargs = _node_kwargs(cls, image, overrides)

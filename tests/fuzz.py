@@ -994,7 +994,8 @@ KNOWN: List[Known] = [
           lambda c, f: f.kind == "crash" and _primary_side(c) <= 8,
           "issue 13 item 7: SFHformer on a side <= 8 px (padding error), phase 2"),
     Known("realesrgan-zero-output", ("RestoreKitRealESRGAN",), ("*",),
-          lambda c, f: f.kind == "crash" and 0 < c.kwargs.get("output_scale", 0) * _primary_side(c) < 0.5,
+          lambda c, f: f.kind == "crash" and c.kwargs.get("output_scale", 0) > 0
+          and round(_primary_side(c) * c.kwargs["output_scale"]) == 0,
           "issue 13 item 7: output_scale rounds a side to 0, phase 2"),
 ]
 

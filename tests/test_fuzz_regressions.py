@@ -144,3 +144,15 @@ def test_psf_info_never_says_nan():
     image, psf, info = _node("RestoreKitPSF")(**kw)
     assert torch.isfinite(image).all() and not mentions_nonfinite(info)
     assert "wider than the PSF frame" in info
+
+
+def test_jpeg_of_incompressible_content_is_written(tmp_path):
+    # found by fuzzing Save Image (16-bit/float): noise at quality 95 overflowed Pillow's buffer for
+    # an optimised JPEG (OSError "broken data stream", libjpeg "Suspension not allowed here")
+    from restorekit.scripts import image_io
+
+    px = np.random.default_rng(0).random((2215, 21, 3)).astype(np.float32)
+    res = image_io.write_image(str(tmp_path / "noise.jpg"), px, bit_depth=8, quality=95)
+    back = image_io.read_image(res.path).pixels
+    assert back.shape == (2215, 21, 3) and any("Huffman" in n for n in res.notes)
+    assert float(np.abs(back - px).mean()) < 0.1

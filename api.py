@@ -30,27 +30,16 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
-from .hybrid.engine import HybridRestorer, Thresholds
+from .hybrid.engine import HybridRestorer, Thresholds, shared_restorer
 from .scripts.image_io import ImageData, ImageMeta, read_image, write_image
 from .scripts import image_io
 
 __all__ = ["HybridRestorer", "Thresholds", "analyse", "restore", "restore_file", "restore_folder", "run_node",
            "run_workflow", "list_nodes", "read_image", "write_image", "ImageData", "ImageMeta"]
 
-_RESTORERS: Dict[tuple, HybridRestorer] = {}
-
-
 def _restorer(device: str = "auto", tile: int = 0, thresholds: Optional[Thresholds] = None) -> HybridRestorer:
     """A cached restorer per (device, tile, thresholds): the shipped models load once."""
-    th = thresholds or Thresholds()
-    key = (device, int(tile), th.light_min_db, th.severe_max_db, th.estimator)
-    if key not in _RESTORERS:
-        r = HybridRestorer(thresholds=th, device=device, tile=tile)
-        shared = next(iter(_RESTORERS.values()), None)
-        if shared is not None:
-            r._predictor, r._unet = shared._predictor, shared._unet
-        _RESTORERS[key] = r
-    return _RESTORERS[key]
+    return shared_restorer(thresholds, device, tile)
 
 
 def restore(image, strategy: str = "auto", *, device: str = "auto", tile: int = 0,

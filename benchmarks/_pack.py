@@ -1,17 +1,11 @@
-"""Load the repository as package ``restorekit`` for the benchmark scripts (as tests/conftest.py does)."""
-import importlib.util
+"""Load the repository as package ``restorekit`` for the benchmark scripts: the tests' loader
+(tests/_repo.py), so the pack is imported the same way everywhere."""
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from _repo import load_pack  # noqa: E402
 
 
 def load():
-    if "restorekit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "restorekit", os.path.join(REPO, "__init__.py"), submodule_search_locations=[REPO]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["restorekit"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["restorekit"]
+    return load_pack("restorekit")

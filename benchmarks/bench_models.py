@@ -51,27 +51,14 @@ def write_models(folder: str) -> None:
     import _pack
 
     _pack.load()
+    from _nets import rrdbnet_official  # tests/_nets.py (tests/ is on the path through _pack)
     from restorekit.scripts.archs import noise_da as nda
     from restorekit.scripts.archs import sfhformer as sfh
 
     up, rk = os.path.join(folder, "upscale_models"), os.path.join(folder, "restorekit")
     os.makedirs(up, exist_ok=True)
     os.makedirs(rk, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    nf, gc = 8, 32
-    sd = {}
-
-    def put(name, co, ci):
-        sd[name + ".weight"] = torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5
-        sd[name + ".bias"] = 0.01 * torch.randn(co, generator=g)
-
-    put("conv_first", nf, 3)
-    for r in (1, 2, 3):
-        for i in range(1, 6):
-            put(f"body.0.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
-    for n in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        put(n, nf, nf)
-    put("conv_last", 3, nf)
+    sd = rrdbnet_official(nf=8, nb=1, gc=32, seed=0, centre_output=False)
     torch.save({"params_ema": sd}, os.path.join(up, "RealESRGAN_x4plus.pth"))
     torch.manual_seed(0)
     torch.save(SCUNet(in_nc=3, config=[1] * 7, dim=64).state_dict(), os.path.join(up, "scunet_color_real_psnr.pth"))

@@ -6,8 +6,8 @@ luminance ``Y = 0.299 R + 0.587 G + 0.114 B`` except the colour-balance detectio
 Power spectrum (Welch 1967): up to 4 × 4 evenly spaced ``T × T`` tiles (``T = 256``, or the
 largest even size that fits), each with its mean removed and a separable Hann window applied; the
 periodograms ``|FFT|² / Σw²`` are averaged to ``P(f)``.  ``f = sqrt(fx² + fy²)`` in cycles per pixel
-(Nyquist 0.5); only ``0 < f ≤ 0.5`` is used.  The cost is bounded by 16 FFTs of 256², so the analysis
-takes well under 50 ms per megapixel.
+(Nyquist 0.5); only ``0 < f ≤ 0.5`` is used.  The cost is bounded by 16 FFTs of 256²
+(``benchmarks/bench_hybrid.py`` measures it per megapixel).
 
 The 14 features (:data:`FEATURE_NAMES`, in order):
 

@@ -6,8 +6,8 @@ Images are float32 RGB ``[H, W, 3]`` in 0..1.
   Land & McCann 1971, robust version): each channel's 1st..99th percentile is mapped to 0..1.
   It removes colour casts and yellowing (unequal channel gains) and fading (raised black point,
   lowered white point) in one step.
-* :func:`sharpen` — unsharp mask: ``x + strength · (x − G_sigma * x)`` with a Gaussian of ``sigma``
-  px, applied to all channels, result clipped to 0..1.
+* :func:`sharpen` — unsharp mask (:func:`scripts.sharpen.unsharp_mask`): ``x + strength · (x − G_sigma * x)``
+  with a Gaussian of ``sigma`` px, applied to all channels, result clipped to 0..1.
 
 :data:`GRID` is the 40-combination parameter grid the predictor is trained on (colour correction
 on/off × 4 sigmas 0.5–2.0 × 5 strengths 0.5–2.5); :func:`rule_parameters` is the rule-based choice
@@ -19,6 +19,8 @@ import itertools
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+from ..scripts.sharpen import unsharp_mask as sharpen
 
 SIGMAS = (0.5, 1.0, 1.5, 2.0)
 STRENGTHS = (0.5, 1.0, 1.5, 2.0, 2.5)
@@ -50,18 +52,6 @@ def colour_correct(img: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
     scale = np.where(ok, 1.0 / np.maximum(rng, 1e-6), 1.0).astype(np.float32)
     offset = np.where(ok, lo, 0.0).astype(np.float32)
     return np.clip((x - offset) * scale, 0.0, 1.0)
-
-
-def sharpen(img: np.ndarray, sigma: float, strength: float) -> np.ndarray:
-    """Unsharp mask ``x + strength (x − G_sigma * x)``, sigma in px, clipped to 0..1."""
-    import cv2
-
-    x = np.asarray(img, np.float32)
-    if strength <= 0 or sigma <= 0:
-        return x.copy()
-    blurred = cv2.GaussianBlur(x, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma),
-                               borderType=cv2.BORDER_REFLECT)
-    return np.clip(x + float(strength) * (x - blurred), 0.0, 1.0)
 
 
 def apply(img: np.ndarray, colour: bool, sigma: float, strength: float) -> np.ndarray:

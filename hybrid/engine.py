@@ -6,9 +6,10 @@ undamaged original.  Two estimators (``Thresholds.estimator``):
 * ``unet`` (default): the PSNR of the input against the U-Net's restoration of it.  If the U-Net
   restores well, its output stands in for the unknown original, so this *is* an estimate of the
   input's PSNR; when the image is routed to the U-Net its output is reused, so the estimate costs
-  one U-Net run (≈0.27 s/MP on CPU) only for images that end up elsewhere.
+  one U-Net run (``benchmarks/bench_hybrid.py`` measures its cost per megapixel) only for images
+  that end up elsewhere.
 * ``forest``: the random-forest predictor's estimate from the 14 analysis features
-  (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
+  (:mod:`.predictor`), far cheaper; without a predictor a documented fallback formula on the two
   detections (:func:`fallback_quality_db`).
 
 With the configurable thresholds (:class:`Thresholds`):
@@ -19,7 +20,7 @@ With the configurable thresholds (:class:`Thresholds`):
 
 Strategies: ``auto`` (the routing above) or one method forced for every image.
 
-``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, info)``.  Arrays may be uint8
+``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, RestoreReport)``.  Arrays may be uint8
 (0..255), uint16 (0..65535) or float (0..1), ``[H, W]`` or ``[H, W, C]`` with C = 1, 3 or 4; the
 result has the input's dtype, scale and channel count (grey is replicated for the analysis and
 averaged back; alpha is kept and reattached).  File I/O lives in :mod:`scripts.image_io`, folder
@@ -36,6 +37,7 @@ import numpy as np
 
 from . import analysis, classical
 from ..scripts import image_io
+from ..scripts.finite import check_finite
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
@@ -93,10 +95,11 @@ def fallback_quality_db(features: Dict[str, float]) -> float:
 
 
 def residual_quality_db(image: np.ndarray, restored: np.ndarray) -> float:
-    """PSNR (dB, peak 1) of ``image`` against its restoration, capped at :data:`MAX_QUALITY_DB`."""
-    diff = np.asarray(image, np.float64) - np.asarray(restored, np.float64)
-    mse = float(np.mean(diff * diff))
-    return float(min(MAX_QUALITY_DB, 10.0 * np.log10(1.0 / max(mse, 1e-12))))
+    """PSNR (dB, peak 1, :func:`scripts.metrics.psnr`) of ``image`` against its restoration, capped
+    at :data:`MAX_QUALITY_DB`."""
+    from ..scripts.metrics import psnr
+
+    return float(min(MAX_QUALITY_DB, psnr(image, restored)))
 
 
 def classify(quality_db: float, thresholds: Thresholds) -> str:
@@ -106,6 +109,81 @@ def classify(quality_db: float, thresholds: Thresholds) -> str:
     if quality_db < thresholds.severe_max_db:
         return "severe"
     return "moderate"
+
+
+class _Mapping:
+    """Dict-style read access (``report["method"]``) for code written against the reports' old dict
+    form (the CLI, tools); new code reads the attributes."""
+
+    def __getitem__(self, key: str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default)
+
+
+@dataclass
+class Analysis(_Mapping):
+    """Damage analysis of one image: the 14 features, the quality estimate (dB, see the module
+    docstring) and where it came from, the forest's estimate, the severity and the thresholds."""
+
+    features: Dict[str, float]
+    spectral_slopes: Dict[str, float]
+    quality_db: float
+    quality_source: str
+    forest_quality_db: float
+    severity: str
+    thresholds: Dict[str, object]
+    analysis_seconds: float
+
+    def info_fields(self) -> dict:
+        return {"severity": self.severity, "quality estimate (dB)": f"{self.quality_db:.2f}",
+                "estimated by": self.quality_source}
+
+
+@dataclass
+class RestoreReport(_Mapping):
+    """What :meth:`HybridRestorer.restore` did with one image."""
+
+    method: str
+    severity: str
+    strategy: str
+    analysis: Analysis
+    parameters: Dict[str, object]
+    notes: List[str]
+    seconds: float
+
+    def info_fields(self) -> dict:
+        params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model")}
+        out = {"method": self.method, "severity": self.severity,
+               "quality estimate (dB)": f"{self.analysis.quality_db:.2f} ({self.analysis.quality_source})",
+               "parameters": params or None}
+        runner = self.parameters.get("runner")
+        if runner is not None:
+            f = runner.info_fields()
+            out["U-Net run"] = f"{f['device']}, {f['tile']}, {f['precision']}, {f['runner time']}"
+        out["notes"] = self.notes or "shipped models (models/hybrid) used"
+        return out
+
+
+_SHARED: Dict[tuple, "HybridRestorer"] = {}
+
+
+def shared_restorer(thresholds: Optional["Thresholds"] = None, device: str = "auto", tile: int = 0) -> "HybridRestorer":
+    """The restorer for these thresholds, device and tile, kept between calls (the nodes' and the
+    Python API's cache); restorers made later share the predictor and U-Net already loaded."""
+    th = thresholds or Thresholds()
+    key = (th.light_min_db, th.severe_max_db, th.estimator, device, int(tile))
+    if key not in _SHARED:
+        r = HybridRestorer(thresholds=th, device=device, tile=tile)
+        previous = next(iter(_SHARED.values()), None)
+        if previous is not None:
+            r._predictor, r._unet = previous._predictor, previous._unet
+        _SHARED[key] = r
+    return _SHARED[key]
 
 
 class HybridRestorer:
@@ -150,15 +228,18 @@ class HybridRestorer:
         return self._unet
 
     # --- steps ------------------------------------------------------------------------------
-    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Dict[str, object]:
+    def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Analysis:
         """Features, quality estimate and severity of an RGB 0..1 image.
 
-        ``estimator``: ``unet`` / ``forest``; default the thresholds' own.
+        ``estimator``: ``unet`` / ``forest``; default the thresholds' own.  Arrays are taken in as
+        :meth:`restore` takes them (:func:`scripts.image_io.to_float01`: uint8/uint16 scaled, float
+        clipped to 0..1, a float maximum above 2 refused as mis-scaled data).
         """
+        rgb, _kind, _notes = image_io.to_float01(rgb, "analyse")
         return self._analyse(rgb, estimator)[0]
 
     def _analyse(self, rgb: np.ndarray, estimator: Optional[str] = None):
-        """``(analysis dict, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
+        """``(Analysis, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
         feats = analysis.analyze(rgb)
         pred = self.predictor
         if pred is not None:
@@ -176,11 +257,11 @@ class HybridRestorer:
         else:
             q, q_source = q_forest, forest_source
         severity = classify(q, self.thresholds)
-        return {"features": {k: feats[k] for k in analysis.FEATURE_NAMES},
-                "spectral_slopes": {"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
-                "quality_db": float(q), "quality_source": q_source, "forest_quality_db": q_forest,
-                "severity": severity, "thresholds": asdict(self.thresholds),
-                "analysis_seconds": feats["seconds"]}, deep
+        return Analysis(features={k: feats[k] for k in analysis.FEATURE_NAMES},
+                        spectral_slopes={"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
+                        quality_db=float(q), quality_source=q_source, forest_quality_db=q_forest,
+                        severity=severity, thresholds=asdict(self.thresholds),
+                        analysis_seconds=feats["seconds"]), deep
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
         p = classical.rule_parameters(feats)
@@ -205,7 +286,7 @@ class HybridRestorer:
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
     # --- API ----------------------------------------------------------------------------------
-    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, Dict[str, object]]:
+    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, RestoreReport]:
         """Restore one image: an array ``[H,W]`` / ``[H,W,C]`` (C = 1, 3 or 4) or a file path.
 
         Arrays: ``uint8`` is read as 0..255, ``uint16`` as 0..65535, float as 0..1 (values outside
@@ -213,9 +294,10 @@ class HybridRestorer:
         mis-scaled data).  The result has the input's dtype, scale and channel count.  A path is
         read with :func:`scripts.image_io.read_image` (orientation applied) and gives float32 0..1.
 
-        Returns ``(image, info)``; info has ``method``, ``severity``, ``strategy``, ``analysis`` (all
+        Returns ``(image, RestoreReport)``: ``method``, ``severity``, ``strategy``, ``analysis`` (all
         features, the quality estimate, thresholds), ``parameters`` of the method that ran, ``notes``
-        and ``seconds``.
+        and ``seconds``.  A NaN or infinite result is an error (:class:`scripts.finite.NonFiniteError`),
+        never hidden.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
@@ -235,23 +317,23 @@ class HybridRestorer:
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, deep = self._analyse(rgb, estimator)
-        severity = info_an["severity"]
+        severity = info_an.severity
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
-        feats = info_an["features"]
+        feats = info_an.features
         if method == "classical":
             out, params = self._classical(rgb, feats)
         elif method == "ml_guided":
             out, params = self._ml_guided(rgb, feats)
         else:
             out, params = deep if deep is not None else self._deep(rgb)
-        out = np.clip(np.nan_to_num(out, nan=0.0), 0, 1).astype(np.float32)
+        check_finite(out, "Hybrid restore", method)
+        out = np.clip(out, 0, 1).astype(np.float32)
         if channels == 1:
             out = out.mean(axis=-1, keepdims=True)
         elif channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
         if squeeze:
             out = out[..., 0]
-        info = {"method": method, "severity": severity, "strategy": strategy,
-                "analysis": info_an, "parameters": params,
-                "notes": list(self.notes) + intake_notes, "seconds": time.perf_counter() - t0}
-        return image_io.from_float01(out, kind), info
+        report = RestoreReport(method, severity, strategy, info_an, params, list(self.notes) + intake_notes,
+                               time.perf_counter() - t0)
+        return image_io.from_float01(out, kind), report

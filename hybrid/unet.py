@@ -19,14 +19,12 @@ mean by one linear layer); :func:`model_from_state_dict` still loads that layout
 With ``base=16`` it has ~0.54 M parameters (~2.2 MB as float32 safetensors) and needs about 9 GMAC
 per megapixel.
 
-This module also loads a Keras ``.h5`` U-Net saved by the original TensorFlow design
-(:func:`load_keras_h5`): through TensorFlow when it is installed, otherwise through Keras 3 on the
-torch backend.  Either way the result is a :class:`~scripts.inference.handle.ModelHandle`.
+A Keras ``.h5`` U-Net saved by the original TensorFlow design loads through :mod:`.keras_unet`
+(:func:`load_unet_file` picks the loader by file type).
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Dict, Optional
 
 import torch
@@ -179,6 +177,8 @@ def load_shipped(relpath: str = WEIGHTS_RELPATH, models_dir: Optional[str] = Non
 def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
     """A U-Net from a user file: ``.h5``/``.keras`` through Keras, else a RestoreUNet state dict."""
     if path.lower().endswith((".h5", ".hdf5", ".keras")):
+        from .keras_unet import load_keras_h5
+
         return load_keras_h5(path)
     from ..scripts.inference.files import load_state_dict, unwrap_state_dict
 
@@ -186,129 +186,20 @@ def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
     return handle_from_module(model, source=path)
 
 
-# --- Keras .h5 ---------------------------------------------------------------------------------
-class _KerasTorchModule(nn.Module):
-    """A Keras 3 model on the torch backend (itself a torch Module), NCHW in/out."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.keras_model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.keras_model(x.permute(0, 2, 3, 1), training=False)
-        if not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(y)
-        return y.permute(0, 3, 1, 2).to(x.dtype)
-
-
-class _TensorFlowModule(nn.Module):
-    """A tf.keras model run by TensorFlow on ``tf_device``; NCHW torch in/out (via numpy)."""
-
-    def __init__(self, model, tf, tf_device: str):
-        super().__init__()
-        self.keras_model, self.tf, self.tf_device = model, tf, tf_device
-        self.register_buffer("_anchor", torch.zeros(1))  # so .device / .dtype resolve
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
-        with self.tf.device(self.tf_device):
-            y = self.keras_model(arr, training=False)
-        y = torch.from_numpy(y.numpy() if hasattr(y, "numpy") else y)
-        return y.permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
-
-
-def _keras_size_multiple(model) -> int:
-    """2**(number of pooling / stride-2 layers) — what the input side must be a multiple of."""
-    n = 0
-    for layer in getattr(model, "layers", []):
-        name = type(layer).__name__
-        if "Pooling2D" in name and "Global" not in name:
-            n += 1
-        elif name == "Conv2D" and tuple(getattr(layer, "strides", (1, 1))) == (2, 2):
-            n += 1
-    return 2 ** n
-
-
-def load_keras_h5(path: str, device: str = "auto") -> "ModelHandle":  # noqa: F821
-    """Load a Keras U-Net ``.h5`` (NHWC, 3 → 3 channels, 0..1) as a ModelHandle.
-
-    Backend: TensorFlow when it is installed (device and GPU memory growth set by
-    ``scripts.inference.memory_utils.configure_tensorflow``), otherwise Keras 3 on the torch backend.  Keras'
-    ``safe_mode`` stays on (no Lambda-layer code is deserialised).  Raises ``ValueError`` naming the
-    file for anything that is not a loadable Keras model.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"Keras model file '{path}' does not exist")
-    from ..scripts.inference.memory_utils import configure_tensorflow
-
-    # memory growth and device choice happen before TensorFlow allocates anything
-    tf, tf_device, note = configure_tensorflow(device)
-    if tf is not None:
-        try:
-            model = tf.keras.models.load_model(path, compile=False)
-        except Exception as exc:
-            raise ValueError(f"'{os.path.basename(path)}' is not a loadable Keras model: {exc}") from exc
-        return _handle(_TensorFlowModule(model, tf, tf_device), "Keras-UNet (TensorFlow)", path,
-                       f"Keras U-Net via TensorFlow on {tf_device} ({note})",
-                       size_multiple=_keras_size_multiple(model))
-    # Keras 3 on the torch backend
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    if os.environ["KERAS_BACKEND"] != "torch":
-        raise ValueError(
-            f"cannot load '{os.path.basename(path)}': TensorFlow is not installed and KERAS_BACKEND is "
-            f"'{os.environ['KERAS_BACKEND']}' (set it to 'torch' or install tensorflow-cpu)")
-    try:
-        import keras
-    except Exception as exc:
-        raise ValueError(f"cannot load '{os.path.basename(path)}': install keras and h5py "
-                         f"(pip install 'comfyui-restorekit[keras]'): {exc}") from exc
-    if keras.backend.backend() != "torch":
-        raise ValueError(f"cannot load '{os.path.basename(path)}': Keras was already imported with the "
-                         f"'{keras.backend.backend()}' backend and TensorFlow is not installed")
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise ValueError(f"'{os.path.basename(path)}' is not a loadable Keras model: {exc}") from exc
-    module = _KerasTorchModule(model)
-    module.requires_grad_(False)
-    return _handle(module, "Keras-UNet (Keras 3, torch backend)", path,
-                   "Keras U-Net via Keras 3 on the torch backend",
-                   size_multiple=_keras_size_multiple(model))
-
-
 # --- inference ----------------------------------------------------------------------------------
 def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = False):
     """Run a U-Net handle on ``image`` (numpy ``[H,W,3]`` or ``[B,H,W,3]`` float 0..1).
 
     Uses the memory-safe runner ``scripts.inference.runner.run_model`` (tiling, OOM fallback); returns
-    ``(numpy image of the input's rank, report dict)``.
+    ``(numpy image of the input's rank, RunReport)``.
     """
     import numpy as np
 
     arr = np.asarray(image, np.float32)
     single = arr.ndim == 3
     batch = torch.from_numpy(np.ascontiguousarray(arr[None] if single else arr))
-    try:
-        from ..scripts.inference.runner import run_model
-    except ImportError:
-        run_model = None
-    if run_model is not None:
-        out, report = run_model(handle, batch, device=device, tile=tile, progress=progress)
-        summary = report.summary() if hasattr(report, "summary") else {}
-    else:  # runner not available: whole image, padded to the size multiple, on the CPU
-        import time
+    from ..scripts.inference.runner import run_model
 
-        t0 = time.perf_counter()
-        x = batch.permute(0, 3, 1, 2)
-        h, w = x.shape[-2:]
-        m = handle.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        mode = "reflect" if (ph < h and pw < w) else "replicate"
-        xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-        with torch.inference_mode():
-            y = handle.module(xp)[..., :h, :w]
-        out = y.clamp(0, 1).permute(0, 2, 3, 1)
-        summary = {"device": "cpu", "tile": "none", "runner": "fallback (model_runner missing)",
-                   "seconds": time.perf_counter() - t0}
+    out, report = run_model(handle, batch, device=device, tile=tile, progress=progress)
     res = out.detach().cpu().numpy().astype(np.float32)
-    return (res[0] if single else res), summary
+    return (res[0] if single else res), report

@@ -154,23 +154,22 @@ class ComfyRuntime(PlainRuntime):
         else:
             fp.folder_names_and_paths[kind] = ([path], set(fp.supported_pt_extensions))
 
-    def model_folders(self, kind: str):
+    def _folder_paths(self, method: str, kind: str, fallback):
+        """``folder_paths.<method>(kind)`` as a list, or ``fallback(kind)`` outside ComfyUI / for an
+        unknown kind."""
         fp = self.folder_paths
         if fp is not None:
             try:
-                return list(fp.get_folder_paths(kind))
+                return list(getattr(fp, method)(kind))
             except Exception:
                 pass
-        return super().model_folders(kind)
+        return fallback(kind)
+
+    def model_folders(self, kind: str):
+        return self._folder_paths("get_folder_paths", kind, super().model_folders)
 
     def model_files(self, kind: str):
-        fp = self.folder_paths
-        if fp is not None:
-            try:
-                return list(fp.get_filename_list(kind))
-            except Exception:
-                pass
-        return super().model_files(kind)
+        return self._folder_paths("get_filename_list", kind, super().model_files)
 
     def resolve_model_file(self, kind: str, name: str) -> str:
         return resolve_inside(self.model_folders(kind), name, kind)
@@ -189,9 +188,13 @@ class _ComfyProgress:
 
 def install() -> ComfyRuntime:
     """Make :class:`ComfyRuntime` the library's runtime and register the pack's model folders."""
-    runtime = get_runtime()
+    previous = get_runtime()
+    runtime = previous
     if not isinstance(runtime, ComfyRuntime):
         runtime = ComfyRuntime()
+        for kind, folders in previous._folders.items():  # folders registered before the nodes loaded
+            for folder in folders:
+                runtime.register_model_folder(kind, folder)
         set_runtime(runtime)
     if runtime.folder_paths is not None:
         models_dir = getattr(runtime.folder_paths, "models_dir", None)

@@ -3,25 +3,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import torch
-
-from ._common import (
-    CATEGORY_ROOT,
-    DEVICE_INPUT,
-    check_image,
-    choice_input,
-    float_input,
-    format_info,
-    image_input,
-    merge_alpha,
-    split_alpha,
-    timed,
-    to_numpy,
-    from_numpy,
-)
-
-from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, Thresholds
+from ._common import CATEGORY_ROOT, DEVICE_INPUT, choice_input, float_input, image_input, ImageNode, info_text
+from ._common import map_images, node_mappings
+from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, STRATEGIES, Thresholds
 
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 #: the engine's calibrated defaults (hybrid/engine.py), the one place they are set
@@ -39,36 +23,20 @@ STRATEGY_HELP = (
     "random forest, or no change when no setting is predicted to help. deep_learning: the shipped U-Net."
 )
 
-_RESTORERS = {}
+
+def _restorer(light_min_db, severe_max_db, device, estimator):
+    from ..hybrid.engine import shared_restorer
+
+    return shared_restorer(Thresholds(float(light_min_db), float(severe_max_db), estimator), device)
 
 
-def _restorer(light_min_db: float, severe_max_db: float, device: str, estimator: str = DEFAULT_ESTIMATOR):
-    from ..hybrid.engine import HybridRestorer, Thresholds
-
-    th = Thresholds(light_min_db=float(light_min_db), severe_max_db=float(severe_max_db), estimator=estimator)
-    key = (th.light_min_db, th.severe_max_db, th.estimator, device)
-    if key not in _RESTORERS:
-        shared = next(iter(_RESTORERS.values()), None)
-        r = HybridRestorer(thresholds=th, device=device)
-        if shared is not None:  # share the loaded models between threshold settings
-            r._predictor, r._unet = shared._predictor, shared._unet
-        _RESTORERS.clear()
-        _RESTORERS[key] = r
-    return _RESTORERS[key]
-
-
-def _gray_to_rgb(rgb: torch.Tensor) -> torch.Tensor:
-    return rgb.expand(-1, -1, -1, 3) if rgb.shape[-1] == 1 else rgb
-
-
-class RestoreKitHybridRestore:
+class RestoreKitHybridRestore(ImageNode):
     """Analyse each image's damage and restore it with the cheapest adequate method."""
 
+    DISPLAY_NAME = "Hybrid Restore (damage-routed)"
     DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: FFT damage analysis, then classical colour "
                    "correction + sharpening, random-forest-guided parameters or a U-Net, by severity.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "info")
     FUNCTION = "restore"
 
     @classmethod
@@ -76,7 +44,7 @@ class RestoreKitHybridRestore:
         return {
             "required": {
                 "image": image_input(),
-                "strategy": choice_input(["auto", "classical", "ml_guided", "deep_learning"], STRATEGY_HELP),
+                "strategy": choice_input(STRATEGIES, STRATEGY_HELP),
                 "light_min_db": float_input(
                     LIGHT_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality (PSNR against the undamaged original, dB; "
@@ -89,46 +57,23 @@ class RestoreKitHybridRestore:
                 "device": DEVICE_INPUT,
             },
             # optional, so prompts written before it existed still validate
-            "optional": {"estimator": choice_input(list(ESTIMATORS), ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
+            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
         }
 
     def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
                 estimator=DEFAULT_ESTIMATOR):
-        image = check_image(image, "image", nan="error")
-        if severe_max_db > light_min_db:
-            raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
         restorer = _restorer(light_min_db, severe_max_db, device, estimator)
-        rgb, alpha = split_alpha(image)
-        gray = rgb.shape[-1] == 1
-        arr = to_numpy(_gray_to_rgb(rgb))
-        outs, infos = [], []
-        with timed() as t:
-            for i in range(arr.shape[0]):
-                out, info = restorer.restore(arr[i], strategy)
-                outs.append(out)
-                infos.append(info)
-        res = from_numpy(np.stack(outs))
-        if gray:
-            res = res.mean(dim=-1, keepdim=True)
-        res = merge_alpha(res, alpha)
-        per_image = [{"method": inf["method"], "severity": inf["severity"],
-                      "quality_estimate_db": round(inf["analysis"]["quality_db"], 2),
-                      "parameters": {k: v for k, v in inf["parameters"].items() if k != "runner"},
-                      "runner": inf["parameters"].get("runner")} for inf in infos]
-        notes = sorted({n for inf in infos for n in inf.get("notes", [])})
-        info = format_info("Hybrid restore", {
-            "strategy": strategy,
-            "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, {estimator})",
-            "images": json.dumps(per_image, default=str),
-            "notes": notes or "shipped models (models/hybrid) used",
-            "seconds": t["seconds"],
-        })
-        return (res, info)
+        settings = {"strategy": strategy,
+                    "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, "
+                                  f"{estimator})"}
+        return self.run_images(image, lambda rgb: restorer.restore(rgb, strategy), settings, stage="restore",
+                               values="as_is", grey="rgb_and_back")
 
 
 class RestoreKitDamageAnalysis:
     """The 14 FFT damage features of each image, the quality estimate and the severity."""
 
+    DISPLAY_NAME = "Damage Analysis (FFT)"
     DESCRIPTION = ("FFT damage analysis: 7 spectral statistics, 5 radial-profile samples, colour-balance and "
                    "sharpening need, the estimated quality (dB) and the severity (light/moderate/severe).")
     CATEGORY = CATEGORY
@@ -147,39 +92,21 @@ class RestoreKitDamageAnalysis:
                 "severe_max_db": float_input(SEVERE_DB, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
             },
-            "optional": {"estimator": choice_input(list(ESTIMATORS), ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
+            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
         }
 
     def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
-        image = check_image(image, "image", nan="error")
-        if severe_max_db > light_min_db:
-            raise ValueError(f"severe_max_db ({severe_max_db}) must not exceed light_min_db ({light_min_db})")
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
-        rgb, _alpha = split_alpha(image)
-        arr = to_numpy(_gray_to_rgb(rgb))
-        results = []
-        with timed() as t:
-            for i in range(arr.shape[0]):
-                a = restorer.analyse(arr[i])
-                results.append({"features": a["features"], "quality_db": a["quality_db"],
-                                "severity": a["severity"], "quality_source": a["quality_source"],
-                                "forest_quality_db": a["forest_quality_db"]})
+        _, report = map_images(image, lambda rgb: (None, restorer.analyse(rgb)), what=self.DISPLAY_NAME,
+                               values="as_is", grey="rgb")
+        results = [{"features": a.features, "quality_db": a.quality_db, "severity": a.severity,
+                    "quality_source": a.quality_source, "forest_quality_db": a.forest_quality_db}
+                   for a in report.items]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
-        severity = ", ".join(r["severity"] for r in results)
-        info = format_info("Damage analysis", {
-            "severity": severity,
-            "quality estimate (dB)": ", ".join(f"{r['quality_db']:.2f}" for r in results),
-            "estimated by": results[0]["quality_source"],
-            "seconds": t["seconds"],
-        })
+        severity = ", ".join(a.severity for a in report.items)
+        info = info_text(self.DISPLAY_NAME, report.items, {"seconds": round(report.seconds, 3)})
         return {"ui": {"text": [info + "\nfeatures:\n" + features]}, "result": (features, severity, info)}
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitHybridRestore": RestoreKitHybridRestore,
-    "RestoreKitDamageAnalysis": RestoreKitDamageAnalysis,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitHybridRestore": "Hybrid Restore (damage-routed)",
-    "RestoreKitDamageAnalysis": "Damage Analysis (FFT)",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(
+    RestoreKitHybridRestore, RestoreKitDamageAnalysis)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import numpy as np
 import torch
 
 from ..scripts import image_io
-from ._common import CATEGORY_ROOT, check_image, choice_input, format_info, int_input, string_input, timed
+from ._common import CATEGORY_ROOT, InfoNode, check_image, choice_input, info_text, int_input, node_mappings
+from ._common import string_input
 from .comfy_adapter import install
 
 CATEGORY = f"{CATEGORY_ROOT}/Image"
@@ -43,6 +45,7 @@ class RestoreKitLoadImage16:
     """Load an image file at full depth (8/16-bit PNG/TIFF, float TIFF/EXR, JPEG, WebP), upright
     (EXIF orientation applied), with its metadata for Save Image (16-bit/float)."""
 
+    DISPLAY_NAME = "Load Image (16-bit/float)"
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", META_TYPE, "STRING")
@@ -59,20 +62,21 @@ class RestoreKitLoadImage16:
 
     def load(self, image):
         path = _runtime().image_path(image)
-        with timed() as t:
-            data = image_io.read_image(path)
+        t0 = time.perf_counter()
+        data = image_io.read_image(path)
+        seconds = time.perf_counter() - t0
         px = data.pixels
         rgb = px[..., :3] if px.shape[-1] >= 3 else np.repeat(px, 3, axis=-1)
         if px.shape[-1] == 4:
             mask = 1.0 - px[..., 3]
         else:
             mask = np.zeros((64, 64), np.float32)  # core LoadImage's "no alpha" mask
-        info = format_info("Load Image (16-bit/float)", {
+        info = info_text(self.DISPLAY_NAME, {
             "file": os.path.basename(path),
             "read as": data.meta.describe(),
             "size": f"{px.shape[1]}x{px.shape[0]}",
             "notes": data.meta.notes or "none",
-            "seconds": t["seconds"],
+            "seconds": seconds,
         })
         return (torch.from_numpy(np.ascontiguousarray(rgb))[None], torch.from_numpy(np.ascontiguousarray(mask))[None],
                 data.meta, info)
@@ -96,16 +100,14 @@ class RestoreKitLoadImage16:
         return True
 
 
-class RestoreKitSaveImage16:
+class RestoreKitSaveImage16(InfoNode):
     """Save images at 16 bits (PNG/TIFF), as float (TIFF 32-bit, EXR) or as JPEG/WebP, keeping the
     loaded file's ICC profile and metadata and writing greyscale sources back as greyscale."""
 
+    DISPLAY_NAME = "Save Image (16-bit/float)"
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("info",)
     FUNCTION = "save"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -152,28 +154,28 @@ class RestoreKitSaveImage16:
         folder, stem, counter, subfolder = runtime.save_target(filename_prefix)
         ext = image_io.FORMAT_EXTENSION[image_io.FORMAT_NAMES[format]]
         shown, written, notes = [], [], set()
-        with timed() as t:
-            for i in range(x.shape[0]):
-                px = x[i].float().numpy()
-                if alpha is not None and px.shape[-1] in (1, 3):
-                    px = np.concatenate([px, alpha[min(i, alpha.shape[0] - 1)][..., None]], -1)
-                name = f"{stem}_{counter:05}_{ext}"
-                res = image_io.write_image(os.path.join(folder, name), px, meta, bit_depth=depth,
-                                           quality=int(quality), overwrite=False)
-                counter += 1
-                written.append(res)
-                notes.update(res.notes)
-                if format in PREVIEWABLE:
-                    shown.append({"filename": name, "subfolder": subfolder, "type": "output"})
-                else:
-                    shown.append(_preview(runtime, px, f"{stem}_{counter - 1:05}_preview"))
-        info = format_info("Save Image (16-bit/float)", {
+        t0 = time.perf_counter()
+        for i in range(x.shape[0]):
+            px = x[i].float().numpy()
+            if alpha is not None and px.shape[-1] in (1, 3):
+                px = np.concatenate([px, alpha[min(i, alpha.shape[0] - 1)][..., None]], -1)
+            name = f"{stem}_{counter:05}_{ext}"
+            res = image_io.write_image(os.path.join(folder, name), px, meta, bit_depth=depth,
+                                       quality=int(quality), overwrite=False)
+            counter += 1
+            written.append(res)
+            notes.update(res.notes)
+            if format in PREVIEWABLE:
+                shown.append({"filename": name, "subfolder": subfolder, "type": "output"})
+            else:
+                shown.append(_preview(runtime, px, f"{stem}_{counter - 1:05}_preview"))
+        info = info_text(self.DISPLAY_NAME, {
             "files": [os.path.join(subfolder, os.path.basename(r.path)) for r in written],
             "written as": f"{written[0].format} {written[0].bit_depth}-bit{' float' if written[0].bit_depth == 32 else ''} "
                           f"{'grey' if written[0].grey else 'colour'}",
             "metadata": meta.describe() if metadata is not None else "none linked (Software tag only)",
             "notes": sorted(notes) or "none",
-            "seconds": t["seconds"],
+            "seconds": time.perf_counter() - t0,
         })
         return {"ui": {"images": shown, "text": [info]}, "result": (info,)}
 
@@ -198,11 +200,4 @@ def _preview(runtime, px, stem):
     return {"filename": name, "subfolder": _sub, "type": "temp"}
 
 
-NODE_CLASS_MAPPINGS = {
-    "RestoreKitLoadImage16": RestoreKitLoadImage16,
-    "RestoreKitSaveImage16": RestoreKitSaveImage16,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RestoreKitLoadImage16": "Load Image (16-bit/float)",
-    "RestoreKitSaveImage16": "Save Image (16-bit/float)",
-}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(RestoreKitLoadImage16, RestoreKitSaveImage16)

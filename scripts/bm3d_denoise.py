@@ -27,6 +27,8 @@ PROFILES = ("np", "high", "vn", "lc")  # 'refilter' is broken in bm3d 4.0.x and 
 #: the bm3d package refuses images smaller than its blocks ("Image cannot be smaller than block
 #: size!"); profile vn uses 11 px Wiener blocks, the others 8 px -- smaller images take the fallback
 PACKAGE_MIN_SIDE = 12
+#: "auto": the bm3d package when installed, else the fallback; "bm3d": require it; "fallback"
+METHODS = ("auto", "bm3d", "fallback")
 
 
 @dataclass
@@ -229,7 +231,7 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
     sigma, psd = _noise_spec(z, sigma, psd)
     if psd is not None and psd.ndim == 3 and z.ndim == 2:
         psd = psd.mean(axis=2)
-    if method not in ("auto", "bm3d", "fallback"):
+    if method not in METHODS:
         raise ValueError(f"bm3d_denoise: unknown method '{method}' (auto, bm3d, fallback)")
     var = float(psd.mean()) / (z.shape[0] * z.shape[1]) if psd is not None else sigma ** 2
     if var < 1e-12:  # σ below 1e-6: nothing to remove

@@ -31,6 +31,8 @@ from typing import Tuple
 import numpy as np
 
 CHANNELS = ("oklab", "lab", "ycbcr", "rgb")
+#: how the nodes name each channel (display name -> CHANNELS entry)
+CHANNEL_NAMES = {"Oklab L": "oklab", "Lab L": "lab", "YCbCr Y": "ycbcr", "RGB per channel": "rgb"}
 DEFAULT_CLIP = 2.0
 DEFAULT_GRID = 8
 MAX_GRID = 64

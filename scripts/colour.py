@@ -120,8 +120,8 @@ def _matmul(x, m: np.ndarray):
 
 
 def _pow(a, e: float):
-    """``a ** e`` for a >= 0 (0 -> 0).  In torch as exp(e·log a): several times faster on CPU than
-    ``Tensor.pow`` with a float exponent, same accuracy to float rounding."""
+    """``a ** e`` for a >= 0 (0 -> 0).  In torch as exp(e·log a): faster on CPU than ``Tensor.pow``
+    with a float exponent (``benchmarks/bench_colour.py``), same accuracy to float rounding."""
     if _is_torch(a):
         return torch.exp(torch.log(a) * e)
     return a ** e
@@ -152,9 +152,9 @@ def pixelwise(fn):
     """Decorator: run ``fn(x[..., 3], *args)`` chunk by chunk on large CPU torch tensors.
 
     Per-pixel conversions create ~10 temporaries; on the CPU, chunks of 32k pixels keep them in the
-    cache, which makes 4K images 2-3x faster.  The chunks run with one intra-op thread: on chunks
-    this small, OpenMP hand-offs (and worker threads spinning after each op) cost far more than they
-    gain, up to 10x slower on a busy machine; the previous thread count is restored afterwards.
+    cache (``benchmarks/bench_colour.py`` times 4K conversions).  The chunks run with one intra-op
+    thread: on chunks this small, OpenMP hand-offs (and worker threads spinning after each op) cost
+    more than they gain, most on a busy machine; the previous thread count is restored afterwards.
     GPU tensors and numpy arrays pass straight through.
     """
 

@@ -15,7 +15,7 @@ Poisson likelihood of the blurred image ``g = k ∗ u`` by the multiplicative up
   amplification" of over-iterated RL).  ``tau`` defaults to 0.92, not 1: the best RL iterate
   already fits part of the noise (measured on skimage camera, Gaussian σ 1–2.5 px, noise 0.005–0.02:
   the PSNR-optimal iterate has a residual of 0.84–0.94 σ).  σ is estimated from the image (Donoho's MAD of the finest
-  Haar diagonal band, σ = median|HH| / 0.6745).
+  Haar diagonal band, σ = median|HH| / 0.6745, :func:`.noise.mad_sigma`).
 
 Borders: with ``taper=True`` the image is padded by twice the kernel size (mirror, then a cosine
 cross-fade to the mean, so the periodic FFT sees no jump: edge tapering) and RL only fits the
@@ -32,26 +32,35 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from .noise import mad_sigma
 
 METHODS = ("richardson_lucy", "wiener")
 REGULARISATIONS = ("none", "damping", "tv")
 STOP_RULES = ("none", "discrepancy")
 
 
-def estimate_noise_sigma(image: np.ndarray | torch.Tensor) -> float:
-    """Noise standard deviation of a 2D image (same units as the image) from the finest Haar
-    diagonal detail band: σ = median(|HH|)/0.6745 (Donoho & Johnstone, Biometrika 1994)."""
-    x = torch.as_tensor(image, dtype=torch.float32)
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    if h < 2 or w < 2:
-        return 0.0
-    x = x[..., :h, :w]
-    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2.0
-    return float(hh.abs().flatten().median()) / 0.6745
+#: regularisation strength used when the node's strength is 0 (damping: noise σ; tv: λ)
+DEFAULT_STRENGTH = {"damping": 2.0, "tv": 0.002}
+
+
+@dataclass
+class DeconvolutionRun:
+    """What one :func:`deconvolve` call did (``noise_sigma`` per channel, image units)."""
+
+    method: str
+    pad: int
+    device: str
+    noise_sigma: List[float]
+    iterations_run: int = 0
+    stopped_early: bool = False
+    balance: Optional[float] = None
+    seconds: float = 0.0
 
 
 def _fast_len(n: int) -> int:
@@ -152,8 +161,8 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
     device for the FFTs (default: the image's).  on_iteration(i, n): called after each RL
     iteration (progress / interrupt hook; it may raise to abort).
 
-    report: dict with method, iterations_run, stopped_early, noise_sigma (per channel), pad, device,
-    seconds.
+    report: :class:`DeconvolutionRun` (iterations run, early stop, noise σ per channel, padding, device,
+    seconds).
     """
     if method not in METHODS:
         raise ValueError(f"deconvolve: method must be one of {METHODS}, got {method!r}")
@@ -184,9 +193,8 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
     if kh > hp or kw > wp:
         raise ValueError(f"deconvolve: the kernel ({kw}x{kh} px) is larger than the image ({w}x{h} px)")
     conv = _Convolver(k, (hp, wp), dev)
-    sigmas = [estimate_noise_sigma(x[i]) for i in range(c)]
-    report = {"method": method, "pad": pad[0], "device": str(dev), "noise_sigma": sigmas,
-              "iterations_run": 0, "stopped_early": False}
+    sigmas = [mad_sigma(x[i]) for i in range(c)]
+    report = DeconvolutionRun(method=method, pad=pad[0], device=str(dev), noise_sigma=sigmas)
     g = _taper_pad(x, pad) if taper else x
     sl = (slice(None), slice(pad[0], pad[0] + h), slice(pad[2], pad[2] + w))
 
@@ -194,7 +202,7 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
         otf = conv.otf
         f = torch.fft.rfft2(g) * otf.conj() / (otf.abs() ** 2 + balance)
         u = torch.fft.irfft2(f, s=(hp, wp))
-        report["balance"] = balance
+        report.balance = balance
     else:
         eps = 1e-6
         g = g.clamp_min(0.0)
@@ -222,7 +230,7 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
                 res = (blurred - g)[sl] if taper else (blurred - g)
                 rms = res.pow(2).mean(dim=(1, 2)).sqrt()
                 if bool((rms <= tau * sig.view(-1)).all()):
-                    report["stopped_early"] = True
+                    report.stopped_early = True
                     break
             blurred.clamp_(min=eps)
             if regularisation == "damping" and strength > 0:
@@ -241,16 +249,120 @@ def deconvolve(image, kernel, method: str = "richardson_lucy", iterations: int =
             if regularisation == "tv" and strength > 0:
                 corr.div_((1.0 - strength * _divergence_of_unit_gradient(u)).clamp_(min=0.3))
             u = corr.mul_(u).clamp_(min=0.0)
-            report["iterations_run"] = it + 1
+            report.iterations_run = it + 1
             if on_iteration is not None:
                 on_iteration(it + 1, n_it)
     out = u[sl]
     if clip:
         out = out.clamp(0.0, 1.0)
-    out = torch.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
     out = out[0] if was_2d else out.permute(1, 2, 0)
-    report["seconds"] = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - t0
     if was_numpy:
         return out.cpu().numpy().astype(np.float32), report
     return out.contiguous(), report
 
+
+
+# --- image batches through the memory-safe runner ----------------------------------------------------
+#: float32 buffers of the padded image that Richardson–Lucy holds at once, per channel
+_RL_BUFFERS = 12
+
+
+def memory_needed(height: int, width: int, kernel_side: int, channels: int = 1) -> int:
+    """Bytes a deconvolution of a ``height x width`` image with a kernel of ``kernel_side`` px holds
+    at once (:data:`_RL_BUFFERS` float32 buffers of the padded size per channel)."""
+    return (height + 2 * kernel_side + 64) * (width + 2 * kernel_side + 64) * 4 * _RL_BUFFERS * channels
+
+
+@dataclass
+class DeconvolveReport:
+    """A batch deconvolution: the kernel(s), the settings, per-image results and where it ran."""
+
+    kernel: Union[str, List[str]]
+    method: str
+    iterations: int
+    regularisation: str
+    strength: float
+    stop_rule: str
+    balance: float
+    taper: bool
+    runs: List[DeconvolutionRun] = field(default_factory=list)
+    device: str = "cpu"
+    steps: List[str] = field(default_factory=list)
+
+    def info_fields(self) -> dict:
+        def one(values):
+            return values[0] if len(values) == 1 else values
+
+        out = {"kernel": self.kernel, "method": self.method}
+        if self.method == "richardson_lucy":
+            out["iterations run"] = one([r.iterations_run for r in self.runs])
+            out["regularisation"] = (f"{self.regularisation} (strength {self.strength:.4g})"
+                                     if self.regularisation != "none" else "none")
+            out["stop rule"] = self.stop_rule + (" (stopped early)" if any(r.stopped_early for r in self.runs) else "")
+        else:
+            out["wiener balance"] = self.balance
+        out["noise sigma (est.)"] = one([round(float(np.mean(r.noise_sigma)), 5) for r in self.runs])
+        out["edge taper"] = f"on (pad {self.runs[0].pad} px)" if self.taper else "off (periodic)"
+        out["device"] = self.device
+        if self.steps:
+            out["device steps"] = self.steps
+        return out
+
+
+def deconvolve_images(images, kernels, *, device: str = "auto", method: str = "richardson_lucy",
+                      iterations: int = 30, regularisation: str = "none", strength: float = 0.0,
+                      stop_rule: str = "none", balance: float = 0.01, taper: bool = True,
+                      kernel_note: Union[str, Sequence[str]] = "", what: str = "Deconvolve"):
+    """Deconvolve a batch ``[B, H, W, C]`` (torch or numpy, 0..1) through the memory-safe runner.
+
+    ``kernels``: one 2D kernel, or one per image.  ``strength`` 0 with a regularisation means its
+    :data:`DEFAULT_STRENGTH`.  Memory: a GPU that cannot hold :func:`memory_needed` runs on the CPU;
+    a CPU that cannot hold all channels at once takes one channel at a time; less than one channel is
+    a clear error.  Out of memory on the GPU mid-run repeats the image on the CPU.  Progress per RL
+    iteration (per image for Wiener), interruptible.  Returns ``(torch [B,H,W,C] float32 on the CPU,
+    DeconvolveReport)``.
+    """
+    from .inference import memory_utils as mu
+    from .inference.runner import TorchJob
+
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images, np.float32))
+    per_image = isinstance(kernels, (list, tuple))
+    ks = list(kernels) if per_image else [kernels] * x.shape[0]
+    b, h, w, c = x.shape
+    for i, k in enumerate(ks):
+        if k.shape[0] > h or k.shape[1] > w:
+            raise ValueError(f"{what}: the kernel ({k.shape[1]}x{k.shape[0]} px) is larger than "
+                             f"{'image ' + str(i) if per_image else 'the image'} ({w}x{h} px)")
+    strength = float(strength)
+    if regularisation != "none" and strength <= 0:
+        strength = DEFAULT_STRENGTH[regularisation]
+    per_channel = memory_needed(h, w, max(max(k.shape) for k in ks))
+    steps_per_image = int(iterations) if method == "richardson_lucy" else 1
+    report = DeconvolveReport(kernel=kernel_note, method=method, iterations=int(iterations),
+                              regularisation=regularisation, strength=strength, stop_rule=stop_rule,
+                              balance=float(balance), taper=bool(taper))
+    opts = dict(method=method, iterations=int(iterations), regularisation=regularisation, strength=strength,
+                stop_rule=stop_rule, balance=float(balance), taper=bool(taper))
+    outs = []
+    with TorchJob(device, label=f"RestoreKit {what.lower()}", total=b * steps_per_image, interrupt_every=5,
+                  needs=per_channel * c) as job:
+        split_channels = per_channel * c > 0.8 * mu.free_memory(job.device)
+        if split_channels:
+            job.report.device += ", one channel at a time (memory)"
+            if per_channel > 0.8 * mu.free_memory(job.device):
+                raise ValueError(f"{what}: a {w}x{h} image with a {max(ks[0].shape)} px kernel needs about "
+                                 f"{per_channel / 2**30:.1f} GiB per channel, more than the free memory "
+                                 f"({mu.free_memory(job.device) / 2**30:.1f} GiB); downscale or crop it first")
+        for i in range(b):
+            parts = [x[i][..., j:j + 1] for j in range(c)] if split_channels else [x[i]]
+            done = []
+            for part in parts:
+                out, run = job.run(deconvolve, part, ks[i], on_iteration=job.tick, where=f"image {i}", **opts)
+                done.append(out.to("cpu", torch.float32))
+            if method != "richardson_lucy":
+                job.tick()
+            outs.append(torch.cat(done, dim=-1))
+            report.runs.append(run)
+    report.device, report.steps = job.report.device, job.report.steps
+    return torch.stack(outs), report

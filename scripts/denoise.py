@@ -3,9 +3,8 @@
 Images: float ``[H, W]`` or ``[H, W, C]`` in 0..1 (C = 1 or 3).  Noise ``sigma`` is the standard
 deviation of additive white Gaussian noise in the same 0..1 units.
 
-- Noise estimate: Donoho & Johnstone's robust median estimator, σ = median(|HH|) / 0.6745 on the
-  finest diagonal wavelet band (Biometrika 81, 1994) — via ``skimage.restoration.estimate_sigma``
-  or our own Haar version (``method="mad"``).
+- Noise estimate (when σ is not given): :mod:`.noise` (Donoho & Johnstone's robust median
+  estimator, via ``skimage.restoration.estimate_sigma`` or our own Haar version).
 - Non-local means: Buades, Coll, Morel, CVPR 2005 (skimage, with the σ² bias correction).
 - Bilateral: Tomasi & Manduchi, ICCV 1998 (OpenCV).
 - Wavelet: BayesShrink (Chang, Yu, Vetterli, IEEE TIP 9, 2000) soft thresholding (skimage).
@@ -13,11 +12,28 @@ deviation of additive white Gaussian noise in the same 0..1 units.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from .noise import estimate_noise_sigma
+
 METHODS = ("nlm", "bilateral", "wavelet", "tv")
+
+
+@dataclass
+class DenoiseReport:
+    """The method, the noise σ it was given (0..1 units) and where σ came from."""
+
+    method: str
+    sigma: float
+    sigma_source: str
+    strength: float
+
+    def info_fields(self) -> dict:
+        return {"method": self.method, "noise sigma": f"{self.sigma:.4f} ({self.sigma_source})",
+                "strength": self.strength}
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -31,51 +47,6 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("denoise: the image contains NaN or infinite values")
     return x
-
-
-def mad_sigma(channel: np.ndarray) -> float:
-    """Robust σ of white noise in a 2-D array: median(|HH₁|)/0.6745 on the orthonormal Haar
-    diagonal band (Donoho & Johnstone 1994).  Returns 0 for images smaller than 2×2."""
-    c = np.asarray(channel, dtype=np.float64)
-    h, w = (c.shape[0] // 2) * 2, (c.shape[1] // 2) * 2
-    if h < 2 or w < 2:
-        return 0.0
-    c = c[:h, :w]
-    hh = (c[0::2, 0::2] - c[0::2, 1::2] - c[1::2, 0::2] + c[1::2, 1::2]) / 2.0
-    return float(np.median(np.abs(hh)) / 0.6745)
-
-
-def estimate_noise_sigma(image: np.ndarray, method: str = "skimage") -> float:
-    """Noise σ (0..1 units) averaged over channels.  ``method``: "skimage" (Daubechies-1 wavelet
-    MAD, skimage ``estimate_sigma``) or "mad" (our Haar MAD).  Textured images at low noise are
-    overestimated (REFERENCES: within ~5 % for σ ≥ 10/255)."""
-    x = _as_hwc(image)
-    if min(x.shape[:2]) < 4:
-        return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
-    if method == "mad":
-        return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
-    if method != "skimage":
-        raise ValueError(f"unknown noise estimator '{method}' (skimage, mad)")
-    return float(np.mean([_skimage_sigma(x[..., c]) for c in range(x.shape[2])]))
-
-
-def _skimage_sigma(channel: np.ndarray) -> float:
-    """skimage ``estimate_sigma`` of one channel, 0 for a channel without fine detail.
-
-    skimage leaves out wavelet coefficients that are exactly 0 and takes the median of the rest; a
-    flat (e.g. all-black) or piecewise-constant channel has none left and skimage returns NaN (the
-    median of an empty set).  There is no noise to measure there, so σ = 0.  The averaged multi-
-    channel call equals the mean of these per-channel values.
-    """
-    import warnings
-
-    from skimage.restoration import estimate_sigma
-
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore")  # "Mean of empty slice" for such a channel; skimage's
-        # "image is size N on the last axis" guess does not apply to a single 2-D channel
-        s = float(estimate_sigma(channel))
-    return s if np.isfinite(s) else 0.0
 
 
 def denoise_nlm(x: np.ndarray, sigma: float, strength: float = 1.0, patch_size: int = 5,
@@ -135,8 +106,8 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
     """Denoise ``image`` with ``method`` in :data:`METHODS`.
 
     ``sigma`` None or ≤ 0 means estimate it (:func:`estimate_noise_sigma`).  Returns
-    ``(out, sigma_used, sigma_source)`` with ``out`` shaped like the input, clipped to 0..1 only if
-    the input was inside 0..1.
+    ``(out, DenoiseReport)`` with ``out`` shaped like the input, clipped to 0..1 only if the input
+    was inside 0..1.
     """
     if method not in METHODS:
         raise ValueError(f"unknown denoise method '{method}'; use one of {METHODS}")
@@ -160,4 +131,4 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
         out = np.clip(out, 0.0, 1.0)
     if np.ndim(image) == 2:
         out = out[:, :, 0]
-    return out, sigma, source
+    return out, DenoiseReport(method, sigma, source, float(strength))

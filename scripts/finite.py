@@ -1,10 +1,14 @@
 """Fast "are all values finite?" check for image tensors and arrays.
 
-``torch.isfinite(x).all()`` builds a boolean image and reduces it (≈ 30 ms for a 1 MP RGB image on
-one core, paid by every node and again by the model runner).  A float32 sum is ≈ 10× cheaper and is
-NaN or infinite whenever any element is (NaN and ±inf propagate; +inf + −inf is NaN).  Only when the
+``torch.isfinite(x).all()`` builds a boolean image and reduces it, a cost paid by every node and
+again by the model runner (``benchmarks/bench_models.py`` measures node overhead against the bare
+network).  A float32 sum is much cheaper and is NaN or infinite whenever any element is (NaN and
+±inf propagate; +inf + −inf is NaN).  Only when the
 sum is not finite (a NaN/inf, or finite values so large that their sum overflows) does the exact
 element-wise check run, so the answer is always exact.
+
+:func:`check_finite` is the pack's no-silent-data-loss rule for results: a NaN or infinite value
+made inside a node is an error naming the node and the step, never replaced by a number.
 """
 from __future__ import annotations
 
@@ -29,3 +33,24 @@ def all_finite(x) -> bool:
         if np.isfinite(a.sum()):
             return True
     return bool(np.isfinite(a).all())
+
+
+class NonFiniteError(ValueError):
+    """A result holds NaN or infinite values: an internal failure, reported instead of hidden."""
+
+
+def check_finite(result, what: str, stage: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` (the node) and ``stage`` when ``result`` (tensor
+    or array) holds NaN or infinite values."""
+    if all_finite(result):
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(result, torch.Tensor):
+        bad, total = int((~torch.isfinite(result)).sum()), result.numel()
+    else:
+        arr = np.asarray(result)
+        bad, total = int((~np.isfinite(arr)).sum()), arr.size
+    raise NonFiniteError(
+        f"{what}: the {stage} step produced {bad} NaN or infinite value(s) out of {total}; this is an "
+        f"internal failure (nothing was replaced or hidden). Please report it with the node's settings "
+        f"and the image size.")

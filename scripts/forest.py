@@ -1,10 +1,10 @@
 """Fast single-image prediction with a fitted scikit-learn random forest.
 
-``RandomForestRegressor.predict`` validates its input and dispatches every tree through joblib,
-which costs ~0.1 ms per tree even for one sample (≈ 6.5 ms for 60 trees, as much as the feature
-extraction of a 4K image).  :func:`predict` averages the trees' own ``tree_.predict`` directly,
-which is what scikit-learn computes (the mean of the trees' leaf values), in ~0.3 ms.  Anything
-that is not a fitted forest of regression trees goes through its own ``predict``.
+``RandomForestRegressor.predict`` validates its input and dispatches every tree through joblib, a
+fixed cost per tree even for one sample.  :func:`predict` averages the trees' own
+``tree_.predict`` directly, which is what scikit-learn computes (the mean of the trees' leaf
+values), without that overhead (``benchmarks/bench_hybrid.py`` times the routed restore that uses
+it).  Anything that is not a fitted forest of regression trees goes through its own ``predict``.
 """
 from __future__ import annotations
 

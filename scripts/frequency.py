@@ -21,9 +21,13 @@ wrap-around at the borders) or on the image as is (``pad="circular"``, exact for
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .report import shown
 
 
 def _pad_amount(sigma: float, h: int, w: int):
@@ -154,3 +158,106 @@ def combine(low: torch.Tensor, high_img: torch.Tensor, scale: float = 0.5, detai
     if scale <= 0:
         raise ValueError(f"frequency separation scale must be > 0, got {scale}")
     return low + detail * (high_img - 0.5) / scale
+
+
+# --- images ------------------------------------------------------------------------------------------
+#: the Frequency Enhance node's modes and working spaces
+MODES = ("high_boost", "homomorphic")
+SPACES = ("oklab", "rgb")
+
+
+def _to_planes(rgb: torch.Tensor, space: str):
+    """``[B,H,W,C]`` -> (planes ``[B,P,H,W]`` to filter, state to rebuild): Oklab L of a colour image
+    in ``space="oklab"``, else every channel."""
+    if rgb.shape[-1] == 1 or space == "rgb":
+        return rgb.permute(0, 3, 1, 2), None
+    from .colour import srgb_to_oklab
+
+    lab = srgb_to_oklab(rgb)
+    return lab[..., 0:1].permute(0, 3, 1, 2), lab
+
+
+def _from_planes(planes: torch.Tensor, state) -> torch.Tensor:
+    out = planes.permute(0, 2, 3, 1)
+    if state is None:
+        return out
+    from .colour import oklab_to_srgb
+
+    return oklab_to_srgb(torch.cat([out, state[..., 1:]], dim=-1))
+
+
+@dataclass
+class EnhanceReport:
+    """The filter that ran (σ in px; the cutoff of the high-boost filter in cycles/px)."""
+
+    mode: str = shown("mode")
+    sigma: float = shown("sigma px")
+    boost: Optional[float] = shown("boost", default=None)
+    cutoff: Optional[float] = shown("cutoff cycles/px", default=None)
+    gamma_low: Optional[float] = shown("gamma_low", default=None)
+    gamma_high: Optional[float] = shown("gamma_high", default=None)
+    space: str = shown("space", default="oklab")
+
+
+def enhance_image(rgb: torch.Tensor, mode: str = "high_boost", sigma: float = 2.0, boost: float = 1.0,
+                  gamma_low: float = 0.5, gamma_high: float = 1.5, space: str = "oklab", device=None):
+    """High-boost or homomorphic filtering of an image batch ``[B,H,W,C]`` (C = 1 or 3) on ``device``
+    (default: the tensor's); colour images on Oklab lightness (``space="oklab"``) or per channel.
+    Returns ``(image [B,H,W,C], EnhanceReport)``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be high_boost or homomorphic, got '{mode}'")
+    planes, state = _to_planes(rgb.to(device) if device is not None else rgb, space)
+    report = EnhanceReport(mode, float(sigma), space="grey" if rgb.shape[-1] == 1 else space)
+    if mode == "high_boost":
+        res = high_boost(planes, sigma=sigma, boost=boost)
+        report.boost, report.cutoff = float(boost), 1.0 / (2 * math.pi * sigma)
+    else:
+        res = homomorphic(planes, sigma=sigma, gamma_low=gamma_low, gamma_high=gamma_high)
+        report.gamma_low, report.gamma_high = float(gamma_low), float(gamma_high)
+    return _from_planes(res, state), report
+
+
+@dataclass
+class SeparateReport:
+    """Frequency separation settings and the share of high-layer values outside 0..1 (clipped)."""
+
+    sigma: float = shown("sigma px")
+    scale: float = shown("scale")
+    clipped: float = shown("high layer clipped", fmt=lambda f: f"{100 * f:.3f} % of values" + (
+        " (round trip exact)" if f == 0 else " (lower scale for an exact round trip)"))
+
+
+def separate_image(rgb: torch.Tensor, sigma: float = 4.0, scale: float = 0.5, device=None):
+    """Low and high layers of an image batch ``[B,H,W,C]``: ``((low, high), SeparateReport)``."""
+    planes = (rgb.to(device) if device is not None else rgb).permute(0, 3, 1, 2)
+    low, high = separate(planes, sigma=sigma, scale=scale)
+    clipped = float(((high < 0) | (high > 1)).float().mean())
+    return (low.permute(0, 2, 3, 1), high.permute(0, 2, 3, 1)), SeparateReport(float(sigma), float(scale), clipped)
+
+
+@dataclass
+class CombineReport:
+    scale: float = shown("scale")
+    detail: float = shown("detail")
+
+
+def combine_images(low: torch.Tensor, high: torch.Tensor, scale: float = 0.5, detail: float = 1.0, device=None):
+    """Recombine layer batches ``[B,H,W,C]`` from :func:`separate_image`.  A grey layer is used for
+    every channel of a colour one, a batch of one for every image of the other; sizes must match.
+    Returns ``(image, CombineReport)``."""
+    if low.shape[1:3] != high.shape[1:3]:
+        raise ValueError(f"low {tuple(low.shape[1:3])} and high {tuple(high.shape[1:3])} images differ in size")
+    if low.shape[-1] != high.shape[-1]:
+        if high.shape[-1] == 1:
+            high = high.expand(*high.shape[:-1], low.shape[-1])
+        elif low.shape[-1] == 1:
+            low = low.expand(*low.shape[:-1], high.shape[-1])
+    bl, bh = low.shape[0], high.shape[0]
+    if bl != bh:
+        if bl != 1 and bh != 1:
+            raise ValueError(f"batch sizes differ: low {bl}, high {bh}")
+        n = max(bl, bh)
+        low, high = low.expand(n, *low.shape[1:]), high.expand(n, *high.shape[1:])
+    if device is not None:
+        low, high = low.to(device), high.to(device)
+    return combine(low, high, scale=scale, detail=detail), CombineReport(float(scale), float(detail))

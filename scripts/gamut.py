@@ -60,8 +60,10 @@ OTTOSSON_METHODS = (
     "adaptive_L0_0.5",
     "adaptive_L0_cusp",
 )
-METHODS = OTTOSSON_METHODS + ("css_chroma_reduction", "clip")
-DEFAULT_METHOD = "adaptive_L0_0.5"
+#: every gamut-mapping method, the default first (the order of the nodes' choice lists)
+METHODS = ("adaptive_L0_0.5", "adaptive_L0_cusp", "preserve_lightness", "project_to_L0.5", "project_to_cusp",
+           "css_chroma_reduction", "clip")
+DEFAULT_METHOD = METHODS[0]
 
 #: linear-RGB tolerance of the in-gamut test (float rounding of the conversions)
 GAMUT_EPS = {torch.float64: 1e-9, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}

@@ -8,6 +8,7 @@ its opposite (θ + 180°) give the same kernel.
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -101,12 +102,29 @@ def motion_kernel(length: float, angle: float, supersample: int = 8) -> np.ndarr
     return normalise(k)
 
 
-def pad_to_odd_square(kernel: np.ndarray) -> np.ndarray:
-    """Zero-pad a kernel to an odd square, keeping its centre pixel ``(h//2, w//2)`` in the middle."""
-    k = np.asarray(kernel, dtype=np.float64)
-    h, w = k.shape
-    side = _odd(max(h, w))
-    out = np.zeros((side, side))
-    oy, ox = side // 2 - h // 2, side // 2 - w // 2
-    out[oy:oy + h, ox:ox + w] = k
-    return out
+#: the blur models Deconvolve can undo ("psf" = a Microscope PSF)
+SOURCES = ("gaussian", "disk", "motion", "psf")
+
+
+def kernel_for(source: str, sigma: float = 1.6, radius: float = 3.0, length: float = 15.0, angle: float = 0.0,
+               psf: Optional[dict] = None, psf_plane: str = "in_focus") -> Tuple[np.ndarray, str]:
+    """The kernel of blur ``source`` (:data:`SOURCES`) and a description naming it and its size.
+
+    gaussian: σ ``sigma`` px; disk: ``radius`` px; motion: ``length`` px at ``angle`` degrees; psf:
+    the data of :func:`scripts.psf.make_psf` (``psf_plane``: :data:`scripts.psf.KERNEL_PLANES`).
+    """
+    if source == "gaussian":
+        k, what = gaussian_kernel(float(sigma)), f"gaussian σ {float(sigma):.4g} px"
+    elif source == "disk":
+        k, what = disk_kernel(float(radius)), f"disk r {float(radius):.4g} px"
+    elif source == "motion":
+        k, what = motion_kernel(float(length), float(angle)), f"motion {float(length):.4g} px at {float(angle):.4g}°"
+    elif source == "psf":
+        if psf is None:
+            raise ValueError("Deconvolve: kernel_source is psf but no psf input is connected")
+        from .psf import kernel_from_psf
+
+        k, what = kernel_from_psf(psf, psf_plane)
+    else:
+        raise ValueError(f"Deconvolve: unknown kernel_source {source!r} (expected one of {SOURCES})")
+    return k, f"{what}, {k.shape[1]}x{k.shape[0]} px"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -217,19 +218,46 @@ def predict_params(plane: np.ndarray, bundle=None) -> Tuple[float, int]:
     return decode_params(c, g)
 
 
+@dataclass
+class LBClaheReport:
+    """The CLAHE parameters used (clip limit in OpenCV's convention, grid = tiles per side), whether
+    each was predicted or given, and the working channel (:data:`.clahe.CHANNELS`)."""
+
+    channel: str
+    clip_source: str
+    grid_source: str
+    clip: float = 0.0
+    grid: int = 0
+
+    @property
+    def predicted(self) -> bool:
+        return "predicted" in (self.clip_source, self.grid_source)
+
+    def info_fields(self) -> dict:
+        names = {v: k for k, v in _clahe.CHANNEL_NAMES.items()}
+        return {
+            "channel": names.get(self.channel, self.channel),
+            "clip limit (OpenCV)": f"{self.clip:.1f} ({self.clip_source})",
+            "grid": f"{self.grid}x{self.grid} ({self.grid_source})",
+            "why": ("predicted per image from histogram/gradient features by the shipped LB-CLAHE random forest "
+                    "(target: SSIM to pristine images)" if self.predicted else "manual values"),
+            "predictor": f"models/{PREDICTOR_PATH} (sha256 checked)" if self.predicted else "not used",
+        }
+
+
 def lb_clahe(image, channel: str = "oklab", clip_limit: Optional[float] = None,
              grid: Optional[int] = None, bundle=None):
     """LB-CLAHE of an image ``[H,W]``, ``[H,W,1]`` or ``[H,W,3]`` (float 0..1).
 
     ``clip_limit`` / ``grid`` None (or <= 0) are predicted from the working channel (for "rgb" the
-    BT.601 luma); given values override the prediction.  Returns ``(out float32 0..1, params)``
-    with params = {"clip": ..., "grid": ..., "clip_source": "predicted"|"manual", "grid_source": ...}.
+    BT.601 luma); given values override the prediction.  Returns ``(out float32 0..1,
+    LBClaheReport)``.
     """
     img = _clahe.as_unit_float(image)
     want_clip = clip_limit is None or clip_limit <= 0
     want_grid = grid is None or grid <= 0
-    params = {"clip_source": "predicted" if want_clip else "manual",
-              "grid_source": "predicted" if want_grid else "manual"}
+    report = LBClaheReport(channel=channel, clip_source="predicted" if want_clip else "manual",
+                           grid_source="predicted" if want_grid else "manual")
     colour_plane = img.ndim == 3 and img.shape[-1] == 3 and channel != "rgb"
     if colour_plane and (want_clip or want_grid):
         # convert once: predict on the working plane, then equalise that same plane
@@ -237,14 +265,12 @@ def lb_clahe(image, channel: str = "oklab", clip_limit: Optional[float] = None,
         pc, pg = predict_params(planes[0], bundle)
         clip_limit = pc if want_clip else clip_limit
         grid = pg if want_grid else grid
-        params["clip"] = float(clip_limit)
-        params["grid"] = int(grid)
+        report.clip, report.grid = float(clip_limit), int(grid)
         out = [_clahe.clahe_channel(p, clip_limit, grid) for p in planes]
-        return _clahe.merge_channel(out, rest, channel, img), params
+        return _clahe.merge_channel(out, rest, channel, img), report
     if want_clip or want_grid:
         pc, pg = predict_params(_clahe.working_channel(img, channel), bundle)
         clip_limit = pc if want_clip else clip_limit
         grid = pg if want_grid else grid
-    params["clip"] = float(clip_limit)
-    params["grid"] = int(grid)
-    return _clahe.clahe(img, clip_limit, grid, channel), params
+    report.clip, report.grid = float(clip_limit), int(grid)
+    return _clahe.clahe(img, clip_limit, grid, channel), report

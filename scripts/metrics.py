@@ -42,7 +42,7 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> fl
     Gaussian window σ 1.5 (11 taps), K1 = 0.01, K2 = 0.03, population covariances, symmetric
     borders, the 5-px border left out of the mean; for ``[H, W, C]`` the mean over channels.  The
     same numbers as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, channel_axis=-1)`` (tested), several times faster (OpenCV blurs).
+    use_sample_covariance=False, channel_axis=-1)`` (tested), computed with OpenCV blurs.
     """
     import cv2
 

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .deconvolution import DeconvolveReport
+
 MIN_LENGTH = 3.0
+#: below this fit score the motion estimate is unreliable
+RELIABLE_SCORE = 0.1
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -133,14 +138,23 @@ class _SpectrumFit:
         return best
 
 
-def estimate_motion(image: np.ndarray, max_length: float = 64.0, analysis_size: int = 512) -> dict:
+@dataclass
+class MotionEstimate:
+    """angle (degrees, [0, 180)), length (px), score (spectrum-model correlation, higher is more
+    confident; below :data:`RELIABLE_SCORE` the estimate is unreliable), cepstrum (the raw first
+    guesses, (angle, length)), seconds."""
+
+    angle: float
+    length: float
+    score: float
+    cepstrum: List[Tuple[float, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def estimate_motion(image: np.ndarray, max_length: float = 64.0, analysis_size: int = 512) -> MotionEstimate:
     """Estimate linear motion blur of ``image`` (float, [H,W] or [H,W,C]; colour is reduced to
     luma).  max_length: longest motion searched (px, ≥ 4; capped at a third of the analysis
     square).  analysis_size: side of the central square analysed (px).
-
-    Returns a dict: angle (degrees, [0, 180)), length (px), score (spectrum-model correlation,
-    higher is more confident; below ~0.1 the estimate is unreliable), cepstrum (the raw first
-    guess), seconds.
     """
     t0 = time.perf_counter()
     gray = _gray(image)
@@ -157,30 +171,62 @@ def estimate_motion(image: np.ndarray, max_length: float = 64.0, analysis_size: 
         if best is None or res[0] > best[0]:
             best = res
     if best is None:
-        return {"angle": 0.0, "length": 0.0, "score": 0.0, "cepstrum": [], "seconds": time.perf_counter() - t0}
+        return MotionEstimate(0.0, 0.0, 0.0, [], time.perf_counter() - t0)
     score, angle, length = best
-    return {"angle": float(angle % 180.0), "length": float(length), "score": float(score),
-            "cepstrum": [(round(a, 2), round(l, 2)) for a, l, _ in cands],
-            "seconds": time.perf_counter() - t0}
+    return MotionEstimate(float(angle % 180.0), float(length), float(score),
+                          [(round(a, 2), round(l, 2)) for a, l, _ in cands], time.perf_counter() - t0)
+
+
+@dataclass
+class MotionDeblurReport:
+    """The motion of each image (given or estimated) and the deconvolution of the batch."""
+
+    motions: List[str]
+    estimates: List[Optional[MotionEstimate]]
+    deconvolution: DeconvolveReport
+
+    @property
+    def estimated(self) -> bool:
+        return any(e is not None for e in self.estimates)
+
+    def info_fields(self) -> dict:
+        out = {"motion": self.motions, "angle convention": "degrees counter-clockwise from horizontal, y up"}
+        out.update({k: v for k, v in self.deconvolution.info_fields().items() if k != "kernel"})
+        return out
 
 
 def motion_deblur(image, length: Optional[float] = None, angle: Optional[float] = None,
-                  max_length: float = 64.0, **deconvolve_kwargs):
-    """Estimate (unless both ``length`` and ``angle`` are given), build the motion kernel and
-    deconvolve.  ``image``: float 0..1 numpy [H,W] or [H,W,C].  Extra keyword arguments go to
-    :func:`scripts.deconvolution.deconvolve`.  Returns ``(restored, report)``; report holds the
-    estimate (angle, length, score), whether it was estimated, and the deconvolution report.
+                  max_length: float = 64.0, device: str = "auto", **deconvolve_kwargs):
+    """Estimate the motion of each image (unless ``length`` and ``angle`` are both given), build the
+    motion kernels and deconvolve (:func:`scripts.deconvolution.deconvolve_images`, memory-safe).
+
+    ``image``: one image (numpy ``[H,W]`` or ``[H,W,C]``) or a batch ``[B,H,W,C]`` (numpy or
+    torch), float 0..1.  ``length``/``angle`` override the estimate (None = estimate).  Extra keyword
+    arguments go to the deconvolution.  Returns ``(restored, MotionDeblurReport)``; ``restored`` has
+    the input's shape (numpy for numpy input).
     """
-    from .deconvolution import deconvolve
+    import torch
+
+    from .deconvolution import deconvolve_images
     from .kernels import motion_kernel
 
-    est = None
-    if length is None or angle is None:
-        est = estimate_motion(image, max_length=max_length)
-        length = est["length"] if length is None else length
-        angle = est["angle"] if angle is None else angle
-    kernel = motion_kernel(float(length), float(angle))
-    out, rep = deconvolve(image, kernel, **deconvolve_kwargs)
-    report = {"angle": float(angle), "length": float(length), "estimated": est is not None,
-              "estimate": est, "deconvolution": rep}
-    return out, report
+    single = np.ndim(image) in (2, 3)
+    batch = np.asarray(image, np.float32) if single else image
+    if single:
+        batch = batch.reshape(1, batch.shape[0], batch.shape[1], -1)
+    kernels, notes, estimates = [], [], []
+    for i in range(batch.shape[0]):
+        ln, an, how, est = length, angle, "given", None
+        if ln is None or an is None:
+            est = estimate_motion(np.asarray(batch[i]), max_length=max_length)
+            how = f"estimated (fit score {est.score:.3f}{', low: unreliable' if est.score < RELIABLE_SCORE else ''})"
+            ln = est.length if ln is None else ln
+            an = est.angle if an is None else an
+        kernels.append(motion_kernel(float(ln), float(an)))
+        notes.append(f"image {i}: angle {float(an):.2f}°, length {float(ln):.2f} px, {how}")
+        estimates.append(est)
+    out, rep = deconvolve_images(batch, kernels, device=device, what="Motion Deblur", **deconvolve_kwargs)
+    report = MotionDeblurReport(notes, estimates, rep)
+    if single:
+        return out[0].reshape(np.shape(image)).numpy(), report
+    return (out if isinstance(image, torch.Tensor) else out.numpy()), report

@@ -24,6 +24,7 @@ JzCzhz uses absolute luminance: ``white_luminance`` cd/m² for sRGB white (defau
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
@@ -190,3 +191,156 @@ def _offset(like, values):
 
 
 _scale = _offset
+
+
+# --- image batches ------------------------------------------------------------------------------------
+#: pixels per processing chunk (float64: 1.5 MB per [N, 3] tensor, so temporaries stay in cache)
+CHUNK = 1 << 16
+
+
+def map_pixels(rgb: torch.Tensor, fn, device=None) -> torch.Tensor:
+    """Apply ``fn(pixels [N,3] float64 on device) -> [N,3]`` over a ``[..., 3]`` CPU tensor in chunks of
+    :data:`CHUNK` pixels; float32 result on the CPU.  On the CPU the chunks run with one torch
+    thread (see :func:`.colour.pixelwise` for why)."""
+    device = torch.device(device or "cpu")
+    flat = rgb.reshape(-1, rgb.shape[-1])
+    out = torch.empty(flat.shape[0], 3, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        for start in range(0, flat.shape[0], CHUNK):
+            chunk = flat[start:start + CHUNK].to(device=device, dtype=torch.float64)
+            out[start:start + CHUNK] = fn(chunk).to("cpu", torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    return out.reshape(*rgb.shape[:-1], 3)
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(*image.shape[:-1], 3) if image.shape[-1] == 1 else image
+
+
+def _space_text(space: str, white_luminance: float) -> str:
+    return space + (f" (white {white_luminance:g} cd/m²)" if space in ("jzczhz", "jzazbz") else "")
+
+
+@dataclass
+class AdjustReport:
+    """Settings of :func:`adjust_image` and the share of pixels that were gamut-mapped back."""
+
+    space: str
+    adjustments: str
+    identity: bool
+    gamut_mapping: str
+    mapped: float
+
+    def info_fields(self) -> dict:
+        return {"space": self.space, "adjustments": self.adjustments, "identity": self.identity,
+                "gamut mapping": self.gamut_mapping, "pixels mapped back into sRGB": f"{100.0 * self.mapped:.2f} %"}
+
+
+def adjust_image(image: torch.Tensor, space: str = "oklch", lightness: float = 0.0, chroma: float = 1.0,
+                 hue_shift: float = 0.0, vibrance: float = 0.0, temperature: float = 0.0, tint: float = 0.0,
+                 gamut_method: str = gamut.DEFAULT_METHOD, alpha: float = 0.05,
+                 white_luminance: float = jzazbz.DEFAULT_WHITE_LUMINANCE, device=None):
+    """:func:`adjust_srgb` over an image batch ``[B,H,W,C]`` (grey is taken as RGB) in float64 chunks on
+    ``device``.  Returns ``(sRGB [B,H,W,3], AdjustReport)``."""
+    if gamut_method not in gamut.METHODS:
+        raise ValueError(f"gamut_mapping: unknown method {gamut_method!r}; choose one of {gamut.METHODS}")
+    if space not in SPACES:
+        raise ValueError(f"space: unknown colour space {space!r}; choose one of {SPACES}")
+    stats = {"out": 0.0, "n": 0}
+
+    def fn(px):
+        out, st = adjust_srgb(px, space, lightness, chroma, hue_shift, vibrance, temperature, tint,
+                              gamut_method, alpha, white_luminance)
+        stats["out"] += st["out_of_gamut"] * px.shape[0]
+        stats["n"] += px.shape[0]
+        return out
+
+    out = map_pixels(_rgb(image), fn, device)
+    return out, AdjustReport(
+        space=_space_text(space, white_luminance),
+        adjustments=f"lightness {lightness:+g}, chroma x{chroma:g}, hue {hue_shift:+g} deg, vibrance {vibrance:+g}, "
+                    f"temperature {temperature:+g}, tint {tint:+g}",
+        identity=is_identity(lightness, chroma, hue_shift, vibrance, temperature, tint),
+        gamut_mapping=gamut_method + (f" (alpha {alpha:g})" if gamut_method.startswith("adaptive") else ""),
+        mapped=stats["out"] / max(stats["n"], 1))
+
+
+@dataclass
+class SplitReport:
+    """The encoding of :func:`split_image` and the encoded range of each channel."""
+
+    space: str
+    encoding: str
+    ranges: Dict[str, Tuple[float, float]]
+
+    def info_fields(self) -> dict:
+        return {"space": self.space, "outputs": ", ".join(self.ranges), "encoding": self.encoding,
+                "encoded ranges": "; ".join(f"{n} {lo:.4f}..{hi:.4f}" for n, (lo, hi) in self.ranges.items())}
+
+
+def split_image(image: torch.Tensor, space: str = "oklab", white_luminance: float = jzazbz.DEFAULT_WHITE_LUMINANCE,
+                device=None):
+    """An image batch ``[B,H,W,C]`` (grey taken as RGB) -> three grey RGB batches holding the encoded
+    channels of :func:`split_channels` (clipped to 0..1).  Returns ``((L, a, b), SplitReport)``."""
+    if space not in CHANNELS:
+        raise ValueError(f"space: unknown space {space!r}; choose one of {tuple(CHANNELS)}")
+    enc = map_pixels(_rgb(image), lambda px: split_channels(px, space, white_luminance), device)
+    outs, ranges = [], {}
+    for name, i in zip(CHANNELS[space], range(3)):
+        ch = enc[..., i:i + 1]
+        ranges[name] = (float(ch.min()), float(ch.max()))
+        outs.append(ch.clamp(0.0, 1.0).expand(*ch.shape[:-1], 3).contiguous())
+    if space == "oklab":
+        encoding = "L, a + 0.5, b + 0.5"
+    else:
+        w = jzazbz.white_jz(white_luminance)
+        encoding = f"Jz/W, 0.5 + 0.5 az/W, 0.5 + 0.5 bz/W with W = {w:.5f} (white at {white_luminance:g} cd/m²)"
+    return tuple(outs), SplitReport(space, encoding, ranges)
+
+
+@dataclass
+class JoinReport:
+    space: str
+    gamut_mapping: str
+    mapped: float
+
+    def info_fields(self) -> dict:
+        return {"space": self.space, "gamut mapping": self.gamut_mapping,
+                "pixels mapped back into sRGB": f"{100.0 * self.mapped:.2f} %"}
+
+
+def join_images(lightness: torch.Tensor, a, b, space: str = "oklab",
+                white_luminance: float = jzazbz.DEFAULT_WHITE_LUMINANCE, gamut_method: str = gamut.DEFAULT_METHOD,
+                alpha: float = 0.05, device=None):
+    """Three channel images (from :func:`split_image`, possibly edited; colour images are averaged to
+    grey, alpha ignored) -> sRGB ``[B,H,W,3]``, gamut-mapped.  A batch of one is used for every image
+    of the others.  ``a`` and ``b`` are checked IMAGEs or raw inputs.  Returns ``(sRGB, JoinReport)``."""
+    from .batch import check_image, split_alpha
+
+    if space not in CHANNELS:
+        raise ValueError(f"space: unknown space {space!r}; choose one of {tuple(CHANNELS)}")
+    if gamut_method not in gamut.METHODS:
+        raise ValueError(f"gamut_mapping: unknown method {gamut_method!r}; choose one of {gamut.METHODS}")
+    chans = [lightness.mean(dim=-1)] + [split_alpha(check_image(x, n))[0].mean(dim=-1) for x, n in ((a, "a"), (b, "b"))]
+    shapes = [tuple(c.shape[1:]) for c in chans]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"lightness, a and b must have the same height and width, got {shapes} (H, W)")
+    batch = max(c.shape[0] for c in chans)
+    for n, c in zip(("lightness", "a", "b"), chans):
+        if c.shape[0] not in (1, batch):
+            raise ValueError(f"{n}: batch size {c.shape[0]} does not match the others ({batch})")
+    enc = torch.stack([c.expand(batch, *c.shape[1:]) for c in chans], dim=-1)
+    stats = {"out": 0.0, "n": 0}
+
+    def fn(px):
+        out, frac = join_channels(px, space, white_luminance, gamut_method, alpha)
+        stats["out"] += frac * px.shape[0]
+        stats["n"] += px.shape[0]
+        return out
+
+    out = map_pixels(enc, fn, device)
+    return out, JoinReport(_space_text(space, white_luminance), gamut_method, stats["out"] / max(stats["n"], 1))

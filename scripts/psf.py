@@ -42,7 +42,7 @@ Units and conventions
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -322,6 +322,112 @@ def in_focus_plane(stack: np.ndarray) -> Tuple[np.ndarray, int]:
     return stack[iz], iz
 
 
-def with_overrides(mic: Microscope, **changes) -> Microscope:
-    """A copy of ``mic`` with some fields changed (validated)."""
-    return replace(mic, **changes).validate()
+# --- the Microscope PSF node ----------------------------------------------------------------------
+#: PSF models, image views and display tones of the Microscope PSF node (the first is the default)
+MODELS = ("gibson_lanni", "born_wolf")
+VIEWS = ("max_projection", "in_focus_slice", "xz_section")
+DISPLAYS = ("gamma", "linear", "log")
+#: the plane of a 3D PSF that Deconvolve uses
+KERNEL_PLANES = ("in_focus", "axial sum")
+
+
+@dataclass
+class PsfReport:
+    """The PSF computed: the model and its parameters, the stack, the FWHM (µm) and the method."""
+
+    model: str
+    microscope: Microscope
+    pixel_size: float
+    stack: str
+    z_range: str
+    particle_depth: float
+    lateral_fwhm: float
+    axial_fwhm: Optional[float]
+    method: str
+    view: str
+
+    def info_fields(self) -> dict:
+        m = self.microscope
+        out = {"model": "Born–Wolf (matched indices)" if self.model == "born_wolf" else "Gibson–Lanni",
+               "NA": m.NA, "wavelength (µm)": m.wavelength,
+               "indices ns/ng/ng0/ni/ni0": f"{m.ns}/{m.ng}/{m.ng0}/{m.ni}/{m.ni0}",
+               "thickness tg/tg0/ti0 (µm)": f"{m.tg}/{m.tg0}/{m.ti0}",
+               "pixel size (µm)": self.pixel_size, "stack": self.stack, "z range (µm)": self.z_range,
+               "particle depth (µm)": self.particle_depth,
+               "lateral FWHM (µm)": self.lateral_fwhm if np.isfinite(self.lateral_fwhm) else "wider than the PSF frame"}
+        if self.axial_fwhm is not None:
+            out["axial FWHM (µm)"] = self.axial_fwhm if np.isfinite(self.axial_fwhm) else "wider than the stack"
+        out.update({"method": self.method, "view": self.view})
+        return out
+
+
+def make_psf(model: str = "gibson_lanni", NA: float = 1.4, wavelength: float = 0.52, ns: float = 1.33,
+             ni: float = 1.515, ni0: float = 1.515, ng: float = 1.515, ng0: float = 1.515, tg: float = 170.0,
+             tg0: float = 170.0, ti0: float = 150.0, pixel_size: float = 0.065, size: int = 65, z_planes: int = 1,
+             z_step: float = 0.1, particle_depth: float = 0.0, focus_offset: float = 0.0,
+             view: str = "max_projection", display: str = "gamma"):
+    """A widefield PSF stack and a picture of it, for the Microscope PSF node.
+
+    ``model``: :data:`MODELS` (``born_wolf`` sets every index to ``ni``).  Lengths in µm, ``size`` in
+    px (made odd), ``z_planes`` focal planes ``z_step`` apart centred on ``particle_depth +
+    focus_offset``.  ``view``: :data:`VIEWS`; ``display``: :data:`DISPLAYS` (gamma 0.3, linear, log
+    over 4 decades).  Returns ``((picture [ny, nx] 0..1, psf data for Deconvolve), PsfReport)``; the
+    data dict holds ``psf`` (float32 stack), ``pixel_size``, ``z``, ``model``, ``params``,
+    ``particle_depth``.
+    """
+    if model not in MODELS:
+        raise ValueError(f"PSF: model must be one of {MODELS}, got {model!r}")
+    size = int(size) | 1
+    if model == "born_wolf":
+        mic = matched(float(NA), float(wavelength), float(ni))
+    else:
+        mic = Microscope(NA=float(NA), wavelength=float(wavelength), ns=float(ns), ng=float(ng), ng0=float(ng0),
+                         ni=float(ni), ni0=float(ni0), tg=float(tg), tg0=float(tg0), ti0=float(ti0))
+    mic.validate()
+    pz = float(particle_depth)
+    z = centered_z(int(z_planes), float(z_step), pz + float(focus_offset))
+    stack, fit = gibson_lanni_stack(mic, size, float(pixel_size), z, pz=pz, return_info=True)
+    if view == "xz_section":
+        pic = stack[:, size // 2, :]
+    elif view == "in_focus_slice":
+        pic = in_focus_plane(stack)[0]
+    else:
+        pic = stack.max(axis=0)
+    pic = pic / max(pic.max(), 1e-300)
+    if display == "gamma":
+        pic = pic ** 0.3
+    elif display == "log":
+        pic = np.clip(1.0 + np.log10(np.maximum(pic, 1e-12)) / 4.0, 0.0, 1.0)
+    lat, ax = stack_fwhm(stack, float(pixel_size), float(z_step))
+    method = fit["fallback"] if "fallback" in fit else (
+        f"Li–Xue–Blu Bessel series, {fit.get('basis')} terms, pupil fit RMS {fit.get('fit_residual', 0):.2g}")
+    report = PsfReport(model=model, microscope=mic, pixel_size=float(pixel_size),
+                       stack=f"{len(z)} x {size} x {size} (z, y, x)",
+                       z_range=f"{z[0]:.3f} .. {z[-1]:.3f} (focal plane above coverslip)", particle_depth=pz,
+                       lateral_fwhm=lat, axial_fwhm=ax if len(z) >= 3 else None, method=method,
+                       view=f"{view}, {display}")
+    data = {"psf": stack.astype(np.float32), "pixel_size": float(pixel_size), "z": z.tolist(),
+            "model": model, "params": mic.as_dict(), "particle_depth": pz}
+    return (pic, data), report
+
+
+def kernel_from_psf(psf: dict, plane: str = "in_focus") -> Tuple[np.ndarray, str]:
+    """A 2D deconvolution kernel from :func:`make_psf`'s data: the brightest plane (``in_focus``) or
+    the axial sum, peak-normalised and trimmed to where it exceeds 1e-4 of its peak.  Returns
+    ``(kernel, description)``."""
+    if not isinstance(psf, dict) or "psf" not in psf:
+        raise ValueError("Deconvolve: the psf input is not a RESTOREKIT_PSF (connect the Microscope PSF node)")
+    stack = np.asarray(psf["psf"], dtype=np.float64)
+    if plane == "axial sum" and stack.ndim == 3:
+        k, note = stack.sum(axis=0), f"sum of {stack.shape[0]} planes"
+    else:
+        k, iz = in_focus_plane(stack)
+        note = f"plane {iz} of {stack.shape[0] if stack.ndim == 3 else 1} (brightest)"
+    k = k / k.max()
+    rows = np.nonzero(k.max(axis=1) > 1e-4)[0]
+    cols = np.nonzero(k.max(axis=0) > 1e-4)[0]
+    cy, cx = k.shape[0] // 2, k.shape[1] // 2
+    ry = max(cy - rows.min(), rows.max() - cy, 1)
+    rx = max(cx - cols.min(), cols.max() - cx, 1)
+    k = k[max(cy - ry, 0):cy + ry + 1, max(cx - rx, 0):cx + rx + 1]
+    return k, (f"microscope PSF ({psf.get('model')}, {note}, pixel {psf.get('pixel_size')} µm)")

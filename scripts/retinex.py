@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Iterable, Sequence, Tuple
 
 import numpy as np
@@ -42,7 +43,10 @@ DEFAULT_SIGMAS: Tuple[float, ...] = (15.0, 80.0, 250.0)
 DEFAULT_CLIP_PERCENT = 1.0
 ALPHA = 125.0
 BETA = 46.0
-MODES = ("MSR", "MSRCR", "MSR-intensity")
+#: Retinex variants (the first is the nodes' default)
+MODES = ("MSRCR", "MSR", "MSR-intensity")
+#: surround blurs: "fast" on a downsampled image, "exact" full-size DCT blurs
+BLURS = ("fast", "exact")
 
 # the fast blur works on an image downsampled so that sigma becomes about this many (small) pixels
 _SMALL_SIGMA = 4.0
@@ -289,7 +293,7 @@ def msr_channel(v: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS, method:
     return out
 
 
-def _checked_image(image) -> np.ndarray:
+def _checked_image(image, clip_negative: bool = True) -> np.ndarray:
     """Validate an image and return it as float32 ``[H,W,C]`` (C = 1 or 3), negatives clipped to 0."""
     a = np.asarray(image)
     if a.size == 0:
@@ -301,23 +305,14 @@ def _checked_image(image) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     if not all_finite(a):
         raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
-    if a.min() < 0:
+    if clip_negative and a.min() < 0:
         a = np.maximum(a, 0.0)
     return a
 
 
 def _as_planes(image):
     """Validate and split an image into contiguous float32 planes scaled to 0..255 (IPOL's range)."""
-    a = np.asarray(image)
-    if a.size == 0:
-        raise ValueError(f"image is empty (shape {a.shape})")
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3):
-        raise ValueError(f"expected an image [H,W], [H,W,1] or [H,W,3], got shape {np.shape(image)}")
-    a = a.astype(np.float32, copy=False)
-    if not all_finite(a):
-        raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
+    a = _checked_image(image, clip_negative=False)
     import cv2
 
     planes = [a[..., 0].copy()] if a.shape[-1] == 1 else list(cv2.split(np.ascontiguousarray(a)))
@@ -432,24 +427,56 @@ def _for_each_strip(fn, starts) -> None:
             f.result()
 
 
+@dataclass
+class RetinexReport:
+    """The Retinex variant and settings that ran (sigmas in px, clip percentages)."""
+
+    mode: str
+    sigmas: Tuple[float, ...]
+    low_clip: float
+    high_clip: float
+    blur: str
+    grey: bool = False
+
+    def info_fields(self) -> dict:
+        return {
+            "mode": self.mode + (" (grayscale input: plain MSR)" if self.grey and self.mode != "MSR" else ""),
+            "sigmas (Gaussian std, px)": ", ".join(f"{s:g}" for s in self.sigmas),
+            "weights": f"equal (1/{len(self.sigmas)})",
+            "colour balance": f"clip {self.low_clip:g} % dark / {self.high_clip:g} % bright per "
+                              f"{'image' if self.mode == 'MSR-intensity' else 'channel'}",
+            "colour restoration": ("alpha 125, beta 46 (Jobson 1997)" if self.mode == "MSRCR" and not self.grey
+                                   else "none"),
+            "blur": ("downsampled Gaussian, symmetric borders" if self.blur == "fast"
+                     else "exact DCT Gaussian, symmetric borders"),
+        }
+
+
 def retinex(image, mode: str = "MSRCR", sigmas: Sequence[float] = DEFAULT_SIGMAS,
             low_clip: float = DEFAULT_CLIP_PERCENT, high_clip: float = DEFAULT_CLIP_PERCENT,
-            alpha: float = ALPHA, beta: float = BETA, method: str = "fast") -> np.ndarray:
+            alpha: float = ALPHA, beta: float = BETA, method: str = "fast") -> Tuple[np.ndarray, RetinexReport]:
     """Multi-scale Retinex of an image ``[H,W]``, ``[H,W,1]`` or ``[H,W,3]``, float 0..1.
 
     mode: "MSR" (each channel), "MSRCR" (with colour restoration) or "MSR-intensity" (MSRCP, keeps
     colours).  Grayscale images run MSR for every mode.  ``low_clip``/``high_clip`` are the
     simplest-colour-balance percentages (IPOL default 1 % each).  ``method`` "fast" (downsampled
-    blurs) or "exact" (full-size DCT blurs).  Returns float32 0..1 with the input's shape.
+    blurs) or "exact" (full-size DCT blurs).  ``sigmas`` may be a sequence or text ("15, 80, 250").
+    Returns (float32 0..1 with the input's shape, RetinexReport).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not (alpha > 0 and math.isfinite(alpha)):
         raise ValueError(f"alpha must be a positive number, got {alpha}")
-    sigmas = _check_sigmas(sigmas)
+    sigmas = parse_sigmas(sigmas) if isinstance(sigmas, str) else _check_sigmas(sigmas)
     simplest_color_balance(np.zeros(1, np.float32) + [0, 1], low_clip, high_clip)  # validates
-    if method not in ("fast", "exact"):
+    if method not in BLURS:
         raise ValueError(f"blur method must be 'fast' or 'exact', got {method!r}")
+    grey = np.ndim(image) == 2 or np.shape(image)[-1] == 1
+    report = RetinexReport(mode, sigmas, float(low_clip), float(high_clip), method, grey)
+    return _retinex(image, mode, sigmas, low_clip, high_clip, alpha, beta, method), report
+
+
+def _retinex(image, mode, sigmas, low_clip, high_clip, alpha, beta, method) -> np.ndarray:
     if method == "fast":
         img = _checked_image(image)
         return _retinex_strips(img, mode, sigmas, low_clip, high_clip, alpha, beta).reshape(np.shape(image))

@@ -43,6 +43,16 @@ class SharpenReport:
     space: str
     notes: list = field(default_factory=list)
 
+    def info_fields(self) -> dict:
+        return {
+            "space": self.space,
+            "amount": round(self.amount, 3),
+            "radius px": round(self.radius, 3),
+            "edge blur σ px": "not measured" if self.blur_sigma is None else round(self.blur_sigma, 3),
+            "noise σ": round(self.noise_sigma, 5),
+            "why": "; ".join(self.notes) or "all parameters given",
+        }
+
 
 def _gauss(x: np.ndarray, s: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
@@ -159,10 +169,10 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
     """Smart-sharpen ``image`` (grey ``[H,W]``/``[H,W,1]`` or sRGB ``[H,W,3]``, 0..1).
 
     ``amount``/``radius`` None = automatic from the estimated blur; ``noise_sigma`` None = estimated
-    (robust MAD, :func:`.denoise.mad_sigma`, on the channel that is sharpened).
+    (robust MAD, :func:`.noise.mad_sigma`, on the channel that is sharpened).
     Returns ``(out, SharpenReport)``; ``out`` has the input's shape, not clipped.
     """
-    from .denoise import mad_sigma
+    from .noise import mad_sigma
 
     x = np.asarray(image, dtype=np.float64)
     squeeze = x.ndim == 2
@@ -223,3 +233,16 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
     if squeeze:
         out = out[:, :, 0]
     return out, SharpenReport(float(amount), float(radius), float(noise_sigma), blur, used_space, notes)
+
+
+def unsharp_mask(image: np.ndarray, sigma: float, strength: float) -> np.ndarray:
+    """Plain unsharp mask on every channel: ``x + strength·(x − G_σ ⊛ x)``, ``sigma`` in px (OpenCV
+    Gaussian, reflected borders), float32 clipped to 0..1; ``strength`` or ``sigma`` ≤ 0 returns a
+    copy.  ``image``: ``[H, W]`` or ``[H, W, C]`` in 0..1."""
+    import cv2
+
+    x = np.asarray(image, np.float32)
+    if strength <= 0 or sigma <= 0:
+        return x.copy()
+    blurred = cv2.GaussianBlur(x, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma), borderType=cv2.BORDER_REFLECT)
+    return np.clip(x + float(strength) * (x - blurred.reshape(x.shape)), 0.0, 1.0)

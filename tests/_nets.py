@@ -56,3 +56,29 @@ def write_esrgan(path, **kw):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({"params_ema": rrdbnet(**kw).state_dict()}, path)
     return path
+
+
+def rrdbnet_official(nf=8, nb=1, gc=32, seed=0, centre_output=True):
+    """basicsr RRDBNet (RealESRGAN_x4plus layout) state dict with variance-preserving random weights;
+    ``centre_output`` lifts the last bias by 0.5 so the output sits in 0..1 (clamping hides less)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def conv(co, ci):
+        return torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5, 0.01 * torch.randn(co, generator=g)
+
+    sd = {}
+
+    def put(name, co, ci):
+        sd[name + ".weight"], sd[name + ".bias"] = conv(co, ci)
+
+    put("conv_first", nf, 3)
+    for b in range(nb):
+        for r in (1, 2, 3):
+            for i in range(1, 6):
+                put(f"body.{b}.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        put(name, nf, nf)
+    put("conv_last", 3, nf)
+    if centre_output:
+        sd["conv_last.bias"] += 0.5
+    return sd

@@ -36,17 +36,17 @@ uint8), so the examples are checked the way ComfyUI runs them.
 from __future__ import annotations
 
 import glob
-import importlib.util
+import importlib
 import json
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _repo import REPO, load_pack  # the one loader of the pack (tests/_repo.py)
+
 EXAMPLES_DIR = os.path.join(REPO, "examples")
 API_DIR = os.path.join(EXAMPLES_DIR, "api")
 IMAGES_DIR = os.path.join(EXAMPLES_DIR, "images")
@@ -56,18 +56,6 @@ BODY_KEYS = {"prompt", "extra_data", "client_id", "number", "front", "prompt_id"
 META_KEYS = {"_meta", "description"}
 
 # --- the pack -----------------------------------------------------------------------------------
-def load_pack(name: str = "restorekit"):
-    """Import the repository folder as package ``name`` (as ComfyUI and tests/conftest.py do)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "__init__.py"), submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 load_pack()
 from restorekit.hybrid.tools import workflow as LW  # noqa: E402  (the library's schema helpers and executor)
 

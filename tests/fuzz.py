@@ -966,26 +966,15 @@ def _range_of(f: "Failure") -> Tuple[float, float]:
         return -np.inf, np.inf
 
 
-#: nodes that process or leave alpha outside the one rule today (issue 13 item 8)
-ALPHA_RULE_NODES = ("RestoreKitPerceptualAdjust", "RestoreKitColourSplit", "RestoreKitColourJoin",
-                    "RestoreKitDeconvolve", "RestoreKitMotionDeblur", "RestoreKitHybridRestore") + MODEL_NODES
-
 #: Failures owned by other work, counted as "known" (each: node + condition + who fixes it).
 #: Remove an entry when its owner's fix lands; ``--strict`` counts them as failures again.
 KNOWN: List[Known] = [
-    Known("alpha-rule", ALPHA_RULE_NODES, ("alpha",), lambda c, f: not c.in_range,
-          "issue 13 item 8, the alpha rule in the shared node helper (issue 12, arch: scripts/batch.py): "
-          "alpha of an out-of-range RGBA input is passed through unclamped / not rescaled with RGB"),
     Known("model-precision-mutates-cache", MODEL_NODES, ("model-changed",),
           lambda c, f: c.kwargs.get("precision") in ("bf16", "fp16", "auto"),
           "issue 13 item 4 (phase 2, with #18): precision conversion must work on a copy"),
-    Known("range-rule-model-nodes", MODEL_NODES, ("finite",), lambda c, f: not c.in_range,
-          "issue 13 item 8 (range rule, issue 12 arch) + phase 2: model nodes take out-of-range input as is; "
-          "1e30 in fp16 overflows to inf and the network returns NaN, which the runner does not catch"),
-    Known("range-rule-damage-analysis", ("RestoreKitDamageAnalysis", "RestoreKitHybridRestore"), ("*",),
-          lambda c, f: f.kind == "crash" and not c.in_range,
-          "issue 13 item 8 (range rule, issue 12 arch): the hybrid nodes hand values like 1e30 to the damage "
-          "analysis, whose features overflow to inf and scikit-learn refuses them"),
+    Known("range-rule-model-nodes", MODEL_NODES, ("finite", "alpha"), lambda c, f: not c.in_range,
+          "model nodes (phase 2, with issue 18): out-of-range input goes to the network as is; 1e30 in "
+          "fp16/bf16 overflows to inf, the network returns NaN and the runner passes it on unchecked"),
     Known("tiled-blend-overshoot", MODEL_NODES, ("range",),
           lambda c, f: _range_of(f)[1] <= 1.0 + 1e-5 and _range_of(f)[0] >= -1e-5,
           "model runner (phase 2 tile planner, issue 18): feathered tiles of values at 1.0 sum to 1 + 1e-7; "

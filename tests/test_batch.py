@@ -168,9 +168,9 @@ def test_numeric_options_are_validated(argv, needle, capsys, tmp_path):
 
 
 def test_tile_rule_matches_the_runner():
-    from restorekit.scripts.inference import memory_utils
+    from restorekit.scripts.inference import planning
 
-    assert cli.TILE_MIN == memory_utils.MIN_TILE
+    assert cli.TILE_MIN == planning.MIN_TILE
     assert cli._tile("0") == 0 and cli._tile("64") == 64
 
 

@@ -2,10 +2,13 @@
 import os
 import shutil
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
+from restorekit.scripts.batch import map_images
 from restorekit.scripts import clahe, colour, lbclahe, lbclahe_train, metrics, shipped_models
 
 
@@ -207,11 +210,12 @@ def test_shipped_model_files_present():
 
 def test_lb_clahe_manual_override_uses_given_values():
     img = _astronaut(96)
-    out, params = lbclahe.lb_clahe(img, "oklab", clip_limit=3.0, grid=4)
-    assert params == {"clip_source": "manual", "grid_source": "manual", "clip": 3.0, "grid": 4}
+    out, rep = lbclahe.lb_clahe(img, "oklab", clip_limit=3.0, grid=4)
+    assert (rep.clip_source, rep.grid_source, rep.clip, rep.grid) == ("manual", "manual", 3.0, 4)
+    assert not rep.predicted
     np.testing.assert_allclose(out, clahe.clahe(img, 3.0, 4, "oklab"), atol=1e-6)
-    out, params = lbclahe.lb_clahe(img, "oklab", clip_limit=3.0)
-    assert params["clip_source"] == "manual" and params["grid_source"] == "predicted"
+    out, rep = lbclahe.lb_clahe(img, "oklab", clip_limit=3.0)
+    assert rep.clip_source == "manual" and rep.grid_source == "predicted" and rep.predicted
 
 
 # --- node ----------------------------------------------------------------------------------------------
@@ -229,29 +233,25 @@ def _tensor(img, batch=1):
     return t[None].repeat(batch, 1, 1, 1)
 
 
-def test_node_schema():
-    from restorekit.nodes import contrast
-
-    spec = contrast.RestoreKitLBCLAHE.INPUT_TYPES()["required"]
-    for name, (kind, opts) in spec.items():
-        assert "tooltip" in opts
-        if "min" in opts:
-            assert opts["min"] <= opts["default"] <= opts["max"]
-    assert "RestoreKitLBCLAHE" in contrast.NODE_CLASS_MAPPINGS
+def _library_call(batch, **kw):
+    """The node's one library call: lb_clahe per image through the batch mapper."""
+    return map_images(batch, partial(lbclahe.lb_clahe, **kw), what="Learning-Based CLAHE")
 
 
-def test_node_rgb_batch_and_info(node):
+def test_node_rgb_batch_and_report(node):
     a = _astronaut(64) * 0.5 + 0.25
     b = _camera(64)[..., None].repeat(3, -1) * 0.3 + 0.4
     batch = torch.stack([_tensor(a)[0], _tensor(b)[0]])
     out, info = node.enhance(batch, "Oklab L", 0.0, 0)
     assert out.shape == batch.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1 and torch.isfinite(out).all()
-    assert "predicted" in info and "Oklab L" in info and "sha256" in info
     assert not torch.allclose(out, batch, atol=0.01)
-    params = [lbclahe.lb_clahe(x, "oklab")[1] for x in (a, b)]
-    for p in params:
-        assert f"{p['clip']:.1f}" in info and f"{p['grid']}x{p['grid']}" in info
+    ref, report = _library_call(batch, channel="oklab")
+    assert torch.equal(out, ref) and info.startswith("Learning-Based CLAHE")
+    assert [r.channel for r in report.items] == ["oklab", "oklab"] and report.input.images == 2
+    for x, r in zip((a, b), report.items):
+        p = lbclahe.lb_clahe(x, "oklab")[1]
+        assert r.predicted and (r.clip, r.grid) == (p.clip, p.grid)
 
 
 def test_node_rgba_gray_manual(node):
@@ -259,7 +259,9 @@ def test_node_rgba_gray_manual(node):
     out, info = node.enhance(_tensor(rgba), "YCbCr Y", 2.5, 6)
     assert out.shape == (1, 48, 48, 4)
     assert torch.equal(out[..., 3], _tensor(rgba)[..., 3])
-    assert "manual" in info and "2.5" in info and "6x6" in info
+    _, report = _library_call(_tensor(rgba), channel="ycbcr", clip_limit=2.5, grid=6)
+    assert (report.item.clip, report.item.grid, report.item.predicted) == (2.5, 6, False)
+    assert report.input.alpha == "kept" and report.input.scale is None
     gray = _tensor(_camera(48))
     out, info = node.enhance(gray, "Lab L", 3.0, 4)
     assert out.shape == (1, 48, 48, 1)
@@ -274,7 +276,8 @@ def test_node_bad_input(node):
     with pytest.raises(ValueError, match="channel must be"):
         node.enhance(torch.zeros((1, 8, 8, 3)), "HSV", 0.0, 0)
     out, info = node.enhance(_tensor(_astronaut(32) * 65535.0), "Oklab L", 0.0, 0)
-    assert torch.isfinite(out).all() and "16-bit" in info
+    assert torch.isfinite(out).all()
+    assert _library_call(_tensor(_astronaut(32) * 65535.0), channel="oklab")[1].input.scale == 65535
     for img in (torch.full((1, 1, 1, 3), 0.5), torch.full((1, 16, 16, 3), 0.25)):
         out, _ = node.enhance(img, "Oklab L", 0.0, 0)
         assert out.shape == img.shape and torch.isfinite(out).all()
@@ -296,7 +299,7 @@ def test_lb_clahe_predicted_equals_clahe_with_the_predicted_values(channel):
     """Predicting on the working plane and equalising it in one conversion gives exactly what
     CLAHE gives with the predicted (clip, grid) (the single-conversion path of lb_clahe)."""
     img = _astronaut(80) * 0.6 + 0.2
-    out, params = lbclahe.lb_clahe(img, channel)
-    assert params["clip_source"] == params["grid_source"] == "predicted"
-    assert (params["clip"], params["grid"]) == lbclahe.predict_params(clahe.working_channel(img, channel))
-    np.testing.assert_allclose(out, clahe.clahe(img, params["clip"], params["grid"], channel), atol=1e-6)
+    out, rep = lbclahe.lb_clahe(img, channel)
+    assert rep.clip_source == rep.grid_source == "predicted"
+    assert (rep.clip, rep.grid) == lbclahe.predict_params(clahe.working_channel(img, channel))
+    np.testing.assert_allclose(out, clahe.clahe(img, rep.clip, rep.grid, channel), atol=1e-6)

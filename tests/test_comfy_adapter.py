@@ -124,3 +124,20 @@ def test_plain_runtime_fallbacks(tmp_path, monkeypatch):
     plain.request_interrupt()
     with pytest.raises(rt.InterruptedByUser):
         plain.check_interrupt()
+
+
+def test_install_keeps_folders_registered_before_it():
+    """A model folder registered with the plain runtime before the nodes load (the lazy package root
+    imports them on first use) is still registered after the adapter replaces the runtime."""
+    from restorekit.nodes import comfy_adapter
+    from restorekit.scripts.inference import runtime as rt
+
+    saved = rt.get_runtime()
+    try:
+        plain = rt.PlainRuntime()
+        plain.register_model_folder("upscale_models", "/tmp/some_folder")
+        rt.set_runtime(plain)
+        installed = comfy_adapter.install()
+        assert installed is not plain and "/tmp/some_folder" in installed.model_folders("upscale_models")
+    finally:
+        rt.set_runtime(saved)

@@ -10,6 +10,7 @@ from restorekit import NODE_CLASS_MAPPINGS
 from restorekit.scripts import bm3d_denoise as bd
 from restorekit.scripts import denoise as dn
 from restorekit.scripts import grain
+from restorekit.scripts import noise
 from restorekit.scripts import sharpen as sh
 
 
@@ -85,13 +86,13 @@ def test_bm3d_package_image_smaller_than_its_blocks_uses_the_fallback():
 def test_noise_estimate_of_a_flat_frame_is_zero():
     for img in (np.zeros((32, 32, 3)), np.full((20, 24), 0.7), np.zeros((5, 5, 1))):
         with np.errstate(invalid="raise", divide="raise"):
-            assert dn.estimate_noise_sigma(img, "skimage") < 1e-12
-            assert dn.estimate_noise_sigma(img, "mad") == 0.0
+            assert noise.estimate_noise_sigma(img, "skimage") < 1e-12
+            assert noise.estimate_noise_sigma(img, "mad") == 0.0
     # one flat channel among noisy ones counts as 0, not NaN (skimage's mean would be NaN)
     rng = np.random.default_rng(1)
     mixed = np.stack([0.5 + 0.05 * rng.standard_normal((64, 64)), np.zeros((64, 64)),
                       0.5 + 0.05 * rng.standard_normal((64, 64))], axis=-1)
-    s = dn.estimate_noise_sigma(mixed, "skimage")
+    s = noise.estimate_noise_sigma(mixed, "skimage")
     assert abs(s - 2 * 0.05 / 3) < 0.005
 
 
@@ -106,8 +107,8 @@ def test_black_frame_in_a_video_batch_white_noise_mode():
 
 @pytest.mark.parametrize("method", ["nlm", "bilateral", "wavelet", "tv"])
 def test_classical_denoise_black_frame_reports_zero_sigma(method):
-    out, s, src = dn.denoise(np.zeros((24, 32, 3)), method)
-    assert s == 0.0 and "unchanged" in src and np.array_equal(out, np.zeros((24, 32, 3)))
+    out, rep = dn.denoise(np.zeros((24, 32, 3)), method)
+    assert rep.sigma == 0.0 and "unchanged" in rep.sigma_source and np.array_equal(out, np.zeros((24, 32, 3)))
     x = torch.zeros(2, 24, 32, 3)
     out, info = _node("RestoreKitDenoise")(image=x, method=method)
     assert torch.equal(out, x) and not mentions_nonfinite(info)
@@ -156,3 +157,15 @@ def test_jpeg_of_incompressible_content_is_written(tmp_path):
     back = image_io.read_image(res.path).pixels
     assert back.shape == (2215, 21, 3) and any("Huffman" in n for n in res.notes)
     assert float(np.abs(back - px).mean()) < 0.1
+
+
+def test_damage_analysis_takes_arrays_in_as_restore_does():
+    # found by fuzzing Damage Analysis: values like 1e30 reached the FFT features, which overflowed to
+    # inf, and scikit-learn refused them (a foreign ValueError); restore() already refused such data
+    x = torch.full((1, 28, 24, 3), 0.5)
+    x[0, :, :12] = 1e30
+    with pytest.raises(ValueError, match="float pixel values must be in 0..1"):
+        _node("RestoreKitDamageAnalysis")(image=x, estimator="forest")
+    over = torch.rand(1, 28, 24, 3) * 1.2 - 0.1  # slightly out of range: clipped, as restore() does
+    out = _node("RestoreKitDamageAnalysis")(image=over, estimator="forest")
+    assert not mentions_nonfinite(out["result"][2])

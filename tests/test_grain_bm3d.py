@@ -9,6 +9,8 @@ import torch
 
 from restorekit.scripts import bm3d_denoise as bd
 from restorekit.scripts import grain
+from restorekit.scripts.batch import map_images, read_images
+from restorekit.scripts.film_grain import denoise_film_grain
 from restorekit.scripts.metrics import psnr
 
 
@@ -136,6 +138,11 @@ def _node():
     return RestoreKitFilmGrainBM3D()
 
 
+def _library_call(x, **kw):
+    """The node's library call (without a mask): denoise_film_grain per image through the batch mapper."""
+    return map_images(x, lambda img: denoise_film_grain(img, **kw), what="Film Grain Denoise (BM3D)")
+
+
 def _grain_batch(c, b=1, size=48, seed=0):
     from skimage import data
 
@@ -157,7 +164,11 @@ def test_node_shapes_fallback(c, b):
     out, info = _node().denoise(x, method="fallback")
     assert out.shape == x.shape and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
-    assert "fallback" in info and "grain σ" in info
+    ref, report = _library_call(x, method="fallback")
+    assert torch.equal(out, ref) and len(report.items) == b
+    for r in report.items:
+        assert r.denoiser == "fallback" and r.sigma_source == "flat blocks" and r.blocks > 0
+        assert len(r.sigma) == (1 if c == 1 else 3) and all(0 < s < 0.2 for s in r.sigma)
     if c == 4:
         assert torch.equal(out[..., 3], x[..., 3])
     # the grain was reduced
@@ -170,16 +181,21 @@ def test_node_bm3d_white_mode_and_mask():
     mask = torch.ones(1, 40, 40)
     out, info = _node().denoise(x, noise_model="white noise (sigma)", sigma=0.0, profile="lc")
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert "bm3d package" in info and "estimated" in info and "non-commercial" in info
+    rep = denoise_film_grain(x[0].numpy(), "white noise (sigma)", profile="lc")[1]
+    assert rep.denoiser == "bm3d" and rep.sigma_source.startswith("estimated")
+    assert "non-commercial" in rep.info_fields()["licence"]
     out2, info2 = _node().denoise(x[..., :1], mask=mask, profile="lc", block=16)
-    assert out2.shape == (1, 40, 40, 1) and "mask" in info2
+    assert out2.shape == (1, 40, 40, 1)
+    rep = denoise_film_grain(x[0, ..., :1].numpy(), profile="lc", block=16, mask=mask[0].numpy())[1]
+    assert rep.sigma_source == "mask" and torch.allclose(out2[0], torch.from_numpy(
+        denoise_film_grain(x[0, ..., :1].numpy(), profile="lc", block=16, mask=mask[0].numpy())[0]).float(), atol=1e-6)
 
 
 def test_node_grey_in_rgb_runs_as_one_channel():
     g = _grain_batch(1, 1, size=40)
     out_rgb, info = _node().denoise(g.repeat(1, 1, 1, 3), method="fallback")
     out_g, _ = _node().denoise(g, method="fallback")
-    assert "grey image in RGB" in info
+    assert _library_call(g.repeat(1, 1, 1, 3), method="fallback")[1].item.grey_rgb
     assert torch.allclose(out_rgb, out_g.repeat(1, 1, 1, 3), atol=1e-6)
 
 
@@ -196,4 +212,4 @@ def test_node_bad_input():
         out, info = node.denoise(img, method="fallback")
         assert out.shape == img.shape and torch.isfinite(out).all()
         assert out.min() >= 0 and out.max() <= 1
-    assert "16-bit" in info
+    assert read_images(img)[1].scale == 65535  # the 16-bit input was rescaled, not clipped

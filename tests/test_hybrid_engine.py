@@ -46,9 +46,9 @@ def img():
 def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity, method):
     r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet)
     out, info = r.restore(img, "auto")
-    assert info["severity"] == severity and info["method"] == method
-    assert info["analysis"]["quality_db"] == q
-    assert len(info["analysis"]["features"]) == 14
+    assert info.severity == severity and info.method == method
+    assert info.analysis.quality_db == q
+    assert len(info.analysis.features) == 14
     assert out.shape == img.shape and out.dtype == np.float32
 
 
@@ -56,11 +56,11 @@ def test_forced_strategies_and_their_effect(img, identity_unet):
     r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
     for s in ("classical", "ml_guided", "deep_learning"):
         out, info = r.restore(img, s)
-        assert info["method"] == s and info["severity"] == "light"
+        assert info.method == s and info.severity == "light"
     out, info = r.restore(img, "deep_learning")
     np.testing.assert_allclose(out, img, atol=1e-5)  # the identity U-Net through the runner
     out, info = r.restore(img, "ml_guided")
-    assert info["parameters"]["strength"] == 1.5 and not np.allclose(out, img)
+    assert info.parameters["strength"] == 1.5 and not np.allclose(out, img)
     with pytest.raises(ValueError, match="unknown strategy"):
         r.restore(img, "magic")
 
@@ -101,9 +101,9 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
         net.calls = 0
         r = HybridRestorer(thresholds=th, predictor=StubPredictor(99.0), unet=handle)
         out, info = r.restore(img, "auto")
-        assert info["severity"] == severity and info["method"] == method
-        assert info["analysis"]["quality_db"] == pytest.approx(expect, abs=1e-3)
-        assert info["analysis"]["forest_quality_db"] == 99.0 and "U-Net" in info["analysis"]["quality_source"]
+        assert info.severity == severity and info.method == method
+        assert info.analysis.quality_db == pytest.approx(expect, abs=1e-3)
+        assert info.analysis.forest_quality_db == 99.0 and "U-Net" in info.analysis.quality_source
         assert net.calls == 1  # the estimate's U-Net run is the restoration when it is routed there
         if method == "deep_learning":
             np.testing.assert_allclose(out, 0.5)
@@ -112,7 +112,7 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
                        unet=handle)
     for forced in ("classical", "ml_guided"):  # forced classical methods never run the U-Net
         _, info = r.restore(img, forced)
-        assert info["analysis"]["quality_db"] == 99.0
+        assert info.analysis.quality_db == 99.0
     assert net.calls == 0
 
 
@@ -121,7 +121,7 @@ def test_an_unchanged_image_has_the_capped_unet_estimate(img, identity_unet):
 
     r = HybridRestorer(thresholds=Thresholds(50, 20, "unet"), predictor=StubPredictor(10.0), unet=identity_unet)
     out, info = r.restore(img, "auto")
-    assert info["analysis"]["quality_db"] == MAX_QUALITY_DB and info["method"] == "classical"
+    assert info.analysis.quality_db == MAX_QUALITY_DB and info.method == "classical"
 
 
 def test_grey_and_rgba_inputs_keep_their_channels(img, identity_unet):
@@ -153,15 +153,15 @@ def _toy_predictor(gain_db: float, best: int = 7):
 def test_ml_guided_leaves_the_image_alone_when_nothing_is_predicted_to_gain(img, identity_unet):
     r = HybridRestorer(predictor=_toy_predictor(-0.5), unet=identity_unet)
     out, info = r.restore(img, "ml_guided")
-    assert info["parameters"]["no_change"] and info["parameters"]["strength"] == 0.0
-    assert "unchanged" in info["parameters"]["why"]
+    assert info.parameters["no_change"] and info.parameters["strength"] == 0.0
+    assert "unchanged" in info.parameters["why"]
     np.testing.assert_array_equal(out, img)
     r = HybridRestorer(predictor=_toy_predictor(+0.8), unet=identity_unet)
     out, info = r.restore(img, "ml_guided")
     from restorekit.hybrid import classical
 
     c, s, a = classical.GRID[7]
-    p = info["parameters"]
+    p = info.parameters
     assert not p["no_change"] and (p["colour_correction"], p["sigma"], p["strength"]) == (c, s, a)
     assert p["predicted_gain_db"] == pytest.approx(0.8)
     assert not np.allclose(out, img)

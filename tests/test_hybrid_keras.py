@@ -1,4 +1,4 @@
-"""The .h5 path: a small Keras U-Net made here loads through hybrid.unet.load_keras_h5."""
+"""The .h5 path: a small Keras U-Net made here loads through hybrid.keras_unet.load_keras_h5."""
 import os
 
 import numpy as np
@@ -8,7 +8,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # TensorFlow is optional; Keras
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
 
-from restorekit.hybrid import engine, unet  # noqa: E402
+from restorekit.hybrid import engine, keras_unet, unet  # noqa: E402
 
 
 def _small_keras_unet():
@@ -40,7 +40,7 @@ def h5_path(tmp_path_factory):
 
 def test_h5_unet_loads_and_matches_keras(h5_path, rng):
     path, model = h5_path
-    handle = unet.load_keras_h5(path)
+    handle = keras_unet.load_keras_h5(path)
     assert handle.size_multiple == 4  # two pooling layers
     assert "Keras" in handle.arch and handle.source == path
     img = rng.random((36, 44, 3)).astype(np.float32)
@@ -58,12 +58,12 @@ def test_h5_unet_plugs_into_the_engine(h5_path, rng):
     r = engine.HybridRestorer(unet=unet.load_unet_file(path), use_shipped=False)
     img = rng.random((32, 32, 3)).astype(np.float32)
     out, info = r.restore(img, "deep_learning")
-    assert out.shape == img.shape and info["method"] == "deep_learning"
-    assert "Keras" in str(info["parameters"]["model"]) or info["parameters"]["model"] == path
+    assert out.shape == img.shape and info.method == "deep_learning"
+    assert "Keras" in str(info.parameters["model"]) or info.parameters["model"] == path
 
 
 def test_not_a_keras_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "fake.h5"
     bad.write_bytes(b"definitely not hdf5")
     with pytest.raises(ValueError, match="fake.h5"):
-        unet.load_keras_h5(str(bad))
+        keras_unet.load_keras_h5(str(bad))

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from restorekit.hybrid import engine
 from restorekit.hybrid.tools import cli, damage
+from restorekit.scripts.batch import map_images
 from restorekit.nodes import hybrid as nodes
 
 
@@ -51,12 +53,20 @@ def test_hybrid_examples_use_the_calibrated_defaults():
     assert seen == 3
 
 
-def test_hybrid_restore_batch_and_info(batch):
+def _library_call(image, strategy, light=28.0, severe=24.0):
+    """The Hybrid Restore node's library call: the shared restorer per image through the batch mapper."""
+    restorer = engine.shared_restorer(engine.Thresholds(light, severe), "cpu")
+    return map_images(image, lambda rgb: restorer.restore(rgb, strategy), what="Hybrid Restore",
+                      values="as_is", grey="rgb_and_back")
+
+
+def test_hybrid_restore_batch_and_report(batch):
     img, info = nodes.RestoreKitHybridRestore().restore(batch, "auto", 28.0, 24.0, "cpu")
     assert img.shape == batch.shape and img.dtype == torch.float32
     assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
-    per = json.loads(info.split("images: ", 1)[1].split("\n")[0])
-    assert len(per) == 2 and all(p["method"] in ("classical", "ml_guided", "deep_learning") for p in per)
+    ref, report = _library_call(batch, "auto")
+    assert torch.equal(img, ref) and len(report.items) == 2
+    assert all(r.method in ("classical", "ml_guided", "deep_learning") and r.strategy == "auto" for r in report.items)
 
 
 def test_forced_strategy_rgba_and_grey(batch):
@@ -65,7 +75,7 @@ def test_forced_strategy_rgba_and_grey(batch):
     rgba = torch.cat([batch, alpha], -1)
     out, info = node.restore(rgba, "classical", 28.0, 24.0, "cpu")
     assert out.shape == rgba.shape and torch.equal(out[..., 3:], alpha)
-    assert '"method": "classical"' in info
+    assert [r.method for r in _library_call(rgba, "classical")[1].items] == ["classical", "classical"]
     grey = batch[..., :1]
     out, _ = node.restore(grey, "deep_learning", 28.0, 24.0, "cpu")
     assert out.shape == grey.shape
@@ -89,7 +99,11 @@ def test_damage_analysis_node(batch):
     feats, severity, info = out["result"]
     data = json.loads(feats)
     assert len(data) == 2 and len(data[0]["features"]) == 14
-    assert severity.count(",") == 1 and "quality estimate" in info
+    assert severity.count(",") == 1
+    analyses = [engine.shared_restorer(engine.Thresholds(28.0, 24.0), "auto").analyse(batch[i].numpy())
+                for i in range(2)]
+    assert severity == ", ".join(a.severity for a in analyses)
+    assert [d["quality_db"] for d in data] == [a.quality_db for a in analyses]
     one, sev1, _ = nodes.RestoreKitDamageAnalysis().analyse(batch[:1], 80.0, 5.0)["result"]
     assert json.loads(one)["severity"] == "moderate" == sev1  # thresholds as configured
 

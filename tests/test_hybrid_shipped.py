@@ -49,8 +49,8 @@ def test_shipped_predictor_orders_quality_and_picks_a_grid_combination(held_out)
 def test_auto_with_shipped_models_beats_identity_on_severe(held_out):
     clean, dam = held_out["severe"]
     out, info = engine.HybridRestorer(device="cpu").restore(dam, "auto")
-    assert info["analysis"]["quality_source"].startswith("U-Net residual")
-    assert info["method"] == "deep_learning"
+    assert info.analysis.quality_source.startswith("U-Net residual")
+    assert info.method == "deep_learning"
     assert psnr(out, clean) > psnr(dam, clean) + 3.0
 
 
@@ -61,5 +61,5 @@ def test_auto_with_shipped_models_leaves_held_out_light_damage_alone():
         clean = damage.load_source(src, 128)
         dam, _ = damage.damage_image(clean, "light", seed)
         out, info = r.restore(dam, "auto")
-        assert info["method"] != "deep_learning", (src, seed, info["analysis"]["quality_db"])
+        assert info.method != "deep_learning", (src, seed, info.analysis.quality_db)
         assert psnr(out, clean) >= psnr(dam, clean) - 0.5

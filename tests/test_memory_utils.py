@@ -1,4 +1,5 @@
-"""memory_utils: OOM classification, the fallback chain, tile planning, the memory monitor."""
+"""memory_utils (measuring), planning, and the runner: OOM classification, the fallback chain, tile
+planning, the memory monitor."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from _nets import ConvNet, FailAbove
 from restorekit.nodes.restore_model import RestoreKitRestoreWithModel
 from restorekit.scripts.inference import memory_utils as mu
+from restorekit.scripts.inference import planning
 from restorekit.scripts.inference.handle import ModelHandle
 from restorekit.scripts.inference.runner import run_model
 
@@ -53,9 +55,12 @@ def test_fallback_chain_gives_clear_error_when_nothing_fits():
 def test_node_info_lists_fallback_steps():
     handle = ModelHandle(FailAbove(ConvNet(), limit=60), "flaky")
     node = RestoreKitRestoreWithModel()
-    out, info = node.restore(handle, torch.rand(1, 90, 100, 3), "cpu", 0, 16, "auto")
+    image = torch.rand(1, 90, 100, 3)
+    out, info = node.restore(handle, image, "cpu", 0, 16, "auto")
     assert out.shape == (1, 90, 100, 3)
-    assert "out of memory (RuntimeError)" in info and "retry with tile" in info
+    _, report = run_model(handle, image, device="cpu", overlap=16)  # the node's library call
+    assert report.steps and all(s.startswith("out of memory (RuntimeError)") for s in report.steps)
+    assert all(step in info for step in report.steps)  # info shows every step the runner took
 
 
 def test_non_oom_errors_propagate_unchanged():
@@ -69,19 +74,19 @@ def test_non_oom_errors_propagate_unchanged():
 
 def test_plan_whole_image_when_it_fits_and_tiles_when_not():
     handle = ModelHandle(ConvNet(), "convnet", size_multiple=8, min_overlap=16)
-    plan = mu.plan_tiles(handle, 500, 400, "cpu", free_bytes=10 << 30, bytes_per_pixel=1000)
+    plan = planning.plan_tiles(handle, 500, 400, "cpu", free_bytes=10 << 30, bytes_per_pixel=1000)
     assert plan.tile is None
-    plan = mu.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=200 << 20, bytes_per_pixel=1000)
+    plan = planning.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=200 << 20, bytes_per_pixel=1000)
     assert plan.tile is not None and plan.tile % 8 == 0
     assert plan.tile * plan.tile * 1000 <= plan.budget_bytes
     assert 16 <= plan.overlap <= plan.tile // 4
     with pytest.raises(mu.OutOfMemoryError, match="not enough free memory"):
-        mu.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=100 << 20, reserved_bytes=1 << 30, bytes_per_pixel=1000)
+        planning.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=100 << 20, reserved_bytes=1 << 30, bytes_per_pixel=1000)
 
 
 def test_probe_grows_with_network_width():
-    small = mu.probe_bytes_per_pixel(ModelHandle(ConvNet(width=4), "s"), "cpu")
-    large = mu.probe_bytes_per_pixel(ModelHandle(ConvNet(width=64), "l"), "cpu")
+    small = planning.probe_bytes_per_pixel(ModelHandle(ConvNet(width=4), "s"), "cpu")
+    large = planning.probe_bytes_per_pixel(ModelHandle(ConvNet(width=64), "l"), "cpu")
     # a 64-channel feature map alone is 256 bytes per pixel
     assert large > small and large >= 256
 
@@ -91,12 +96,12 @@ def test_probe_cache_forgets_freed_models():
     import gc
 
     net = ConvNet(width=4)
-    mu.probe_bytes_per_pixel(ModelHandle(net, "s"), "cpu")
-    assert net in mu._PROBE_CACHE
-    n = len(mu._PROBE_CACHE)
+    planning.probe_bytes_per_pixel(ModelHandle(net, "s"), "cpu")
+    assert net in planning._PROBE_CACHE
+    n = len(planning._PROBE_CACHE)
     del net
     gc.collect()
-    assert len(mu._PROBE_CACHE) == n - 1
+    assert len(planning._PROBE_CACHE) == n - 1
 
 
 def test_memory_monitor_sees_an_allocation():
@@ -139,7 +144,9 @@ def test_precision_falls_back_where_unsupported():
 def test_configure_tensorflow_without_tensorflow():
     import importlib.util
 
-    tf, device, note = mu.configure_tensorflow("auto")
+    from restorekit.hybrid.keras_unet import configure_tensorflow
+
+    tf, device, note = configure_tensorflow("auto")
     if importlib.util.find_spec("tensorflow") is None:
         assert tf is None and device == "cpu" and "not installed" in note
     else:

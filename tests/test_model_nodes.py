@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from _nets import rrdbnet_official
 from restorekit.nodes import models as nodes
 from restorekit.scripts.inference import zoo
-from restorekit.scripts.archs import noise_da as nda
-from restorekit.scripts.archs import sfhformer as sfh
+from restorekit.scripts.inference.chain import run_family
 from restorekit.scripts.inference.files import ModelFileError, load_state_dict
 from restorekit.scripts.inference.runner import run_model
 from restorekit.scripts.inference.runtime import get_runtime
@@ -23,30 +23,6 @@ FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 # --- official-layout checkpoints -----------------------------------------------------------------
-def rrdbnet_official(nf=8, nb=1, gc=32, seed=0):
-    """basicsr RRDBNet (RealESRGAN_x4plus layout) state dict with variance-preserving random weights."""
-    g = torch.Generator().manual_seed(seed)
-
-    def conv(co, ci):
-        return torch.randn(co, ci, 3, 3, generator=g) / (9 * ci) ** 0.5, 0.01 * torch.randn(co, generator=g)
-
-    sd = {}
-
-    def put(name, co, ci):
-        sd[name + ".weight"], sd[name + ".bias"] = conv(co, ci)
-
-    put("conv_first", nf, 3)
-    for b in range(nb):
-        for r in (1, 2, 3):
-            for i in range(1, 6):
-                put(f"body.{b}.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
-    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        put(name, nf, nf)
-    put("conv_last", 3, nf)
-    sd["conv_last.bias"] += 0.5  # centre the output in 0..1 so clamping does not hide differences
-    return sd
-
-
 def compact_official(seed):
     from spandrel.architectures.Compact import Compact
 
@@ -278,17 +254,25 @@ def test_realesrgan_node_scale_alpha_grey_batch(model_dirs):
     want_alpha = torch.nn.functional.interpolate(rgba[..., 3:].permute(0, 3, 1, 2), scale_factor=4, mode="bicubic")
     want_alpha = torch.nn.functional.interpolate(want_alpha.clamp(0, 1), size=(40, 48), mode="bicubic", antialias=True)
     torch.testing.assert_close(out[..., 3:], want_alpha.clamp(0, 1).permute(0, 2, 3, 1), atol=1e-4, rtol=0)
-    assert "full model: RealESRGAN_x4plus.pth" in info and "x2" in info
+    ref, report = run_family("realesrgan", rgba, "RealESRGAN_x4plus.pth", device="cpu",
+                             options={"output_scale": 2.0})  # the node's library call
+    assert torch.equal(out, ref) and report.ran == "full model: RealESRGAN_x4plus.pth" and not report.failed
+    assert (report.scale, report.native_scale, report.resampled) == (2.0, 4, True)
     grey, info = node.restore(_image(16, 16, c=1), "realesr-general-x4v3.pth", "cpu", denoise_strength=0.5)
     assert grey.shape == (1, 64, 64, 1)
-    assert "realesr-general-wdn-x4v3.pth" in info
+    _, report = run_family("realesrgan", _image(16, 16, c=1), "realesr-general-x4v3.pth", device="cpu",
+                           options={"denoise_strength": 0.5})
+    assert "realesr-general-wdn-x4v3.pth x 0.5" in report.note  # the twin was blended in
 
 
 def test_scunet_and_sfhformer_nodes_run(model_dirs):
     out, info = nodes.RestoreKitSCUNet().restore(_image(40, 52), "scunet_color_real_psnr.pth", "cpu")
-    assert out.shape == (1, 40, 52, 3) and "SCUNet" in info
+    assert out.shape == (1, 40, 52, 3)
+    assert run_family("scunet", _image(40, 52), "scunet_color_real_psnr.pth", device="cpu")[1].runner.arch.startswith("SCUNet")
     out, info = nodes.RestoreKitSFHformer().restore(_image(30, 45), "sfhformer_haze_its.pth", "cpu")
-    assert out.shape == (1, 30, 45, 3) and "Fourier BatchNorm off" in info
+    assert out.shape == (1, 30, 45, 3)
+    report = run_family("sfhformer", _image(30, 45), "sfhformer_haze_its.pth", device="cpu", options={"task": "auto"})[1]
+    assert "Fourier BatchNorm off" in report.model  # 'its' in the name: the indoor setting
 
 
 def test_noise_da_needs_license_acceptance(model_dirs):
@@ -296,7 +280,8 @@ def test_noise_da_needs_license_acceptance(model_dirs):
     with pytest.raises(ValueError, match="accept_license.*NON-COMMERCIAL"):
         node.restore(_image(24, 24), "denoise.pth", "cpu")
     out, info = node.restore(_image(24, 24), "denoise.pth", "cpu", accept_license=True)
-    assert out.shape == (1, 24, 24, 3) and "non-commercial" in info
+    assert out.shape == (1, 24, 24, 3)
+    assert "non-commercial" in run_family("noise_da", _image(24, 24), "denoise.pth", device="cpu")[1].model
 
 
 def test_bad_image_input_rejected(model_dirs):
@@ -314,14 +299,17 @@ def test_fallback_chain(model_dirs):
     with pytest.raises(ModelFileError, match="corrupt.pth"):
         node.restore(x, "corrupt.pth", "cpu")
     out, info = node.restore(x, "corrupt.pth", "cpu", fallback=True, fallback_model="realesr-general-x4v3.pth")
-    assert out.shape == (1, 48, 56, 3) and "lighter model: realesr-general-x4v3.pth" in info
-    assert "full model corrupt.pth failed" in info
+    _, report = run_family("realesrgan", x, "corrupt.pth", device="cpu", fallback=True,
+                           fallback_model="realesr-general-x4v3.pth")
+    assert out.shape == (1, 48, 56, 3) and report.ran == "lighter model: realesr-general-x4v3.pth"
+    assert len(report.failed) == 1 and report.failed[0].startswith("full model corrupt.pth failed")
     out, info = node.restore(x, "corrupt.pth", "cpu", fallback=True, fallback_model="none", output_scale=2.0)
     import cv2
 
     want = cv2.resize(x[0].numpy(), (28, 24), interpolation=cv2.INTER_LANCZOS4)
     np.testing.assert_allclose(out[0].numpy(), np.clip(want, 0, 1), atol=1e-6)
-    assert "classical: Lanczos" in info
+    _, report = run_family("realesrgan", x, "corrupt.pth", device="cpu", fallback=True, options={"output_scale": 2.0})
+    assert report.ran == "classical: Lanczos x2" and report.runner is None
 
     from skimage import data
 
@@ -329,5 +317,6 @@ def test_fallback_chain(model_dirs):
     noise = 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
     noisy = (clean + noise).clamp(0, 1)
     out, info = nodes.RestoreKitNoiseDA().restore(noisy, "corrupt.pth", "cpu", fallback=True, accept_license=True)
-    assert "classical: non-local means" in info
+    _, report = run_family("noise_da", noisy, "corrupt.pth", device="cpu", fallback=True, options={"task": "denoise"})
+    assert report.ran.startswith("classical: non-local means") and report.runner is None
     assert float((out - clean).abs().mean()) < float((noisy - clean).abs().mean())

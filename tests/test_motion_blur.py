@@ -66,12 +66,12 @@ def test_motion_estimate_on_synthetic_blurs(cases):
     errors = []
     for (name, length, angle), _, blurred in cases:
         est = M.estimate_motion(blurred)
-        ea = _angle_err(est["angle"], angle)
-        el = abs(est["length"] - length) / length
-        errors.append((name, length, angle, round(est["angle"], 2), round(est["length"], 2)))
+        ea = _angle_err(est.angle, angle)
+        el = abs(est.length - length) / length
+        errors.append((name, length, angle, round(est.angle, 2), round(est.length, 2)))
         assert ea <= 3.0, errors[-1]
         assert el <= 0.10, errors[-1]
-        assert est["score"] > 0.1
+        assert est.score > 0.1
 
 
 def test_cepstrum_alone_is_close_and_refinement_helps(cases):
@@ -84,14 +84,14 @@ def test_cepstrum_alone_is_close_and_refinement_helps(cases):
         assert abs(l0 - length) <= 2.0
         est = M.estimate_motion(blurred)
         raw_err.append(_angle_err(a0, angle))
-        fit_err.append(_angle_err(est["angle"], angle))
+        fit_err.append(_angle_err(est.angle, angle))
     assert np.mean(fit_err) <= np.mean(raw_err) + 0.1
 
 
 def test_unblurred_image_gives_low_score():
     sharp = _gray("camera")[128:384, 128:384]
     blurred = shift_blur(_gray("camera"), 20.0, 30.0)[128:384, 128:384]
-    assert M.estimate_motion(sharp)["score"] < M.estimate_motion(blurred)["score"]
+    assert M.estimate_motion(sharp).score < M.estimate_motion(blurred).score
 
 
 def test_motion_deblur_improves_psnr(cases):
@@ -99,7 +99,8 @@ def test_motion_deblur_improves_psnr(cases):
 
     (_, length, angle), sharp, blurred = cases[0]
     out, rep = M.motion_deblur(blurred.astype(np.float32), iterations=30)
-    assert rep["estimated"] and np.isfinite(out).all()
+    assert rep.estimated and np.isfinite(out).all() and out.shape == blurred.shape
+    assert rep.deconvolution.runs[0].iterations_run == 30
     inner = (slice(24, -24),) * 2
     assert psnr(sharp[inner], out[inner]) > psnr(sharp[inner], blurred[inner]) + 1.0
 
@@ -134,13 +135,14 @@ def test_motion_deblur_node(pack, cases, rng):
     assert out.shape == batch.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1 and not torch.isnan(out).any()
     assert torch.equal(out[..., 3], batch[..., 3])
-    assert info.count("estimated") == 2 and "angle" in info and "length" in info
-    # the reported estimate is the real one
-    line = [ln for ln in info.splitlines() if ln.startswith("motion:")][0]
-    est_angle = float(line.split("angle ")[1].split("°")[0])
-    est_len = float(line.split("length ")[1].split(" px")[0])
-    assert _angle_err(est_angle, angle) <= 3.0 and abs(est_len - length) / length <= 0.1
+    # the node's library call, and the estimate it reports is the real one
+    ref, report = M.motion_deblur(batch[..., :3], max_length=48.0, device="cpu", iterations=10)
+    assert torch.equal(out[..., :3], ref) and len(report.estimates) == 2
+    for est in report.estimates:
+        assert _angle_err(est.angle, angle) <= 3.0 and abs(est.length - length) / length <= 0.1
 
     gray = g[None, :, :, None]
     out, info = node.deblur(gray, **_node_args(method="wiener", length_override=12.0, angle_override=45.0))
-    assert out.shape == gray.shape and "angle 45.00°, length 12.00 px, given" in info
+    ref, report = M.motion_deblur(gray, 12.0, 45.0, device="cpu", method="wiener")
+    assert out.shape == gray.shape and torch.equal(out, ref) and not report.estimated
+    assert report.motions == ["image 0: angle 45.00°, length 12.00 px, given"]

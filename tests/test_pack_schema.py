@@ -8,7 +8,7 @@ import uuid
 import pytest
 import torch
 
-from conftest import REPO, load_pack
+from _repo import REPO, load_pack
 
 COMFY_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "LATENT", "MODEL", "CLIP", "VAE",
                "CONDITIONING", "UPSCALE_MODEL", "*"}
@@ -137,3 +137,66 @@ def test_node_runs_with_defaults_and_returns_its_types(node_id, cls):
             assert isinstance(value, torch.Tensor) and value.ndim == 3
         elif kind == "STRING":
             assert isinstance(value, str) and value.strip()
+
+
+def _current_inputs(cls):
+    out = []
+    for section, name, decl in _inputs(cls):
+        kind, opts = decl[0], (decl[1] if len(decl) > 1 else {})
+        out.append((section, name, "COMBO" if isinstance(kind, list) else kind, list(kind) if isinstance(kind, list) else None, opts))
+    return out
+
+
+def test_schema_compatible_with_saved_workflows():
+    """Every node id, display name, output list, input name, type, section, default and range of the
+    pack as it was at 07fa2e8 (tests/fixtures/legacy_schema.json) is still there, with the widget order
+    unchanged (UI workflows store widget values by position) and every choice still offered; inputs
+    added since are optional, so prompts saved before them still validate."""
+    import json
+
+    with open(os.path.join(REPO, "tests", "fixtures", "legacy_schema.json"), encoding="utf-8") as f:
+        legacy = json.load(f)
+    pack = sys.modules["restorekit"]
+    for node_id, old in legacy.items():
+        cls = pack.NODE_CLASS_MAPPINGS.get(node_id)
+        assert cls is not None, f"node id {node_id} is gone"
+        assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id] == old["display_name"], node_id
+        assert list(cls.RETURN_TYPES) == old["return_types"] and cls.FUNCTION == old["function"], node_id
+        now = {name: (section, kind, choices, opts) for section, name, kind, choices, opts in _current_inputs(cls)}
+        for entry in old["inputs"]:
+            name = entry["name"]
+            assert name in now, f"{node_id}.{name} is gone"
+            section, kind, choices, opts = now[name]
+            assert (section, kind) == (entry["section"], entry["type"]), f"{node_id}.{name}"
+            for key in ("default", "min", "max"):
+                if key in entry:
+                    assert opts.get(key) == entry[key], f"{node_id}.{name} {key}: {opts.get(key)} != {entry[key]}"
+            if "choices" in entry:
+                assert set(entry["choices"]) <= set(choices), f"{node_id}.{name} lost choices"
+        old_names = [e["name"] for e in old["inputs"]]
+        assert [n for n in now if n in old_names] == old_names, f"{node_id}: input order changed"
+        for name, (section, *_rest) in now.items():
+            assert name in old_names or section == "optional", f"{node_id}.{name}: a new input must be optional"
+
+
+def test_readme_layout_matches_the_tree():
+    """The README's layout tables name every module of nodes/, scripts/ and hybrid/, and every module
+    they name exists; every node's module and library are in the node table."""
+    import re
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    layout = readme[readme.index("## Layout"):readme.index("## Benchmarks")]
+    named = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*\.py)", layout))
+    tree = {f for f in os.listdir(REPO) if f.endswith(".py") and f != "__init__.py"}
+    for top in ("nodes", "scripts", "hybrid"):
+        for root, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            tree |= {f for f in files if f.endswith(".py") and f != "__init__.py"}
+    assert tree - named == set(), f"modules missing from the README layout: {sorted(tree - named)}"
+    extra = named - tree - {"__init__.py", "_repo.py"}
+    assert extra == set(), f"README names modules that do not exist: {sorted(extra)}"
+    pack = sys.modules["restorekit"]
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        module = cls.__module__.rsplit(".", 1)[-1] + ".py"
+        assert f"`nodes/{module}`" in layout, f"{node_id}: nodes/{module} is not in the node table"

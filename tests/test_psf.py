@@ -133,13 +133,18 @@ def test_psf_node_outputs(pack):
     assert img.shape == (1, 33, 33, 3) and img.dtype == torch.float32
     assert float(img.min()) >= 0 and float(img.max()) == pytest.approx(1.0)
     assert data["psf"].shape == (1, 33, 33)
-    assert "Gibson–Lanni" in info and "lateral FWHM" in info
+    (picture, _), report = P.make_psf(**_psf_node_args())  # the node's library call
+    assert torch.equal(img[0, ..., 0], torch.from_numpy(picture.astype(np.float32)))
+    assert report.model == "gibson_lanni" and report.axial_fwhm is None and 0.1 < report.lateral_fwhm < 0.5
 
     img, data, info = node.make_psf(**_psf_node_args(model="born_wolf", z_planes=21, view="xz_section",
                                                      display="linear", particle_depth=3.0))
     assert img.shape == (1, 21, 33, 3)
     assert data["psf"].shape == (21, 33, 33)
-    assert "Born–Wolf" in info and "axial FWHM" in info
+    _, report = P.make_psf(**_psf_node_args(model="born_wolf", z_planes=21, view="xz_section", display="linear",
+                                            particle_depth=3.0))
+    assert report.model == "born_wolf" and report.microscope.ns == report.microscope.ni == 1.515
+    assert np.isfinite(report.axial_fwhm) and report.axial_fwhm > report.lateral_fwhm
     assert not torch.isnan(img).any()
 
     with pytest.raises(ValueError, match="NA"):

@@ -420,9 +420,9 @@ class RestoreProcessor(Processor):
     def __call__(self, image: image_io.ImageData) -> Result:
         out, info = self.restorer.restore(image.pixels, self.strategy)
         params = info.get("parameters") or {}
-        q = round(float(info["analysis"]["quality_db"]), 2)
-        fields = {"method": info["method"], "severity": info["severity"], "quality_db": q}
-        text = f"{info['severity']} -> {info['method']}, quality estimate {q} dB"
+        q = round(float(info.analysis.quality_db), 2)
+        fields = {"method": info.method, "severity": info.severity, "quality_db": q}
+        text = f"{info.severity} -> {info.method}, quality estimate {q} dB"
         unchanged = bool(params.get("no_change"))
         return Result({"": out}, fields, text, changed=False if unchanged else None,
                       unchanged_reason=str(params.get("why") or "output identical to the input"),

@@ -29,7 +29,7 @@ from typing import List, Optional
 from ... import __version__
 from ...scripts import image_io
 
-#: the runner's smallest tile (scripts/inference/memory_utils.MIN_TILE; kept equal by a test)
+#: the runner's smallest tile (scripts/inference/planning.MIN_TILE; kept equal by a test)
 TILE_MIN = 64
 TILE_MAX = 32768
 STRATEGY_HELP = (

@@ -29,9 +29,8 @@ PREFIX = "RestorationNet."
 
 LICENSE_NAME = "NTU S-Lab License 1.0 (non-commercial)"
 LICENSE_TEXT = (
-    "Noise-DA weights are released under the NTU S-Lab License 1.0: redistribution and use are "
-    "permitted for NON-COMMERCIAL purposes only (github.com/KangLiao929/Noise-DA/blob/main/LICENSE). "
-    "Commercial use needs a licence from the authors."
+    "Noise-DA weights (Liao et al., ICLR 2025) are under the NTU S-Lab License 1.0: NON-COMMERCIAL "
+    "use only (github.com/KangLiao929/Noise-DA/blob/main/LICENSE)."
 )
 
 
@@ -78,6 +77,7 @@ class RestorationNet(nn.Module):
                  slope: float = 0.2):
         super().__init__()
         self.depth = depth
+        self.width = width
         self.in_channels = in_channels
         self.out_channels = out_channels
         chans = [width * 2 ** i for i in range(depth)]

@@ -109,11 +109,6 @@ def unwrap_state_dict(obj, keys: Iterable[str] = UNWRAP_KEYS) -> StateDict:
     return tensors
 
 
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """Remove ``prefix`` from every key that has it (e.g. DataParallel's ``module.``)."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
-
 def handle_from_spandrel(descriptor, source: str = "") -> ModelHandle:
     """Turn a spandrel ``ImageModelDescriptor`` into a :class:`ModelHandle`."""
     from spandrel import ImageModelDescriptor

@@ -78,6 +78,11 @@ class ModelHandle:
     def replace(self, **changes) -> "ModelHandle":
         return dataclasses.replace(self, **changes)
 
+    def info_fields(self) -> dict:
+        """How a node shows the handle (:func:`scripts.report.info_text`)."""
+        return {"architecture": self.describe(), "size multiple": self.size_multiple, "tiling": self.tiling,
+                "fp16": self.supports_half, "bf16": self.supports_bfloat16}
+
     def describe(self) -> str:
         return (
             f"{self.arch} x{self.scale} ({self.in_channels}->{self.out_channels} ch, "

@@ -1,29 +1,38 @@
-"""Run a :class:`~scripts.inference.handle.ModelHandle` on an image without running out of memory.
+"""The memory-safe runner: every piece of torch work in the pack runs through it.
 
-:func:`run_model` picks the device (``auto``/``cpu``/``gpu``) and precision, plans whole-image or
-tiled inference from measured free memory (:func:`scripts.inference.memory_utils.plan_tiles`), and on
-out-of-memory walks a fallback chain: free memory, halve the tile down to the minimum, move to the
-CPU, then raise :class:`scripts.inference.memory_utils.OutOfMemoryError` listing every step.  The report it
-returns says what ran: device, tile, precision, fallbacks, time, peak RAM and VRAM.
+:class:`TorchJob` is the general form, for any torch computation (deconvolution, FFT filters, colour
+conversions): it picks the device (``auto``/``cpu``/``gpu``, or the CPU when a stated memory need
+does not fit the GPU's free memory), drives the host's progress bar and interrupt checks, and when a
+call runs out of memory (:func:`~scripts.inference.memory_utils.is_oom_error`: CUDA OOM,
+``MemoryError``, the CPU allocator's ``RuntimeError``) frees memory and repeats it on the CPU, or
+raises :class:`~scripts.inference.memory_utils.OutOfMemoryError` listing every step.
+
+:func:`run_model` is the same for a :class:`~scripts.inference.handle.ModelHandle` network, with
+precision choice and planning (:func:`scripts.inference.planning.plan_tiles`: whole image or tiles
+from measured free memory); its out-of-memory chain first halves the tile down to the minimum, then
+moves to the CPU.  Its report says what ran: device, tile, precision, fallbacks, time, peak RAM and
+VRAM.
 
 Images are ComfyUI-style ``[B, H, W, C]`` float32 0..1 on the CPU, C = 1, 3 or 4.  Grey images are
-replicated for RGB networks (and averaged back); RGBA alpha bypasses the network and is resized
-with bicubic interpolation; an RGB image fed to a 1-channel network goes in as its luma (BT.601).
+replicated for RGB networks (and averaged back); RGBA alpha bypasses the network and follows the
+pack's alpha rule (:func:`scripts.batch.fit_alpha`: resized bicubically, clipped to 0..1); an RGB
+image fed to a 1-channel network goes in as its luma (BT.601).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from . import memory_utils as mu
-from ..finite import all_finite
 from .handle import ModelHandle
+from .planning import plan_tiles, round_to_multiple
 from .runtime import get_runtime
 from .tiling import count_tiles, tiled_inference
+from ..batch import check_image, fit_alpha
+from ..report import shown
 
 #: the smallest tile (input px) the out-of-memory chain halves down to before moving to the CPU
 FALLBACK_MIN_TILE = 32
@@ -32,8 +41,102 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
+# --- any torch work ------------------------------------------------------------------------------------
+@dataclass
+class JobReport:
+    """Where a :class:`TorchJob` ran and which fallback steps it took."""
+
+    device: str = shown("device", default="cpu")
+    steps: List[str] = shown("device steps", fmt=lambda s: "; ".join(s) if s else None, default_factory=list)
+
+
+def _oom_step(exc: BaseException, device: torch.device, where: str, action: str) -> str:
+    """The wording of one out-of-memory step, the same for every runner."""
+    at = f" at {where}" if where else ""
+    return f"out of memory ({type(exc).__name__}) on {device}{at}: {action}"
+
+
+class TorchJob:
+    """Device choice, progress, interrupts and the out-of-memory fallback for any torch work.
+
+    >>> with TorchJob("auto", label="Deconvolve", total=n, needs=lambda dev: nbytes) as job:
+    ...     out = job.run(fn, x)        # fn(x, device=job.device); on OOM redone on the CPU
+    ...     job.tick()                  # progress + interrupt check (also usable as a callback)
+
+    ``needs``: bytes the work will hold on the device (a number, or a function of the device); on a
+    GPU whose free memory cannot hold it with a 20 % margin the job starts on the CPU and says so.
+    ``total``: progress steps (0 = no bar); ``interrupt_every``: check for a cancel every n ticks.
+    The device the job ends on is sticky: after a fallback later calls run on the CPU too.
+    """
+
+    def __init__(self, device: str = "auto", *, label: str = "RestoreKit", total: int = 0,
+                 needs: Any = None, interrupt_every: int = 1):
+        self.runtime = get_runtime()
+        self.device, note = mu.resolve_device(device)
+        self.report = JobReport(device=note)
+        if "none available" in note:
+            self.report.steps.append(note)
+        self.label = label
+        self.total = int(total)
+        self.interrupt_every = max(1, int(interrupt_every))
+        self._ticks = 0
+        self._bar = None
+        if needs is not None and self.device.type != "cpu":
+            need = int(needs(self.device) if callable(needs) else needs)
+            if need > 0.8 * mu.free_memory(self.device):
+                self.report.steps.append(f"{mu.format_bytes(need)} does not fit the free memory of {self.device}: "
+                                         f"moving to cpu")
+                self.device = torch.device("cpu")
+                self.report.device = f"cpu (not enough free memory on {note.split(' ')[0]})"
+
+    def __enter__(self) -> "TorchJob":
+        if self.total > 0:
+            self._bar = self.runtime.progress(self.total, self.label)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        mu.cleanup(self.device)
+
+    def tick(self, *_args) -> None:
+        """One progress step; every ``interrupt_every`` steps, raise if the user cancelled."""
+        self._ticks += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if self._ticks % self.interrupt_every == 0:
+            self.runtime.check_interrupt()
+
+    def fall_back(self, exc: BaseException, where: str = "") -> None:
+        """After an out-of-memory error ``exc``: free memory and move to the CPU, or, already on the
+        CPU, raise :class:`~scripts.inference.memory_utils.OutOfMemoryError` listing every step."""
+        mu.cleanup(self.device, after_oom=True)
+        if self.device.type != "cpu":
+            self.report.steps.append(_oom_step(exc, self.device, where, "moving to cpu"))
+            self.report.device = f"cpu ({self.device} out of memory)"
+            self.device = torch.device("cpu")
+            return
+        self.report.steps.append(_oom_step(exc, self.device, where, "no fallback left"))
+        raise mu.OutOfMemoryError(f"{self.label} ran out of memory on the cpu. Steps: " + "; ".join(self.report.steps),
+                                  self.report.steps) from None
+
+    def run(self, fn: Callable, *args, where: str = "", **kwargs):
+        """``fn(*args, device=self.device, **kwargs)``, repeated on the CPU after an out-of-memory
+        error on the GPU."""
+        while True:
+            try:
+                return fn(*args, device=self.device, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - filtered by is_oom_error
+                if not mu.is_oom_error(exc):
+                    raise
+                self.fall_back(exc, where)
+
+
+# --- networks -----------------------------------------------------------------------------------------
 @dataclass
 class RunReport:
+    """What :func:`run_model` did (memory in bytes, time in seconds)."""
+
     arch: str = ""
     device: str = "cpu"
     tile: Optional[int] = None
@@ -47,22 +150,19 @@ class RunReport:
     ram_delta_bytes: int = 0
     peak_vram_bytes: int = 0
 
-    def summary(self) -> dict:
-        """Fields for a node's info text."""
+    def info_fields(self) -> dict:
+        """How a node shows this report (:func:`scripts.report.info_text`)."""
         return {
             "model": self.arch,
             "device": self.device,
             "tile": "whole image" if self.tile is None else f"{self.tile}px (overlap {self.overlap}px, {self.tiles} tiles/image)",
             "precision": self.precision,
             "plan": self.plan,
-            "fallbacks": "; ".join(self.steps) if self.steps else "none",
-            "time": f"{self.seconds:.2f} s",
+            "out-of-memory steps": "; ".join(self.steps) if self.steps else "none",
+            "runner time": f"{self.seconds:.2f} s",
             "peak RAM": mu.format_bytes(self.peak_ram_bytes) + f" (+{mu.format_bytes(self.ram_delta_bytes)})",
             "peak VRAM": mu.format_bytes(self.peak_vram_bytes),
         }
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def choose_precision(handle: ModelHandle, device: torch.device, precision: str) -> Tuple[torch.dtype, str, Optional[str]]:
@@ -110,18 +210,6 @@ def _channel_forward(handle: ModelHandle, image_channels: int):
     return forward, cout
 
 
-def _check_input(image: torch.Tensor) -> torch.Tensor:
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise ValueError(f"expected an image tensor [B,H,W,C], got {getattr(image, 'shape', type(image))}")
-    if image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected 1, 3 or 4 channels, got {image.shape[-1]}")
-    if min(image.shape[:3]) == 0:
-        raise ValueError(f"the image is empty (shape {tuple(image.shape)})")
-    if not all_finite(image):
-        raise ValueError("the image contains NaN or infinite values")
-    return image.to("cpu", torch.float32).contiguous()
-
-
 def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto", tile: int = 0,
               overlap: Optional[int] = None, precision: str = "auto", progress: bool = True,
               min_tile: Optional[int] = None) -> Tuple[torch.Tensor, RunReport]:
@@ -129,15 +217,12 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
 
     ``min_tile`` is the floor of the halving chain (default :data:`FALLBACK_MIN_TILE`).
     """
-    image = _check_input(image)
-    runtime = get_runtime()
+    image = check_image(image).to("cpu", torch.float32)
     b, h, w, c = image.shape
     s = handle.scale
     rgb_c = 3 if c == 4 else c
-    dev, dev_note = mu.resolve_device(device)
-    report = RunReport(arch=handle.describe())
-    if "none available" in dev_note:
-        report.steps.append(dev_note)
+    job = TorchJob(device, label=handle.arch)
+    report = RunReport(arch=handle.describe(), steps=job.report.steps)
 
     out_bytes = b * h * s * w * s * c * 4
     ram_free = mu.free_memory("cpu")
@@ -154,8 +239,9 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
     cur_tile: Optional[int] = None
     forced_tile = requested_tile  # 0 = let the planner decide
     t0 = time.perf_counter()
-    with mu.MemoryMonitor(device=dev) as mon:
+    with mu.MemoryMonitor(device=job.device) as mon:
         while True:
+            dev = job.device
             dtype, pname, pnote = choose_precision(handle, dev, precision)
             if pnote and pnote not in report.steps:
                 report.steps.append(pnote)
@@ -163,13 +249,13 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
             try:
                 handle.to(dev, dtype)
                 reserved = out_bytes if dev.type == "cpu" else 0
-                plan = mu.plan_tiles(handle, h, w, dev, dtype, tile=forced_tile, overlap=overlap,
-                                     reserved_bytes=reserved)
+                plan = plan_tiles(handle, h, w, dev, dtype, tile=forced_tile, overlap=overlap,
+                                  reserved_bytes=reserved)
                 cur_tile = plan.tile
                 n_tiles = count_tiles(h, w, cur_tile, plan.overlap)
                 report.device, report.precision, report.plan = str(dev), pname, plan.describe()
                 report.tile, report.overlap, report.tiles = cur_tile, plan.overlap if cur_tile else 0, n_tiles
-                bar = runtime.progress(b * n_tiles, f"{handle.arch}") if progress else None
+                bar = job.runtime.progress(b * n_tiles, f"{handle.arch}") if progress else None
                 whole = b == 1 and c != 4 and (cur_tile is None or (cur_tile >= h and cur_tile >= w))
                 if out is None and not whole:
                     out = torch.empty((b, h * s, w * s, c), dtype=torch.float32)
@@ -180,7 +266,7 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                         pad_mode=handle.pad_mode, device=dev, dtype=dtype,
                         out=None if whole else out[..., :rgb_c],
                         on_tile=(lambda: bar.update(1)) if bar is not None else None,
-                        check_interrupt=runtime.check_interrupt, clamp=handle.clamp,
+                        check_interrupt=job.runtime.check_interrupt, clamp=handle.clamp,
                     )
                     if whole:  # the network's own output is the result: no second buffer
                         out = res
@@ -194,38 +280,26 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                     handle.to("cpu", torch.float32)
                     mu.cleanup(dev)
                     raise
-                kind = type(exc).__name__
                 where = "whole image" if cur_tile is None else f"tile {cur_tile}px"
-                del exc
                 mu.cleanup(dev, after_oom=True)
-                if cur_tile is None:
-                    nxt = mu.round_to_multiple(max(h, w) // 2, handle.size_multiple)
-                else:
-                    nxt = mu.round_to_multiple(cur_tile // 2, handle.size_multiple)
+                nxt = round_to_multiple((max(h, w) if cur_tile is None else cur_tile) // 2, handle.size_multiple)
                 if nxt >= floor and (cur_tile is None or nxt < cur_tile):
-                    report.steps.append(f"out of memory ({kind}) on {dev} at {where}: retry with tile {nxt}px")
+                    report.steps.append(_oom_step(exc, dev, where, f"retry with tile {nxt}px"))
                     forced_tile = nxt
                     continue
-                if dev.type != "cpu":
-                    report.steps.append(f"out of memory ({kind}) on {dev} at {where}: moving to cpu")
-                    handle.to("cpu", torch.float32)
-                    mu.cleanup(dev, after_oom=True)
-                    dev, forced_tile = torch.device("cpu"), requested_tile
-                    continue
-                report.steps.append(f"out of memory ({kind}) on cpu at {where}: no smaller tile left")
                 handle.to("cpu", torch.float32)
-                mu.cleanup(dev, after_oom=True)
-                raise mu.OutOfMemoryError(
-                    f"{handle.arch} ran out of memory even at the smallest tile ({floor}px) on the cpu. "
-                    f"Steps: " + "; ".join(report.steps), report.steps
-                ) from None
+                try:
+                    job.fall_back(exc, where)
+                except mu.OutOfMemoryError:
+                    report.steps[-1] = _oom_step(exc, dev, where, "no smaller tile left")
+                    raise mu.OutOfMemoryError(
+                        f"{handle.arch} ran out of memory even at the smallest tile ({floor}px) on the cpu. "
+                        f"Steps: " + "; ".join(report.steps), report.steps) from None
+                forced_tile = requested_tile
         if c == 4:
-            alpha = image[..., 3:4].permute(0, 3, 1, 2)
-            if s != 1:
-                alpha = F.interpolate(alpha, scale_factor=s, mode="bicubic", align_corners=False)
-            out[..., 3:4] = alpha.clamp(0, 1).permute(0, 2, 3, 1)
+            out[..., 3:4] = fit_alpha(image[..., 3:4], h * s, w * s)
     handle.to("cpu", torch.float32)
-    mu.cleanup(dev)
+    mu.cleanup(job.device)
     report.seconds = time.perf_counter() - t0
     report.peak_ram_bytes, report.ram_delta_bytes = mon.peak_ram_bytes, mon.ram_delta_bytes
     report.peak_vram_bytes = mon.peak_vram_bytes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
@@ -25,6 +25,12 @@ SHIPPED_MODEL_FOLDERS = {"upscale_models": [os.path.join(_PACK_MODELS, "realesrg
 
 class InterruptedByUser(Exception):
     """Raised by :meth:`PlainRuntime.check_interrupt` when the host asked to stop."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """True for a user's cancel: ours or ComfyUI's ``InterruptProcessingException`` (never a
+    reason to fall back to another method)."""
+    return isinstance(exc, InterruptedByUser) or type(exc).__name__ == "InterruptProcessingException"
 
 
 class _TqdmProgress:
@@ -220,5 +226,3 @@ def set_runtime(runtime: PlainRuntime) -> None:
     global _runtime
     _runtime = runtime
 
-
-ProgressCallback = Callable[[int, int], None]

@@ -41,10 +41,13 @@ from .handle import ModelHandle
 FOLDER_KINDS = {"realesrgan": "upscale_models", "scunet": "upscale_models",
                 "sfhformer": "restorekit", "noise_da": "restorekit"}
 
-#: SFHformer task choices -> whether the Fourier unit's BatchNorm runs (None = decide from file)
+#: SFHformer task choices (``auto``: from the weights, and the file name for indoor dehazing)
 SFH_TASKS = ("auto", "dehaze-indoor", "dehaze-outdoor", "low-light", "motion-deblur")
+#: Noise-DA checkpoints (one network, three official weight sets)
+NOISE_DA_TASKS = ("denoise", "derain", "deblur")
 
 REALESRGAN_ARCHS = ("ESRGAN", "RealESRGAN", "Compact", "RealESRGAN Compact")
+#: SCUNet's tile rule (see :func:`tile_rule`)
 SCUNET_TILE_MULTIPLE = 64
 SCUNET_MIN_OVERLAP = 64
 
@@ -159,6 +162,23 @@ def load_scunet(path: str) -> ModelHandle:
     return handle
 
 
+def tile_rule(family: str, tile: int, overlap: int) -> Tuple[int, int, dict]:
+    """A node's tile and overlap requests made valid for ``family``: ``(tile, overlap, run_model
+    keyword arguments)``.
+
+    SCUNet (windows of the official code need it): a tile is a multiple of 64 px and at least
+    3·64, the overlap at least 64 px, and the out-of-memory chain never halves below 3·64.  Other
+    families take the request as it is (the runner rounds to the size multiple).
+    """
+    tile, overlap = int(tile), int(overlap)
+    if family != "scunet":
+        return tile, overlap, {}
+    m = SCUNET_TILE_MULTIPLE
+    if tile:
+        tile = max(3 * m, -(-tile // m) * m)  # a multiple of 64 with room for a 64 px overlap
+    return tile, max(overlap, SCUNET_MIN_OVERLAP), {"min_tile": 3 * m}
+
+
 # --- our own architectures ----------------------------------------------------------------------
 def _read(path: str, expected: str):
     obj = load_state_dict(str(path))
@@ -181,15 +201,12 @@ def load_sfhformer(path: str, task: str = "auto") -> Tuple[ModelHandle, str]:
     if task not in SFH_TASKS:
         raise ValueError(f"SFHformer task must be one of {SFH_TASKS}, got {task!r}")
     obj = _read(path, expected)
-    sd = sfh.prepare_state_dict(obj)
     if task == "auto":
         fft_bn = "its" not in _name(path).lower().replace("sfhformer", "")
     else:
         fft_bn = task != "dehaze-indoor"
     try:
-        cfg = sfh.config_from_state_dict(sd, fft_bn=fft_bn)
-        net = sfh.SFHformer(cfg)
-        net.load_state_dict(sd, strict=True)
+        net, cfg = sfh.build_from_state_dict(obj, fft_bn=fft_bn)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
         detail = str(exc).splitlines()[0][:300]
         raise ModelFileError(f"model file '{_name(path)}' is not {expected}: {detail}") from None
@@ -200,7 +217,7 @@ def load_sfhformer(path: str, task: str = "auto") -> Tuple[ModelHandle, str]:
             f"model file '{_name(path)}' holds SFHformer '{variant}' weights, not the '{task}' task; "
             f"choose task 'auto' or the matching file")
     handle = ModelHandle(
-        module=net.eval(), arch="SFHformer", scale=1, in_channels=cfg.in_channels,
+        module=net, arch="SFHformer", scale=1, in_channels=cfg.in_channels,
         out_channels=cfg.out_channels, size_multiple=sfh.SIZE_MULTIPLE, pad_mode="reflect",
         min_overlap=64, tiling="discouraged", supports_half=False, supports_bfloat16=False,
         source=str(path), description=f"SFHformer {variant} (width {cfg.width}, depths {cfg.depths}, "
@@ -221,18 +238,15 @@ def load_noise_da(path: str) -> ModelHandle:
                 "... as in denoise.pth / derain.pth / deblur.pth)")
     obj = _read(path, expected)
     try:
-        sd = nda.prepare_state_dict(obj)
-        cin, cout, depth, width = nda.config_from_state_dict(sd)
-        net = nda.RestorationNet(cin, cout, depth, width)
-        net.load_state_dict(sd, strict=True)
+        net = nda.build_from_state_dict(obj)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
         detail = str(exc).splitlines()[0][:300]
         raise ModelFileError(f"model file '{_name(path)}' is not {expected}: {detail}") from None
     return ModelHandle(
-        module=net.eval(), arch="Noise-DA", scale=1, in_channels=cin, out_channels=cout,
+        module=net, arch="Noise-DA", scale=1, in_channels=net.in_channels, out_channels=net.out_channels,
         size_multiple=net.size_multiple, pad_mode=nda.PAD_MODE, min_overlap=64, tiling="supported",
         supports_half=True, supports_bfloat16=True, source=str(path),
-        description=f"Noise-DA RestorationNet (width {width}, depth {depth}); {nda.LICENSE_NAME}",
+        description=f"Noise-DA RestorationNet (width {net.width}, depth {net.depth}); {nda.LICENSE_NAME}",
     )
 
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,26 +40,19 @@ class Outcome:
     error: str = ""
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class ComfyServer:
-    """A headless ComfyUI (``--cpu``) on a free loopback port with this repository as a custom node pack."""
+    """A headless ComfyUI (``--cpu``) on a free loopback port with this repository as a custom node pack
+    (the process itself is the library's :class:`comfy_serve.ComfyProcess`, as in the Serve recipe)."""
 
     def __init__(self, comfy_root: str, python: str, base: str, start_timeout: float = 240.0):
         self.root, self.python, self.base = comfy_root, python, base
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout = start_timeout
-        self.proc: Optional[subprocess.Popen] = None
-        self.log_path = os.path.join(base, "server.log")
+        self.process = None
+        self.url = ""
 
     def __enter__(self):
+        from restorekit.hybrid.tools.comfy_serve import ComfyProcess
+
         for d in ("custom_nodes", "input", "output", "temp", "user", "models"):
             os.makedirs(os.path.join(self.base, d), exist_ok=True)
         link = os.path.join(self.base, "custom_nodes", PACK_NAME)
@@ -70,47 +60,22 @@ class ComfyServer:
             os.symlink(W.REPO, link)
         for f in W.image_files():
             shutil.copy(os.path.join(W.IMAGES_DIR, f), os.path.join(self.base, "input", f))
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", self.base,
-               "--database-url", f"sqlite:///{os.path.join(self.base, 'user', 'comfyui.db')}"]
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT)
-        t0 = time.time()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited during start-up (code {self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                self.get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.time() - t0 > self.start_timeout:
-                raise RuntimeError(f"ComfyUI did not answer within {self.start_timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.3)
-        self.start_seconds = time.time() - t0
+        self.process = ComfyProcess(self.root, self.python, base_directory=self.base, workdir=self.base,
+                                    extra_args=["--disable-api-nodes"], start_timeout=self.start_timeout,
+                                    require_pack=False)  # import_problem() says why, with the log
+        self.port, self.url, self.log_path = self.process.port, self.process.url, self.process.log_path
+        self.start_seconds = self.process.start_seconds
         return self
 
     def __exit__(self, *exc):
         self.stop()
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if getattr(self, "_log", None):
-            self._log.close()
-            self._log = None
+        if self.process is not None:
+            self.process.stop()
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
+        return self.process.log_tail(n) if self.process is not None else ""
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:

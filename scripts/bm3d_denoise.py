@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from .finite import check_finite
+
 PROFILES = ("np", "high", "vn", "lc")  # 'refilter' is broken in bm3d 4.0.x and is refused
 #: the bm3d package refuses images smaller than its blocks ("Image cannot be smaller than block
 #: size!"); profile vn uses 11 px Wiener blocks, the others 8 px -- smaller images take the fallback
@@ -256,4 +258,5 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
                       f"(up to {PACKAGE_MIN_SIDE - 1} px)")
         elif method == "fallback":
             detail = "fallback requested"
+    check_finite(out, "Film Grain Denoise", path)
     return DenoiseResult(out, path, detail)

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from .finite import check_finite
 from .noise import estimate_noise_sigma
 
 METHODS = ("nlm", "bilateral", "wavelet", "tv")
@@ -127,6 +128,7 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
         fn = {"nlm": denoise_nlm, "bilateral": denoise_bilateral, "wavelet": denoise_wavelet,
               "tv": denoise_tv}[method]
         out = fn(x, sigma, strength)
+        check_finite(out, "Classical Denoise", f"{method} denoising")
     if x.min() >= 0 and x.max() <= 1:
         out = np.clip(out, 0.0, 1.0)
     if np.ndim(image) == 2:

@@ -49,19 +49,24 @@ def estimate_noise_sigma(image: np.ndarray, method: str = "skimage") -> float:
 
 
 def _skimage_sigma(channel: np.ndarray) -> float:
-    """skimage ``estimate_sigma`` of one 2-D channel, 0 for a channel without fine detail.
+    """skimage's ``estimate_sigma`` of one 2-D channel (Donoho & Johnstone, Biometrika 81, 1994,
+    sec. 4.2), 0 for a channel without fine detail.
 
-    skimage leaves out wavelet coefficients that are exactly 0 and takes the median of the rest; a
-    flat (e.g. all-black) or piecewise-constant channel has none left and skimage returns NaN (the
-    median of an empty set).  There is no noise to measure there, so σ = 0.  skimage's averaged
-    multi-channel call equals the mean of these per-channel values.
+    σ = median(|d|) / Φ⁻¹(0.75) over the nonzero diagonal detail coefficients ``d`` of a one-level
+    db2 wavelet transform (skimage leaves out coefficients that are exactly 0).  A flat (e.g.
+    all-black) or piecewise-constant channel has none left -- skimage then takes the median of an
+    empty set and returns NaN; there is no noise to measure, so σ = 0 by construction here.
+    skimage's averaged multi-channel call equals the mean of these per-channel values
+    (``tests/test_fuzz_regressions.py`` compares the two).
     """
-    import warnings
+    import pywt
 
-    from skimage.restoration import estimate_sigma
+    d = pywt.dwtn(np.asarray(channel, dtype=np.float64), wavelet="db2")["dd"]
+    d = np.abs(d[d != 0])
+    if d.size == 0:
+        return 0.0
+    return float(np.median(d) / _PHI_INV_075)
 
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore")  # "Mean of empty slice" for such a channel; skimage's
-        # "image is size N on the last axis" guess does not apply to a single 2-D channel
-        s = float(estimate_sigma(channel))
-    return s if np.isfinite(s) else 0.0
+
+#: Φ⁻¹(0.75), the 75th percentile of the standard normal (scipy.stats.norm.ppf(0.75))
+_PHI_INV_075 = 0.6744897501960817

@@ -172,6 +172,7 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
     (robust MAD, :func:`.noise.mad_sigma`, on the channel that is sharpened).
     Returns ``(out, SharpenReport)``; ``out`` has the input's shape, not clipped.
     """
+    from .finite import check_finite
     from .noise import mad_sigma
 
     x = np.asarray(image, dtype=np.float64)
@@ -227,6 +228,7 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
         out = x + (outs[0] - chans[0])[:, :, None]
     else:
         out = np.stack(outs, axis=-1)
+    check_finite(out, "Smart Sharpen", f"{used_space} sharpening")
     if float(np.max(np.abs(out - x), initial=0.0)) < 1e-6:
         notes.append(f"radius {radius:g} px blurs less than a pixel: nothing to sharpen, output unchanged"
                      if radius < 0.3 else "no detail above the noise threshold: output unchanged")

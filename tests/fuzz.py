@@ -1062,6 +1062,7 @@ def run_case(case: Case, classes, registry: ModelRegistry, strict: bool = False)
 class Summary:
     outcomes: List[Outcome]
     seconds: float
+    requested: Optional[int] = None  # cases asked for, when a time budget stopped the run earlier
 
     def count(self, kind: str) -> int:
         return sum(1 for o in self.outcomes if any(f.kind == kind for f in o.failures))
@@ -1085,7 +1086,8 @@ class Summary:
     def report(self, show: int = 200) -> str:
         st = Counter(o.status for o in self.outcomes)
         known = Counter(k for o in self.outcomes for _, k in o.known)
-        lines = [f"cases {len(self.outcomes)}  ok {st['ok']}  refused {st['refused']}  known {st['known']}  "
+        budget = f" (of {self.requested}: time budget reached)" if self.requested else ""
+        lines = [f"cases {len(self.outcomes)}{budget}  ok {st['ok']}  refused {st['refused']}  known {st['known']}  "
                  f"skipped {st['skipped']}  |  crashes {self.crashes}  contract violations {self.violations}  "
                  f"hidden NaNs {self.hidden_nans}  |  {self.seconds:.0f} s"]
         per_node = defaultdict(Counter)
@@ -1118,9 +1120,10 @@ class Summary:
 
 def run(n_cases: int, seed: int = 0, profile: str = "long", nodes: Optional[List[str]] = None,
         strict: bool = False, progress: Optional[Callable[[int, Outcome], None]] = None,
-        case_seeds: Optional[List[int]] = None) -> Summary:
+        case_seeds: Optional[List[int]] = None, minutes: Optional[float] = None) -> Summary:
     """Run ``n_cases`` cases round-robin over ``nodes`` (default: every node); case ``i`` has the
-    seed ``seed * 1_000_000 + i`` so any case can be rerun alone."""
+    seed ``seed * 1_000_000 + i`` so any case can be rerun alone.  ``minutes``: stop starting new
+    cases after this wall time (the summary says how many of the requested cases ran)."""
     prof = PROFILES[profile]
     classes = node_classes()
     names = sorted(nodes or classes)
@@ -1132,6 +1135,8 @@ def run(n_cases: int, seed: int = 0, profile: str = "long", nodes: Optional[List
     t0 = time.perf_counter()
     seeds = case_seeds if case_seeds is not None else [seed * 1_000_000 + i for i in range(n_cases)]
     for i, cs in enumerate(seeds):
+        if minutes is not None and time.perf_counter() - t0 > 60.0 * minutes:
+            return Summary(outcomes, time.perf_counter() - t0, requested=len(seeds))
         node = names[i % len(names)]
         case = make_case(node, cs, prof, classes)
         o = run_case(case, classes, registry, strict)
@@ -1154,6 +1159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--show", type=int, default=200, help="failures to print")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--minutes", type=float, help="time budget: start no case after this many minutes")
     a = ap.parse_args(argv)
     import torch
 
@@ -1176,7 +1182,8 @@ def main(argv=None) -> int:
             print(f"[{i + 1}] ...", flush=True)
 
     with environment():
-        summary = run(len(seeds), a.seed, a.profile, a.node, a.strict, progress, case_seeds=seeds)
+        summary = run(len(seeds), a.seed, a.profile, a.node, a.strict, progress, case_seeds=seeds,
+                      minutes=a.minutes)
     print(summary.report(a.show))
     return 1 if summary.failed else 0
 

@@ -169,3 +169,63 @@ def test_damage_analysis_takes_arrays_in_as_restore_does():
     over = torch.rand(1, 28, 24, 3) * 1.2 - 0.1  # slightly out of range: clipped, as restore() does
     out = _node("RestoreKitDamageAnalysis")(image=over, estimator="forest")
     assert not mentions_nonfinite(out["result"][2])
+
+
+# --- no silent masking: a NaN made inside is an error naming the node and the step ----------------------
+@pytest.mark.filterwarnings("ignore:image is size")  # skimage's colour guess for a 4-px-wide plane
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (9, 4), (120, 31)])
+def test_noise_sigma_equals_skimage_where_skimage_is_defined(shape):
+    from skimage.restoration import estimate_sigma
+
+    rng = np.random.default_rng(sum(shape))
+    for img in (0.5 + 0.07 * rng.standard_normal(shape),              # pure noise
+                np.round(rng.random(shape) * 4) / 4,                  # piecewise constant, some zeros
+                np.add.outer(np.arange(shape[0]), np.arange(shape[1])) / 200.0):  # a ramp
+        ref = float(estimate_sigma(img))
+        if np.isfinite(ref):
+            assert abs(noise._skimage_sigma(img) - ref) <= 1e-12 * max(1.0, ref)
+
+
+def _nan_like(x, *a, **k):
+    return np.full(np.shape(x), np.nan)
+
+
+def test_sharpen_internal_nan_is_an_error(monkeypatch):
+    from restorekit.scripts.finite import NonFiniteError
+
+    monkeypatch.setattr(sh, "_gauss", _nan_like)
+    with pytest.raises(NonFiniteError, match="Smart Sharpen: the oklab sharpening step produced"):
+        sh.sharpen(_astronaut_64x96(), amount=1.0, radius=1.0, noise_sigma=0.0)
+
+
+def test_classical_denoise_internal_nan_is_an_error(monkeypatch):
+    from restorekit.scripts.finite import NonFiniteError
+
+    monkeypatch.setattr(dn, "denoise_tv", _nan_like)
+    with pytest.raises(NonFiniteError, match="Classical Denoise: the tv denoising step"):
+        dn.denoise(_astronaut_64x96(), "tv", sigma=0.05)
+
+
+def test_film_grain_internal_nan_is_an_error(monkeypatch):
+    from restorekit.scripts.finite import NonFiniteError
+
+    monkeypatch.setattr(bd, "fallback_denoise", _nan_like)
+    with pytest.raises(NonFiniteError, match="Film Grain Denoise: the fallback"):
+        bd.denoise(_astronaut_64x96(), sigma=0.05, method="fallback")
+
+
+def test_lbclahe_features_refuse_nan_and_check_their_own_result(monkeypatch):
+    import types
+
+    from restorekit.scripts import lbclahe
+    from restorekit.scripts.finite import NonFiniteError
+
+    plane = _astronaut_64x96()[:, :, 0]
+    assert np.isfinite(lbclahe.features(plane)).all()
+    bad = plane.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):  # was replaced by 0 before
+        lbclahe.features(bad)
+    monkeypatch.setattr(lbclahe, "math", types.SimpleNamespace(log2=lambda v: float("nan")))
+    with pytest.raises(NonFiniteError, match="Learning-Based CLAHE: the feature extraction step"):
+        lbclahe.features(plane)

@@ -1120,10 +1120,11 @@ class Summary:
 
 def run(n_cases: int, seed: int = 0, profile: str = "long", nodes: Optional[List[str]] = None,
         strict: bool = False, progress: Optional[Callable[[int, Outcome], None]] = None,
-        case_seeds: Optional[List[int]] = None, minutes: Optional[float] = None) -> Summary:
+        case_seeds: Optional[List[int]] = None, minutes: Optional[float] = None, start: int = 0) -> Summary:
     """Run ``n_cases`` cases round-robin over ``nodes`` (default: every node); case ``i`` has the
     seed ``seed * 1_000_000 + i`` so any case can be rerun alone.  ``minutes``: stop starting new
-    cases after this wall time (the summary says how many of the requested cases ran)."""
+    cases after this wall time (the summary says how many of the requested cases ran).  ``start``:
+    index of the first case, so a chunk pairs each seed with the node the whole run gives it."""
     prof = PROFILES[profile]
     classes = node_classes()
     names = sorted(nodes or classes)
@@ -1137,7 +1138,7 @@ def run(n_cases: int, seed: int = 0, profile: str = "long", nodes: Optional[List
     for i, cs in enumerate(seeds):
         if minutes is not None and time.perf_counter() - t0 > 60.0 * minutes:
             return Summary(outcomes, time.perf_counter() - t0, requested=len(seeds))
-        node = names[i % len(names)]
+        node = names[(start + i) % len(names)]
         case = make_case(node, cs, prof, classes)
         o = run_case(case, classes, registry, strict)
         case.kwargs = {}  # the report needs the description only; keep memory flat over long runs
@@ -1183,7 +1184,7 @@ def main(argv=None) -> int:
 
     with environment():
         summary = run(len(seeds), a.seed, a.profile, a.node, a.strict, progress, case_seeds=seeds,
-                      minutes=a.minutes)
+                      minutes=a.minutes, start=0 if a.case_seed else a.start)
     print(summary.report(a.show))
     return 1 if summary.failed else 0
 

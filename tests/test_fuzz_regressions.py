@@ -229,3 +229,16 @@ def test_lbclahe_features_refuse_nan_and_check_their_own_result(monkeypatch):
     monkeypatch.setattr(lbclahe, "math", types.SimpleNamespace(log2=lambda v: float("nan")))
     with pytest.raises(NonFiniteError, match="Learning-Based CLAHE: the feature extraction step"):
         lbclahe.features(plane)
+
+
+def test_low_light_fallback_gamma_of_negative_input_is_not_nan():
+    # found by the long fuzz profile: SFHformer low-light's classical fallback (gamma 0.6 + CLAHE) on
+    # model-node input, which is taken as is, computed (-x)**0.6 = NaN and refused its own result
+    from restorekit.scripts.inference import chain
+
+    img = np.clip(_astronaut_64x96(), 0, 1).astype(np.float32) * 1.4 - 0.2  # below 0 and above 1
+    with np.errstate(invalid="raise"):
+        out = chain._clahe(img, {}, gamma=0.6)
+    assert np.isfinite(out).all() and out.shape == img.shape
+    ref = chain._clahe(np.where(img < 0, 0.0, img).astype(np.float32), {}, gamma=0.6)
+    np.testing.assert_array_equal(out, ref)  # negatives count as black

@@ -52,7 +52,7 @@ TILE, MAX_TILES_PER_SIDE = 256, 4
 _EPS = 1e-12
 
 
-def _as_rgb(image) -> np.ndarray:
+def _as_rgb(image, checked: bool = False) -> np.ndarray:
     a = np.asarray(image, dtype=np.float32)
     if a.ndim == 2:
         a = a[..., None]
@@ -60,7 +60,7 @@ def _as_rgb(image) -> np.ndarray:
         raise ValueError(f"damage analysis expects an [H, W, C] image with 1, 3 or 4 channels, got shape {a.shape}")
     if min(a.shape[:2]) < 16:
         raise ValueError(f"damage analysis needs an image of at least 16×16 px, got {a.shape[1]}×{a.shape[0]}")
-    if not np.isfinite(a.sum(dtype=np.float64)):
+    if not checked and not np.isfinite(a.sum(dtype=np.float64)):
         raise ValueError("damage analysis: the image contains NaN or infinite values")
     a = a[..., :3]
     if a.shape[-1] == 1:
@@ -139,8 +139,16 @@ def analyze(image) -> Dict[str, float]:
     Also includes ``alpha_mid``, ``alpha_high`` (spectral slopes) and ``seconds`` as extra keys;
     :func:`feature_vector` picks the 14 model inputs in order.
     """
+    return analyze_with_spectrum(image)[0]
+
+
+def analyze_with_spectrum(image, checked: bool = False) -> Tuple[Dict[str, float], np.ndarray]:
+    """:func:`analyze` and the Welch power spectrum it was computed from (``[T, T//2 + 1]``, rfft
+    half plane of ``T × T`` tiles, DC at ``[0, 0]``), so other measurements (the motion-blur
+    anisotropy of :mod:`.defects`) need not compute it again.  ``checked``: the caller has already
+    verified that every value is finite (the whole-image pass is skipped)."""
     t0 = time.perf_counter()
-    rgb = _as_rgb(image)
+    rgb = _as_rgb(image, checked)
     # colour statistics on a strided subsample of ~65k px (means are insensitive to it)
     stride = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 65536)))
     sub = rgb[::stride, ::stride].reshape(-1, 3).astype(np.float64)
@@ -180,7 +188,7 @@ def analyze(image) -> Dict[str, float]:
     out["alpha_mid"] = a_mid
     out["alpha_high"] = a_high
     out["seconds"] = time.perf_counter() - t0
-    return out
+    return out, p
 
 
 def feature_vector(features: Dict[str, float]) -> np.ndarray:

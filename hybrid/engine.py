@@ -1,30 +1,32 @@
-"""Decision engine: analyse an image, judge its severity, send it to the cheapest adequate method.
+"""Decision engine: measure the image's defects, then restore it with the cheapest adequate method.
 
-Severity comes from the quality estimate ``q`` (dB), an estimate of the image's PSNR against its
-undamaged original.  Two estimators (``Thresholds.estimator``):
+Every image is first measured (:func:`.defects.measure`: the 14 FFT features plus noise, blur,
+motion, tone, colour cast, illumination and JPEG blockiness, with units), and a restoration plan is
+built from those measurements by fixed rules (:mod:`.plan`).  Strategies:
 
-* ``unet`` (default): the PSNR of the input against the U-Net's restoration of it.  If the U-Net
-  restores well, its output stands in for the unknown original, so this *is* an estimate of the
-  input's PSNR; when the image is routed to the U-Net its output is reused, so the estimate costs
-  one U-Net run (``benchmarks/bench_hybrid.py`` measures its cost per megapixel) only for images
-  that end up elsewhere.
-* ``forest``: the random-forest predictor's estimate from the 14 analysis features
-  (:mod:`.predictor`), far cheaper; without a predictor a documented fallback formula on the two
-  detections (:func:`fallback_quality_db`).
+* ``classical``: the plan — inpaint / denoise / deblur / tone / colour / sharpen over the pack's own
+  tools, each stage only when its defect is measured above its threshold; an image in which nothing
+  passes comes back unchanged (bit-identical), with the reason.
+* ``ml_guided``: the random forest picks unsharp-mask / colour-stretch parameters from the 14
+  features (:mod:`.predictor`; the forest-guided plan is the next step of issue #15).
+* ``deep_learning``: the shipped U-Net.
+* ``auto``: severity from the quality estimate ``q`` (dB, an estimate of the image's PSNR against its
+  undamaged original) and the thresholds (:class:`Thresholds`): ``light`` and ``moderate`` → the plan
+  (``classical``), ``severe`` (``q < severe_max_db``) → the U-Net.
 
-With the configurable thresholds (:class:`Thresholds`):
+The quality estimate (``Thresholds.estimator``):
 
-* ``q ≥ light_min_db``                    → ``light``    → ``classical`` (rule-based colour + unsharp mask)
-* ``severe_max_db ≤ q < light_min_db``   → ``moderate`` → ``ml_guided`` (predicted grid parameters)
-* ``q < severe_max_db``                   → ``severe``   → ``deep_learning`` (the U-Net)
-
-Strategies: ``auto`` (the routing above) or one method forced for every image.
+* ``forest`` (default): the random-forest predictor's estimate from the 14 analysis features
+  (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
+  detections (:func:`fallback_quality_db`).  No network runs just to decide.
+* ``unet``: the PSNR of the input against the U-Net's restoration of it (the restoration stands in
+  for the unknown original); it costs one U-Net run, reused when the image is routed to the U-Net.
 
 ``HybridRestorer.restore(image_or_path, strategy)`` returns ``(image, RestoreReport)``.  Arrays may be uint8
 (0..255), uint16 (0..65535) or float (0..1), ``[H, W]`` or ``[H, W, C]`` with C = 1, 3 or 4; the
-result has the input's dtype, scale and channel count (grey is replicated for the analysis and
-averaged back; alpha is kept and reattached).  File I/O lives in :mod:`scripts.image_io`, folder
-batching in :mod:`.tools.batch`.
+result has the input's dtype, scale and channel count (grey is processed as one channel by the plan;
+alpha is kept and reattached).  File I/O lives in :mod:`scripts.image_io`, folder batching in
+:mod:`.tools.batch`.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import analysis, classical
+from . import analysis, classical, defects, plan as _plan
 from ..scripts import image_io
 from ..scripts.finite import check_finite
 
@@ -43,14 +45,17 @@ STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 ESTIMATORS = ("unet", "forest")
 #: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
 MAX_QUALITY_DB = 60.0
-METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "ml_guided", "severe": "deep_learning"}
+METHOD_FOR_SEVERITY = {"light": "classical", "moderate": "classical", "severe": "deep_learning"}
 
 
-#: thresholds ``(light_min_db, severe_max_db)`` calibrated for each estimator by
-#: :func:`.train.calibrate_thresholds` (``restorekit calibrate``) with the shipped models
-CALIBRATED = {"unet": (45.0, 26.25), "forest": (37.25, 20.75)}
-#: the estimator with the higher validation PSNR of ``auto`` in that calibration
-DEFAULT_ESTIMATOR = "unet"
+#: thresholds ``(light_min_db, severe_max_db)`` per estimator.  ``forest``: severe_max_db chosen on the
+#: validation split for the plan (``classical``) vs U-Net routing (see :class:`Thresholds`);
+#: light_min_db only labels the report (light and moderate both go to the plan).  ``unet``: the values
+#: of the earlier calibration (:func:`.train.calibrate_thresholds`, ``restorekit calibrate``), kept for
+#: users who choose that estimator
+CALIBRATED = {"unet": (45.0, 26.25), "forest": (37.25, 16.5)}
+#: the estimator ``auto`` uses by default: the forest's estimate costs ~1 ms and no network run
+DEFAULT_ESTIMATOR = "forest"
 
 
 @dataclass
@@ -58,13 +63,12 @@ class Thresholds:
     """Severity thresholds on the quality estimate, dB (``severe_max_db ≤ light_min_db``), and
     the ``estimator`` they apply to (``unet`` or ``forest``, see the module docstring).
 
-    Defaults: :data:`CALIBRATED` for :data:`DEFAULT_ESTIMATOR`, chosen on the validation split by
-    :func:`.train.calibrate_thresholds` (``restorekit calibrate``): the estimator and threshold pair
-    that maximise the mean restored PSNR of ``auto`` there (27.29 dB on 60 validation pairs with the
-    U-Net estimate, 27.11 dB with the forest's, against 25.47 dB for the U-Net alone and 24.65 dB for
-    ML-guided alone).  With the U-Net estimate almost no image reaches 45 dB, so ``auto`` sends an
-    image to the U-Net when the PSNR between the image and the U-Net's output is below 26.25 dB,
-    and otherwise to ML-guided (which leaves it unchanged unless a setting is predicted to help).
+    Defaults: :data:`CALIBRATED` for :data:`DEFAULT_ESTIMATOR`.  ``severe_max_db = 16.5`` dB (forest
+    estimate) was chosen on 40 validation sources of the source registry (one pair per level and
+    recipe v1/v2 each, plus the clean images; 256 px): the threshold with the highest mean PSNR of
+    ``auto`` (the U-Net below it, the plan above) among those that keep every light image within 1 dB of
+    its input (21.95 dB; 16.0 → 21.76, 18.0 → 22.19 but a light
+    image 5.3 dB worse).  The plan alone gave 21.48 dB there, the U-Net alone 21.27 dB.
     """
 
     light_min_db: float = CALIBRATED[DEFAULT_ESTIMATOR][0]
@@ -128,7 +132,8 @@ class _Mapping:
 @dataclass
 class Analysis(_Mapping):
     """Damage analysis of one image: the 14 features, the quality estimate (dB, see the module
-    docstring) and where it came from, the forest's estimate, the severity and the thresholds."""
+    docstring) and where it came from, the forest's estimate, the severity and the thresholds; the
+    defect measurements (:meth:`.defects.DefectReport.to_dict`) and their one-line summary."""
 
     features: Dict[str, float]
     spectral_slopes: Dict[str, float]
@@ -138,15 +143,19 @@ class Analysis(_Mapping):
     severity: str
     thresholds: Dict[str, object]
     analysis_seconds: float
+    defects: Dict[str, object] = None
+    defect_summary: str = ""
 
     def info_fields(self) -> dict:
         return {"severity": self.severity, "quality estimate (dB)": f"{self.quality_db:.2f}",
-                "estimated by": self.quality_source}
+                "estimated by": self.quality_source, "defects": self.defect_summary or None}
 
 
 @dataclass
 class RestoreReport(_Mapping):
-    """What :meth:`HybridRestorer.restore` did with one image."""
+    """What :meth:`HybridRestorer.restore` did with one image: the method and its parameters (for the
+    plan: its steps with parameters and why, the stages skipped and why, the execution report),
+    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was."""
 
     method: str
     severity: str
@@ -155,11 +164,16 @@ class RestoreReport(_Mapping):
     parameters: Dict[str, object]
     notes: List[str]
     seconds: float
+    unchanged: bool = False
+    reason: str = ""
+    stages: List[str] = None
 
     def info_fields(self) -> dict:
-        params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model")}
+        params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model", "execution")}
         out = {"method": self.method, "severity": self.severity,
                "quality estimate (dB)": f"{self.analysis.quality_db:.2f} ({self.analysis.quality_source})",
+               "stages": " -> ".join(self.stages or []) or f"none: unchanged ({self.reason})",
+               "defects": self.analysis.defect_summary or None,
                "parameters": params or None}
         runner = self.parameters.get("runner")
         if runner is not None:
@@ -187,17 +201,26 @@ def shared_restorer(thresholds: Optional["Thresholds"] = None, device: str = "au
 
 
 class HybridRestorer:
-    """Analysis → severity → classical / ML-guided classical / U-Net.
+    """Defect measurement → severity → the plan (classical) / ML-guided / U-Net.
 
     ``predictor`` and ``unet`` default to the shipped models (loaded lazily, on first use);
     pass objects to override (``predictor``: :class:`.predictor.Predictor`; ``unet``: a
     ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net; ``progress``
-    shows a per-tile progress bar while the U-Net runs (useful on large images).
+    shows a per-tile progress bar while the U-Net runs (useful on large images).  ``rules``: the
+    plan's thresholds (:class:`.plan.Rules`); ``denoiser``: the plan's denoiser
+    (:data:`.plan.DENOISERS`); ``detect_damage``: find the damage mask to inpaint with
+    ``hybrid.damage_mask`` when that detector is installed.
     """
 
     def __init__(self, thresholds: Optional[Thresholds] = None, predictor=None, unet=None,
-                 device: str = "auto", tile: int = 0, use_shipped: bool = True, progress: bool = False):
+                 device: str = "auto", tile: int = 0, use_shipped: bool = True, progress: bool = False,
+                 rules: Optional["_plan.Rules"] = None, denoiser: str = "auto", detect_damage: bool = True):
         self.thresholds = thresholds or Thresholds()
+        self.rules = rules or _plan.RULES
+        if denoiser not in _plan.DENOISERS:
+            raise ValueError(f"unknown denoiser '{denoiser}' (expected one of {', '.join(_plan.DENOISERS)})")
+        self.denoiser = denoiser
+        self.detect_damage = bool(detect_damage)
         self._predictor = predictor
         self._unet = unet
         self.device = device
@@ -229,18 +252,17 @@ class HybridRestorer:
 
     # --- steps ------------------------------------------------------------------------------
     def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Analysis:
-        """Features, quality estimate and severity of an RGB 0..1 image.
+        """Features, defect measurements, quality estimate and severity of an image (``[H, W, C]``,
+        C = 1 or 3, 0..1).  ``estimator``: ``unet`` / ``forest``; default the thresholds' own.  Arrays
+        are taken in as :meth:`restore` takes them (:func:`scripts.image_io.to_float01`: uint8/uint16
+        scaled, float clipped to 0..1, a float maximum above 2 refused as mis-scaled data)."""
+        arr, _kind, _notes = image_io.to_float01(rgb, "analyse")
+        img = defects.as_image(arr)
+        return self._analyse(img, defects.measure(img), estimator)[0]
 
-        ``estimator``: ``unet`` / ``forest``; default the thresholds' own.  Arrays are taken in as
-        :meth:`restore` takes them (:func:`scripts.image_io.to_float01`: uint8/uint16 scaled, float
-        clipped to 0..1, a float maximum above 2 refused as mis-scaled data).
-        """
-        rgb, _kind, _notes = image_io.to_float01(rgb, "analyse")
-        return self._analyse(rgb, estimator)[0]
-
-    def _analyse(self, rgb: np.ndarray, estimator: Optional[str] = None):
+    def _analyse(self, img: np.ndarray, report: "defects.DefectReport", estimator: Optional[str] = None):
         """``(Analysis, (U-Net output, its parameters) or None)``; the output is kept for reuse."""
-        feats = analysis.analyze(rgb)
+        feats = report.features
         pred = self.predictor
         if pred is not None:
             q_forest = float(pred.quality_db(feats))
@@ -251,8 +273,8 @@ class HybridRestorer:
         estimator = estimator or self.thresholds.estimator
         deep = None
         if estimator == "unet":
-            deep = self._deep(rgb)
-            q = residual_quality_db(rgb, deep[0])
+            deep = self._deep(img)
+            q = residual_quality_db(img, deep[0])
             q_source = "U-Net residual (PSNR of the input against its U-Net restoration)"
         else:
             q, q_source = q_forest, forest_source
@@ -261,9 +283,22 @@ class HybridRestorer:
                         spectral_slopes={"alpha_mid": feats["alpha_mid"], "alpha_high": feats["alpha_high"]},
                         quality_db=float(q), quality_source=q_source, forest_quality_db=q_forest,
                         severity=severity, thresholds=asdict(self.thresholds),
-                        analysis_seconds=feats["seconds"]), deep
+                        analysis_seconds=report.seconds["total"], defects=report.to_dict(),
+                        defect_summary=report.summary()), deep
+
+    def _plan(self, img: np.ndarray, report: "defects.DefectReport", mask=None, progress=None):
+        """The ``classical`` strategy: measurements → rules → plan → execution."""
+        source = "given mask" if mask is not None else ""
+        detected = mask is None and self.detect_damage
+        if detected:
+            mask, source = _plan.detect_mask(img)
+        p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source, mask_detected=detected)
+        out, ex = _plan.execute(img, p, progress)
+        return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(),
+                     "why": "rules on the measured defects (hybrid/plan.py)"}
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
+        """The seed's rule-based colour stretch + unsharp mask (kept as the ml_guided fallback)."""
         p = classical.rule_parameters(feats)
         return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
 
@@ -277,16 +312,22 @@ class HybridRestorer:
         p["why"] = ("random forest: no grid combination is predicted to gain, image left unchanged"
                     if p.get("no_change") else
                     "random forest: grid combination with the highest predicted PSNR gain")
+        if p.get("no_change"):
+            return np.array(rgb, copy=True), p
         return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
 
-    def _deep(self, rgb) -> Tuple[np.ndarray, Dict[str, object]]:
+    def _deep(self, img) -> Tuple[np.ndarray, Dict[str, object]]:
         from .unet import run
 
+        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
         out, report = run(self.unet, rgb, device=self.device, tile=self.tile, progress=self.progress)
+        if img.shape[-1] == 1:
+            out = out.mean(axis=-1, keepdims=True)
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
     # --- API ----------------------------------------------------------------------------------
-    def restore(self, image_or_path, strategy: str = "auto") -> Tuple[np.ndarray, RestoreReport]:
+    def restore(self, image_or_path, strategy: str = "auto", mask: Optional[np.ndarray] = None,
+                progress=None) -> Tuple[np.ndarray, RestoreReport]:
         """Restore one image: an array ``[H,W]`` / ``[H,W,C]`` (C = 1, 3 or 4) or a file path.
 
         Arrays: ``uint8`` is read as 0..255, ``uint16`` as 0..65535, float as 0..1 (values outside
@@ -294,10 +335,14 @@ class HybridRestorer:
         mis-scaled data).  The result has the input's dtype, scale and channel count.  A path is
         read with :func:`scripts.image_io.read_image` (orientation applied) and gives float32 0..1.
 
-        Returns ``(image, RestoreReport)``: ``method``, ``severity``, ``strategy``, ``analysis`` (all
-        features, the quality estimate, thresholds), ``parameters`` of the method that ran, ``notes``
-        and ``seconds``.  A NaN or infinite result is an error (:class:`scripts.finite.NonFiniteError`),
-        never hidden.
+        Returns ``(image, RestoreReport)``: ``method``, ``severity``, ``strategy``, ``analysis``
+        (features, defect measurements, the quality estimate, thresholds), ``parameters`` of the
+        method that ran (for the plan: the steps with their parameters and why, the stages skipped
+        and why), ``unchanged`` and ``reason`` (why an image came back as it was: then it is
+        bit-identical), ``stages``, ``notes`` and ``seconds``.  ``mask``: bool ``[H, W]`` of damaged
+        pixels for the plan to inpaint (default: the damage-mask detector when present).
+        ``progress(done, total, stage)`` is called between the plan's stages (it may raise to abort).
+        A NaN or infinite result is an error (:class:`scripts.finite.NonFiniteError`), never hidden.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}' (expected one of {', '.join(STRATEGIES)})")
@@ -313,27 +358,39 @@ class HybridRestorer:
             raise ValueError(f"restore expects an [H, W, C] image with 1, 3 or 4 channels, got {arr.shape}")
         channels = arr.shape[-1]
         alpha = arr[..., 3] if channels == 4 else None
-        rgb = np.repeat(arr, 3, axis=-1) if channels == 1 else arr[..., :3]
+        img = defects.as_image(arr[..., :3] if channels == 4 else arr)
+        report = defects.measure(img)
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
-        info_an, deep = self._analyse(rgb, estimator)
+        info_an, deep = self._analyse(img, report, estimator)
         severity = info_an.severity
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
         feats = info_an.features
+        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
         if method == "classical":
-            out, params = self._classical(rgb, feats)
+            out, params = self._plan(img, report, mask, progress)
+            unchanged = params["execution"]["unchanged"]
+            reason = params["execution"]["reason"]
+            stages = [f"{st['stage']}" for st in params["execution"]["stages"]]
         elif method == "ml_guided":
             out, params = self._ml_guided(rgb, feats)
+            if img.shape[-1] == 1:
+                out = out.mean(axis=-1, keepdims=True) if not params.get("no_change") else np.array(img, copy=True)
+            unchanged = bool(params.get("no_change"))
+            reason = params["why"] if unchanged else ""
+            stages = [] if unchanged else ["colour stretch" if params["colour_correction"] else "", "unsharp mask"]
+            stages = [x for x in stages if x]
         else:
-            out, params = deep if deep is not None else self._deep(rgb)
+            out, params = deep if deep is not None else self._deep(img)
+            unchanged, reason, stages = False, "", ["U-Net"]
+        out = np.asarray(out, np.float32)
         check_finite(out, "Hybrid restore", method)
-        out = np.clip(out, 0, 1).astype(np.float32)
-        if channels == 1:
-            out = out.mean(axis=-1, keepdims=True)
-        elif channels == 4:
+        if not unchanged:
+            out = np.clip(out, 0.0, 1.0)
+        if channels == 4:
             out = np.concatenate([out, alpha[..., None].astype(np.float32)], axis=-1)
         if squeeze:
             out = out[..., 0]
         report = RestoreReport(method, severity, strategy, info_an, params, list(self.notes) + intake_notes,
-                               time.perf_counter() - t0)
+                               time.perf_counter() - t0, bool(unchanged), reason, stages)
         return image_io.from_float01(out, kind), report

@@ -12,15 +12,17 @@ CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 LIGHT_DB = Thresholds().light_min_db
 SEVERE_DB = Thresholds().severe_max_db
 ESTIMATOR_HELP = (
-    "What the thresholds compare. unet: PSNR of the image against the U-Net's restoration of it (the "
+    "What the thresholds compare. forest (default): the random forest's estimate of the image's PSNR from the "
+    "14 damage features (about 1 ms). unet: PSNR of the image against the U-Net's restoration of it (the "
     "restoration stands in for the unknown original; costs one U-Net run, reused when the image goes to the "
-    "U-Net). forest: the random forest's estimate from the 14 damage features (about 1 ms). Calibrated "
-    "thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB" for k, v in CALIBRATED.items())
-    + ".")
+    "U-Net). Calibrated thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB"
+                                                  for k, v in CALIBRATED.items()) + ".")
 STRATEGY_HELP = (
-    "auto: analyse the damage and route light -> classical, moderate -> ML-guided classical, severe -> U-Net. "
-    "classical: colour correction + unsharp mask chosen by rules. ml_guided: parameters predicted by the "
-    "random forest, or no change when no setting is predicted to help. deep_learning: the shipped U-Net."
+    "auto: measure the defects; light and moderate damage -> the classical plan, severe -> the U-Net. "
+    "classical: the plan over the pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen), each stage "
+    "only when its defect is measured; an image with none comes back unchanged and the info says why. "
+    "ml_guided: unsharp/colour-stretch parameters predicted by the random forest, or no change when no setting "
+    "is predicted to help. deep_learning: the shipped U-Net."
 )
 
 
@@ -34,8 +36,9 @@ class RestoreKitHybridRestore(ImageNode):
     """Analyse each image's damage and restore it with the cheapest adequate method."""
 
     DISPLAY_NAME = "Hybrid Restore (damage-routed)"
-    DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: FFT damage analysis, then classical colour "
-                   "correction + sharpening, random-forest-guided parameters or a U-Net, by severity.")
+    DESCRIPTION = ("Hybrid restorer for damaged photos and artwork: measures each defect (noise, blur, motion, "
+                   "tone, colour cast, illumination, JPEG, 14 FFT features), then runs a plan over the pack's own "
+                   "tools (inpaint, denoise, deblur, tone, colour, sharpen) or, for severe damage, the U-Net.")
     CATEGORY = CATEGORY
     FUNCTION = "restore"
 
@@ -48,12 +51,13 @@ class RestoreKitHybridRestore(ImageNode):
                 "light_min_db": float_input(
                     LIGHT_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality (PSNR against the undamaged original, dB; "
-                    "see estimator) is at least this are 'light' -> classical. Default calibrated on the "
-                    "validation split for the best restored PSNR."),
+                    "see estimator) is at least this are 'light' (light and moderate both go to the classical "
+                    "plan; this only labels the report)."),
                 "severe_max_db": float_input(
                     SEVERE_DB, 5.0, 60.0, 0.25,
                     "auto only: images whose estimated quality is below this (dB) are 'severe' -> U-Net; "
-                    "between the two thresholds -> ML-guided classical. Must not exceed light_min_db."),
+                    "above it -> the classical plan. Default chosen on the validation split. Must not exceed "
+                    "light_min_db."),
                 "device": DEVICE_INPUT,
             },
             # optional, so prompts written before it existed still validate
@@ -66,16 +70,18 @@ class RestoreKitHybridRestore(ImageNode):
         settings = {"strategy": strategy,
                     "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, "
                                   f"{estimator})"}
+        # grey stays one channel: the plan works on it as it is (the U-Net path replicates it internally)
         return self.run_images(image, lambda rgb: restorer.restore(rgb, strategy), settings, stage="restore",
-                               values="as_is", grey="rgb_and_back")
+                               values="as_is", grey="keep")
 
 
 class RestoreKitDamageAnalysis:
     """The 14 FFT damage features of each image, the quality estimate and the severity."""
 
     DISPLAY_NAME = "Damage Analysis (FFT)"
-    DESCRIPTION = ("FFT damage analysis: 7 spectral statistics, 5 radial-profile samples, colour-balance and "
-                   "sharpening need, the estimated quality (dB) and the severity (light/moderate/severe).")
+    DESCRIPTION = ("Damage analysis: the defects with units (noise σ and kind, blur and motion, black/white point, "
+                   "Oklab colour cast, illumination, JPEG blockiness), 14 FFT features, the estimated quality (dB) "
+                   "and the severity (light/moderate/severe).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING", "STRING", "STRING")
     RETURN_NAMES = ("features", "severity", "info")
@@ -98,9 +104,10 @@ class RestoreKitDamageAnalysis:
     def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
         _, report = map_images(image, lambda rgb: (None, restorer.analyse(rgb)), what=self.DISPLAY_NAME,
-                               values="as_is", grey="rgb")
+                               values="as_is", grey="keep")
         results = [{"features": a.features, "quality_db": a.quality_db, "severity": a.severity,
-                    "quality_source": a.quality_source, "forest_quality_db": a.forest_quality_db}
+                    "quality_source": a.quality_source, "forest_quality_db": a.forest_quality_db,
+                    "defects": a.defects, "defect_summary": a.defect_summary}
                    for a in report.items]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(a.severity for a in report.items)

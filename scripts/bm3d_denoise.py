@@ -152,6 +152,59 @@ def _windowed_psd(psd_b: np.ndarray, window: np.ndarray) -> np.ndarray:
 
 def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.ndarray],
                         block: int, step: int, thr: float) -> np.ndarray:
+    """One stage of the sliding-window DFT filter (hard threshold without ``pilot``, empirical Wiener
+    with it) with vectorised overlap-add: every ``block``² block is split into ``(block/step)²`` cells
+    of ``step``² px, which are added to the output grid for all blocks of a chunk of block rows at
+    once.  Same result as :func:`_sliding_dft_filter_loop` (to float rounding), much faster."""
+    if block % step:
+        return _sliding_dft_filter_loop(z, noise_b, pilot, block, step, thr)
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy import fft as sfft
+
+    h, w = z.shape
+    pad = block
+    k = block // step
+    ey = (-(h + 2 * pad - block)) % step  # extra bottom/right padding: whole cells (interior unchanged)
+    ex = (-(w + 2 * pad - block)) % step
+    zp = np.pad(z, ((pad, pad + ey), (pad, pad + ex)), mode="symmetric")
+    pp = None if pilot is None else np.pad(pilot, ((pad, pad + ey), (pad, pad + ex)), mode="symmetric")
+    win1 = np.hanning(block + 2)[1:-1]
+    window = np.outer(win1, win1)
+    nb = _windowed_psd(noise_b, window)
+    hp, wp = zp.shape
+    ny, nx = (hp - block) // step + 1, (wp - block) // step + 1
+    view = sliding_window_view(zp, (block, block))[::step, ::step]
+    pview = None if pp is None else sliding_window_view(pp, (block, block))[::step, ::step]
+    out = np.zeros((ny - 1 + k, nx - 1 + k, step, step))
+    wsum = np.zeros_like(out)
+    w2 = (window * window).reshape(k, step, k, step)
+    for i in range(k):
+        for j in range(k):
+            wsum[i:i + ny, j:j + nx] += w2[i, :, j, :]
+    chunk = max(1, 4_000_000 // (nx * block * block))
+    for y0 in range(0, ny, chunk):
+        y1 = min(ny, y0 + chunk)
+        spec = sfft.fft2(view[y0:y1] * window, axes=(-2, -1), workers=-1)
+        if pview is None:
+            power = spec.real ** 2 + spec.imag ** 2
+            gain = (power > thr * thr * nb).astype(np.float64)  # hard threshold (stage 1)
+            gain[..., 0, 0] = 1.0
+        else:
+            ps = sfft.fft2(pview[y0:y1] * window, axes=(-2, -1), workers=-1)
+            ps = ps.real ** 2 + ps.imag ** 2
+            den = ps + nb  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) keeps gain 1
+            gain = np.divide(ps, den, out=np.ones_like(ps), where=den > 0)
+        rec = sfft.ifft2(spec * gain, axes=(-2, -1), workers=-1).real * window
+        rec = rec.reshape(y1 - y0, nx, k, step, k, step)
+        for i in range(k):
+            for j in range(k):
+                out[y0 + i:y1 + i, j:j + nx] += rec[:, :, i, :, j, :]
+    res = (out / np.maximum(wsum, 1e-12)).transpose(0, 2, 1, 3).reshape(hp, wp)
+    return res[pad:pad + h, pad:pad + w]
+
+
+def _sliding_dft_filter_loop(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.ndarray],
+                        block: int, step: int, thr: float) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
     h, w = z.shape

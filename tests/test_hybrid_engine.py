@@ -36,12 +36,12 @@ def img():
 
 @pytest.mark.parametrize("q, th, severity, method", [
     (35.0, Thresholds(28, 24, "forest"), "light", "classical"),
-    (26.0, Thresholds(28, 24, "forest"), "moderate", "ml_guided"),
+    (26.0, Thresholds(28, 24, "forest"), "moderate", "classical"),
     (15.0, Thresholds(28, 24, "forest"), "severe", "deep_learning"),
-    (35.0, Thresholds(40, 30, "forest"), "moderate", "ml_guided"),
+    (35.0, Thresholds(40, 30, "forest"), "moderate", "classical"),
     (26.0, Thresholds(40, 30, "forest"), "severe", "deep_learning"),
     (28.0, Thresholds(28, 24, "forest"), "light", "classical"),   # boundaries: >= light_min is light
-    (24.0, Thresholds(28, 24, "forest"), "moderate", "ml_guided"),  # < severe_max is severe
+    (24.0, Thresholds(28, 24, "forest"), "moderate", "classical"),  # < severe_max is severe
 ])
 def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity, method):
     r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet)
@@ -63,6 +63,53 @@ def test_forced_strategies_and_their_effect(img, identity_unet):
     assert info.parameters["strength"] == 1.5 and not np.allclose(out, img)
     with pytest.raises(ValueError, match="unknown strategy"):
         r.restore(img, "magic")
+
+
+def test_classical_is_the_plan_and_a_clean_image_comes_back_bit_identical(img, identity_unet):
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
+    for strategy in ("classical", "auto"):
+        out, info = r.restore(img, strategy)
+        assert info["method"] == "classical" and info["unchanged"] and info["stages"] == []
+        assert "no defect above its threshold" in info["reason"] and "denoise" in info["reason"]
+        assert out.dtype == img.dtype and np.array_equal(out, img)
+        assert info["parameters"]["plan"]["unchanged"] and "sigma" in info["analysis"]["defects"]["noise"]
+    u8 = np.round(img * 255).astype(np.uint8)  # uint8 in: scaled, not clipped to white; uint8 out
+    out, info = r.restore(u8, "classical")
+    assert out.dtype == np.uint8 and np.array_equal(out, u8) and info["unchanged"]
+    grey = img.mean(axis=-1)  # [H, W] in -> [H, W] out, the plan working on one channel
+    out, info = r.restore(grey, "classical")
+    assert out.shape == grey.shape and np.array_equal(out, grey) and info["unchanged"]
+    assert info["analysis"]["defects"]["colour"] is None
+
+
+def test_classical_restores_what_it_measures_and_reports_it(identity_unet, rng):
+    from restorekit.scripts.metrics import psnr
+
+    img = damage.load_source("astronaut", 160)
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet,
+                       denoiser="wiener")
+    noisy = np.clip(img + rng.normal(0, 0.04, img.shape).astype(np.float32), 0, 1)
+    out, info = r.restore(noisy, "classical")
+    assert not info["unchanged"] and info["stages"] == ["denoise"]
+    step = info["parameters"]["plan"]["steps"][0]
+    assert step["stage"] == "denoise" and step["params"]["sigma"] == pytest.approx(0.04, rel=0.25)
+    assert "noise σ" in step["why"] and info["parameters"]["execution"]["stages"][0]["result"]["backend"]
+    assert psnr(out, img) > psnr(noisy, img) + 2.0
+    mask = np.zeros(img.shape[:2], bool)
+    mask[10:150, 40:42] = True
+    scratched = img.copy()
+    scratched[mask] = 1.0
+    out, info = r.restore(scratched, "classical", mask=mask)
+    assert "inpaint" in info["stages"] and psnr(out, img) > psnr(scratched, img) + 3.0
+    seen = []
+    r.restore(noisy, "classical", progress=lambda i, n, name: seen.append(name))
+    assert seen == ["denoise", "done"]
+
+
+def test_uint8_range_floats_are_refused_not_clipped(img, identity_unet):
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
+    with pytest.raises(ValueError, match="uint8"):
+        r.restore(img * 255.0, "classical")
 
 
 def test_thresholds_are_validated():
@@ -95,7 +142,7 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
     expect = 10 * np.log10(1 / np.mean((img.astype(np.float64) - 0.5) ** 2))
     unet.run(handle, img, device="cpu")  # the runner's one-off memory probe (cached) is not counted
     cases = [(Thresholds(expect + 2, expect + 1, "unet"), "severe", "deep_learning"),
-             (Thresholds(expect + 1, expect - 1, "unet"), "moderate", "ml_guided"),
+             (Thresholds(expect + 1, expect - 1, "unet"), "moderate", "classical"),
              (Thresholds(expect - 1, expect - 2, "unet"), "light", "classical")]
     for th, severity, method in cases:
         net.calls = 0

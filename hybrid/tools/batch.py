@@ -428,9 +428,13 @@ class RestoreProcessor(Processor):
         out, info = self.restorer.restore(image.pixels, self.strategy)
         params = info.get("parameters") or {}
         q = round(float(info.analysis.quality_db), 2)
-        fields = {"method": info.method, "severity": info.severity, "quality_db": q}
-        text = f"{info.severity} -> {info.method}, quality estimate {q} dB"
-        unchanged = bool(params.get("no_change"))
+        stages = list(info.stages or [])
+        fields = {"method": info.method, "severity": info.severity, "quality_db": q, "stages": stages}
+        unchanged = bool(info.unchanged or params.get("no_change"))
+        text = (f"{info.severity} -> {info.method}"
+                + (f" ({' -> '.join(stages)})" if stages else " (unchanged)" if unchanged else "")
+                + f", quality estimate {q} dB")
+        why = info.reason or params.get("why")
         return Result({"": out}, fields, text, changed=False if unchanged else None,
-                      unchanged_reason=str(params.get("why") or "output identical to the input"),
+                      unchanged_reason=str(why or "output identical to the input"),
                       notes=list(info.get("notes") or []))

@@ -38,10 +38,11 @@ from ...scripts import image_io
 TILE_MIN = 64
 TILE_MAX = 32768
 STRATEGY_HELP = (
-    "auto (default): analyse each image's damage and route light -> classical, moderate -> ML-guided "
-    "classical, severe -> the U-Net. classical: rule-based colour correction + unsharp mask. ml_guided: "
-    "colour/sharpen parameters predicted by the random forest (or no change when nothing is predicted "
-    "to help). deep_learning: the shipped U-Net on every image.")
+    "auto (default): measure each image's defects; light and moderate damage -> the classical plan, "
+    "severe -> the U-Net. classical: the plan over the pack's own tools (inpaint, denoise, deblur, tone, "
+    "colour, sharpen), each stage only when its defect is measured, an image with none left unchanged "
+    "(the report says why). ml_guided: colour/sharpen parameters predicted by the random forest (or no "
+    "change when nothing is predicted to help). deep_learning: the shipped U-Net on every image.")
 
 
 class UsageError(Exception):
@@ -134,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--severe-max-db", type=_finite_float, default=None,
                    help="quality estimate (dB) below which an image is 'severe'")
     r.add_argument("--estimator", default=None, choices=["unet", "forest"],
-                   help="quality estimate the thresholds apply to: unet (PSNR of the input against its U-Net "
-                        "restoration; default) or forest (random forest on the damage features; faster)")
+                   help="quality estimate the thresholds apply to: forest (random forest on the damage features; "
+                        "default, ~1 ms) or unet (PSNR of the input against its U-Net restoration; one U-Net run)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                    help="device for the U-Net (gpu without one falls back to the CPU, and says so)")
     r.add_argument("--tile", type=_tile, default=0,

@@ -980,8 +980,9 @@ KNOWN: List[Known] = [
           "model runner (phase 2 tile planner, issue 18): feathered tiles of values at 1.0 sum to 1 + 1e-7; "
           "the blended output is not clamped"),
     Known("sfhformer-small-side", ("RestoreKitSFHformer",), ("*",),
-          lambda c, f: f.kind == "crash" and _primary_side(c) <= 8,
-          "issue 13 item 7: SFHformer on a side <= 8 px (padding error), phase 2"),
+          lambda c, f: f.kind == "crash" and (_primary_side(c) <= 8 or 0 < c.kwargs.get("tile", 0) <= 8),
+          "issue 13 item 7: SFHformer on a side <= 8 px, or forced tiles that small (padding error; "
+          "tile planner, perf), phase 2"),
     Known("realesrgan-zero-output", ("RestoreKitRealESRGAN",), ("*",),
           lambda c, f: f.kind == "crash" and c.kwargs.get("output_scale", 0) > 0
           and round(_primary_side(c) * c.kwargs["output_scale"]) == 0,

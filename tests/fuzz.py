@@ -948,46 +948,9 @@ class Known:
                 and bool(self.when(case, f)))
 
 
-MODEL_NODES = ("RestoreKitRealESRGAN", "RestoreKitSCUNet", "RestoreKitSFHformer", "RestoreKitNoiseDA",
-               "RestoreKitRestoreWithModel")
-
-
-def _primary_side(case: Case) -> int:
-    shape = case.meta.get(case.primary, {}).get("shape", ())
-    return min(shape[-3:-1]) if len(shape) >= 3 else 0
-
-
-def _range_of(f: "Failure") -> Tuple[float, float]:
-    """(lo, hi) of a range failure's message 'values LO..HI outside 0..1'."""
-    m = re.search(r"values (\S+?)\.\.(\S+) outside", f.message)
-    try:
-        return (float(m.group(1)), float(m.group(2))) if m else (-np.inf, np.inf)
-    except ValueError:
-        return -np.inf, np.inf
-
-
 #: Failures owned by other work, counted as "known" (each: node + condition + who fixes it).
 #: Remove an entry when its owner's fix lands; ``--strict`` counts them as failures again.
-KNOWN: List[Known] = [
-    Known("model-precision-mutates-cache", MODEL_NODES, ("model-changed",),
-          lambda c, f: c.kwargs.get("precision") in ("bf16", "fp16", "auto"),
-          "issue 13 item 4 (phase 2, with #18): precision conversion must work on a copy"),
-    Known("range-rule-model-nodes", MODEL_NODES, ("finite", "alpha"), lambda c, f: not c.in_range,
-          "model nodes (phase 2, with issue 18): out-of-range input goes to the network as is; 1e30 in "
-          "fp16/bf16 overflows to inf, the network returns NaN and the runner passes it on unchecked"),
-    Known("tiled-blend-overshoot", MODEL_NODES, ("range",),
-          lambda c, f: _range_of(f)[1] <= 1.0 + 1e-5 and _range_of(f)[0] >= -1e-5,
-          "model runner (phase 2 tile planner, issue 18): feathered tiles of values at 1.0 sum to 1 + 1e-7; "
-          "the blended output is not clamped"),
-    Known("sfhformer-small-side", ("RestoreKitSFHformer",), ("*",),
-          lambda c, f: f.kind == "crash" and (_primary_side(c) <= 8 or 0 < c.kwargs.get("tile", 0) <= 8),
-          "issue 13 item 7: SFHformer on a side <= 8 px, or forced tiles that small (padding error; "
-          "tile planner, perf), phase 2"),
-    Known("realesrgan-zero-output", ("RestoreKitRealESRGAN",), ("*",),
-          lambda c, f: f.kind == "crash" and c.kwargs.get("output_scale", 0) > 0
-          and round(_primary_side(c) * c.kwargs["output_scale"]) == 0,
-          "issue 13 item 7: output_scale rounds a side to 0, phase 2"),
-]
+KNOWN: List[Known] = []  # the model-node items (issue 13 items 4, 5, 7; the range rule) are fixed
 
 
 def classify(case: Case, failures: List[Failure], strict: bool = False):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -155,7 +155,9 @@ class Analysis(_Mapping):
 class RestoreReport(_Mapping):
     """What :meth:`HybridRestorer.restore` did with one image: the method and its parameters (for the
     plan: its steps with parameters and why, the stages skipped and why, the execution report),
-    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was."""
+    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was.
+    ``mask``: bool ``[H, W]`` of the pixels the plan inpainted (given or detected; None when no
+    inpainting ran) — the nodes output it as a MASK; not part of the text or JSON report."""
 
     method: str
     severity: str
@@ -167,6 +169,7 @@ class RestoreReport(_Mapping):
     unchanged: bool = False
     reason: str = ""
     stages: List[str] = None
+    mask: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def info_fields(self) -> dict:
         params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model", "execution")}
@@ -291,8 +294,9 @@ class HybridRestorer:
             mask, source = _plan.detect_mask(img)
         p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source, mask_detected=detected)
         out, ex = _plan.execute(img, p, progress)
+        inpainted = next((s.params["mask"] for s in p.steps if s.stage == "inpaint"), None)
         return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(),
-                     "why": "rules on the measured defects (hybrid/plan.py)"}
+                     "why": "rules on the measured defects (hybrid/plan.py)", "inpainted_mask": inpainted}
 
     def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
         """The seed's rule-based colour stretch + unsharp mask (kept as the ml_guided fallback)."""
@@ -364,8 +368,10 @@ class HybridRestorer:
         method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
         feats = info_an.features
         rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+        mask_used = None
         if method == "classical":
             out, params = self._plan(img, report, mask, progress)
+            mask_used = params.pop("inpainted_mask", None)
             unchanged = params["execution"]["unchanged"]
             reason = params["execution"]["reason"]
             stages = [f"{st['stage']}" for st in params["execution"]["stages"]]
@@ -389,5 +395,5 @@ class HybridRestorer:
         if squeeze:
             out = out[..., 0]
         report = RestoreReport(method, severity, strategy, info_an, params, list(self.notes) + intake_notes,
-                               time.perf_counter() - t0, bool(unchanged), reason, stages)
+                               time.perf_counter() - t0, bool(unchanged), reason, stages, mask_used)
         return image_io.from_float01(out, kind), report

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from ._common import CATEGORY_ROOT, DEVICE_INPUT, choice_input, float_input, image_input, ImageNode, info_text
 from ._common import map_images, node_mappings
 from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, STRATEGIES, Thresholds
@@ -26,6 +28,14 @@ STRATEGY_HELP = (
 )
 
 
+MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inpainted instead of the detector's "
+             "mask (e.g. the Damage Analysis mask, edited in the mask editor). An all-black mask turns inpainting "
+             "off. One mask for the whole batch or one per image; a mask of another size with the same aspect "
+             "ratio is resized (nearest), another aspect ratio is an error.")
+#: a given mask may differ from the image's aspect ratio by this fraction (rounding of a resized mask)
+MASK_ASPECT_TOLERANCE = 0.02
+
+
 def _restorer(light_min_db, severe_max_db, device, estimator):
     from ..hybrid.engine import shared_restorer
 
@@ -40,6 +50,8 @@ class RestoreKitHybridRestore(ImageNode):
                    "tone, colour cast, illumination, JPEG, 14 FFT features), then runs a plan over the pack's own "
                    "tools (inpaint, denoise, deblur, tone, colour, sharpen) or, for severe damage, the U-Net.")
     CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "STRING", "MASK")  # outputs are only appended: saved links keep their index
+    RETURN_NAMES = ("image", "info", "mask")
     FUNCTION = "restore"
 
     @classmethod
@@ -60,19 +72,39 @@ class RestoreKitHybridRestore(ImageNode):
                     "light_min_db."),
                 "device": DEVICE_INPUT,
             },
-            # optional, so prompts written before it existed still validate
-            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
+            # optional, so prompts written before they existed still validate
+            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR),
+                         "mask": ("MASK", {"tooltip": MASK_HELP})},
         }
 
     def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
-                estimator=DEFAULT_ESTIMATOR):
+                estimator=DEFAULT_ESTIMATOR, mask=None):
+        from ..scripts.batch import check_image, read_masks
+
         restorer = _restorer(light_min_db, severe_max_db, device, estimator)
         settings = {"strategy": strategy,
                     "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, "
                                   f"{estimator})"}
+        given = None
+        if mask is not None:
+            b, h, w, _ = check_image(image).shape
+            given = read_masks(mask, h, w, batch=b, aspect_tolerance=MASK_ASPECT_TOLERANCE) > 0.5
+            settings["mask"] = (f"given ({given.shape[0]} for {b} image(s)"
+                                + (f", resized from {mask.shape[-1]}x{mask.shape[-2]}"
+                                   if tuple(mask.shape[-2:]) != (h, w) else "") + ")")
+
+        def run(img, i):
+            m = None if given is None else given[min(i, given.shape[0] - 1)]
+            out, rep = restorer.restore(img, strategy, mask=m)
+            used = rep.mask if rep.mask is not None else np.zeros(img.shape[:2], bool)
+            if m is not None and rep.mask is None and m.any():
+                rep.notes = list(rep.notes) + [f"the given mask was not inpainted: the {rep.method} path ran"]
+            return (out, used.astype(np.float32)), rep
+
         # grey stays one channel: the plan works on it as it is (the U-Net path replicates it internally)
-        return self.run_images(image, lambda rgb: restorer.restore(rgb, strategy), settings, stage="restore",
-                               values="as_is", grey="keep")
+        (out, used), report = map_images(image, run, what=self.DISPLAY_NAME, stage="restore", values="as_is",
+                                         grey="keep", pass_index=True, alpha_to=(0,))
+        return out, info_text(self.DISPLAY_NAME, report.items, settings, report), used[..., 0]
 
 
 class RestoreKitDamageAnalysis:
@@ -83,8 +115,8 @@ class RestoreKitDamageAnalysis:
                    "Oklab colour cast, illumination, JPEG blockiness), 14 FFT features, the estimated quality (dB) "
                    "and the severity (light/moderate/severe).")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING", "STRING", "STRING")
-    RETURN_NAMES = ("features", "severity", "info")
+    RETURN_TYPES = ("STRING", "STRING", "STRING", "MASK")  # outputs are only appended: saved links keep their index
+    RETURN_NAMES = ("features", "severity", "info", "mask")
     FUNCTION = "analyse"
     OUTPUT_NODE = True  # shows its report in the UI and runs even with nothing connected
 
@@ -102,17 +134,28 @@ class RestoreKitDamageAnalysis:
         }
 
     def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
+        from ..hybrid import damage_mask
+
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
-        _, report = map_images(image, lambda rgb: (None, restorer.analyse(rgb)), what=self.DISPLAY_NAME,
-                               values="as_is", grey="keep")
+
+        def run(img):
+            found, mrep = damage_mask.detect(img)
+            return found.astype(np.float32), (restorer.analyse(img), mrep)
+
+        found, report = map_images(image, run, what=self.DISPLAY_NAME, stage="damage mask", values="as_is",
+                                   grey="keep", alpha_to=())
+        analyses = [a for a, _ in report.items]
+        masks = [m for _, m in report.items]
         results = [{"features": a.features, "quality_db": a.quality_db, "severity": a.severity,
                     "quality_source": a.quality_source, "forest_quality_db": a.forest_quality_db,
-                    "defects": a.defects, "defect_summary": a.defect_summary}
-                   for a in report.items]
+                    "defects": a.defects, "defect_summary": a.defect_summary, "damage_mask": m.as_dict()}
+                   for a, m in zip(analyses, masks)]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
-        severity = ", ".join(a.severity for a in report.items)
-        info = info_text(self.DISPLAY_NAME, report.items, {"seconds": round(report.seconds, 3)})
-        return {"ui": {"text": [info + "\nfeatures:\n" + features]}, "result": (features, severity, info)}
+        severity = ", ".join(a.severity for a in analyses)
+        info = info_text(self.DISPLAY_NAME, analyses, {"damage mask": [m.summary() for m in masks],
+                                                       "seconds": round(report.seconds, 3)})
+        return {"ui": {"text": [info + "\nfeatures:\n" + features]},
+                "result": (features, severity, info, found[..., 0])}
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = node_mappings(

@@ -297,7 +297,7 @@ def _cmd_restore(args) -> int:
         return 3 if report is None else _finish(report)
     restorer = HybridRestorer(thresholds=th, device=args.device, tile=args.tile, progress=not args.no_progress)
     try:
-        report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy), options,
+        report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy, progress=not args.no_progress), options,
                            progress=not args.no_progress, on_row=_print_row, extra=extra)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None

@@ -29,9 +29,10 @@ STRATEGY_HELP = (
 
 
 MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inpainted instead of the detector's "
-             "mask (e.g. the Damage Analysis mask, edited in the mask editor). An all-black mask turns inpainting "
-             "off. One mask for the whole batch or one per image; a mask of another size with the same aspect "
-             "ratio is resized (nearest), another aspect ratio is an error.")
+             "mask — e.g. Load Image's MASK after painting the scratches in the mask editor, or the Damage "
+             "Analysis mask. An all-black mask (what Load Image gives for a picture never painted on) counts as "
+             "no mask: the detector decides. One mask for the whole batch or one per image; a mask of another "
+             "size with the same aspect ratio is resized (nearest), another aspect ratio is an error.")
 #: a given mask may differ from the image's aspect ratio by this fraction (rounding of a resized mask)
 MASK_ASPECT_TOLERANCE = 0.02
 
@@ -79,6 +80,8 @@ class RestoreKitHybridRestore(ImageNode):
 
     def restore(self, image, strategy="auto", light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, device="auto",
                 estimator=DEFAULT_ESTIMATOR, mask=None):
+        import torch
+
         from ..scripts.batch import check_image, read_masks
 
         restorer = _restorer(light_min_db, severe_max_db, device, estimator)
@@ -86,6 +89,10 @@ class RestoreKitHybridRestore(ImageNode):
                     "thresholds": f"light >= {light_min_db} dB, severe < {severe_max_db} dB (estimated quality, "
                                   f"{estimator})"}
         given = None
+        m = None if mask is None else torch.as_tensor(mask)
+        if m is not None and bool(torch.isfinite(m).all()) and not bool((m > 0.5).any()):
+            settings["mask"] = "given mask is empty (all black): the detector decides"
+            mask = None
         if mask is not None:
             b, h, w, _ = check_image(image).shape
             given = read_masks(mask, h, w, batch=b, aspect_tolerance=MASK_ASPECT_TOLERANCE) > 0.5

@@ -175,10 +175,13 @@ def test_hybrid_restore_inpaints_a_given_mask_and_outputs_it():
     err_after = np.abs(out[0].numpy() - clean)[truth].mean()
     assert err_after < 0.35 * err_before, (err_before, err_after)  # the scratch is filled from around it
     assert "inpaint" in info and "given" in info
-    # an all-black mask turns inpainting off (and the detector with it): the scratch stays
-    out0, info0, used0 = node.restore(x, "classical", mask=torch.zeros(1, 130, 171))
-    assert not used0.any() and "no damaged pixels marked (given mask)" in info0
-    assert np.abs(out0[0].numpy() - clean)[truth].mean() > 0.5 * err_before
+    # an all-black mask (Load Image's 64x64 placeholder for a picture never painted on, or full size)
+    # is no mask: the result is the node's without one, and the info says so
+    ref, _, ref_mask = node.restore(x, "classical")
+    for empty in (torch.zeros(1, 64, 64), torch.zeros(1, 130, 171)):
+        out0, info0, used0 = node.restore(x, "classical", mask=empty)
+        assert torch.equal(out0, ref) and torch.equal(used0, ref_mask)
+        assert "given mask is empty (all black): the detector decides" in info0
 
 
 def test_given_mask_sizes_batches_and_bad_masks():
@@ -193,9 +196,9 @@ def test_given_mask_sizes_batches_and_bad_masks():
     ref = torch.nn.functional.interpolate(small[:, None], size=(130, 171), mode="nearest")[:, 0]
     assert torch.equal(used[0], ref[0])
     with pytest.raises(ValueError, match="aspect ratios differ"):
-        node.restore(x, "classical", mask=torch.zeros(1, 130, 130))
+        node.restore(x, "classical", mask=torch.ones(1, 130, 130))
     with pytest.raises(ValueError, match="3 masks for 2 images"):
-        node.restore(x, "classical", mask=torch.zeros(3, 130, 171))
+        node.restore(x, "classical", mask=torch.ones(3, 130, 171))
     bad = torch.zeros(1, 130, 171)
     bad[0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

@@ -123,3 +123,22 @@ def test_progress_over_the_stages_of_a_large_image(folder, monkeypatch):
     monkeypatch.setattr(batch, "STAGE_PROGRESS_MIN_PIXELS", 160 * 160 + 1)
     batch.RestoreProcessor(_restorer(), "classical", progress=True)(img)  # small: no bar
     assert seen == []
+
+
+def test_readme_before_after_block_matches_the_docs_folder():
+    """The README's main-job block (written by docs/make_before_after.py) shows exactly the
+    docs/before_after_*.jpg files that exist, each small, and lists every sample image."""
+    import re
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = readme[readme.index("<!-- before-after:start -->"):readme.index("<!-- before-after:end -->")]
+    shown = set(re.findall(r"\(docs/(before_after_[A-Za-z0-9_]+\.jpg)\)", block))
+    docs = {f for f in os.listdir(os.path.join(repo, "docs")) if f.startswith("before_after_")}
+    assert shown and shown == docs
+    assert all(os.path.getsize(os.path.join(repo, "docs", f)) < 40_000 for f in docs)
+    images = os.path.join(repo, "examples", "images")
+    for name in os.listdir(images):
+        if name.endswith(".png"):
+            assert f"`{name}`" in block, name

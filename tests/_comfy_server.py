@@ -171,6 +171,9 @@ class ComfyServer:
 
     def _mask_previews(self, prompt: dict, hist: dict) -> List[str]:
         """For each PreviewImage fed by MaskToImage: the share of white (masked) pixels it shows."""
+        import io
+        import urllib.parse
+
         import numpy as np
         from PIL import Image
 
@@ -181,8 +184,9 @@ class ComfyServer:
                     prompt[src[0]]["class_type"] != "MaskToImage":
                 continue
             for im in hist["outputs"][nid]["images"]:
-                path = os.path.join(self.base, im.get("type", "temp"), im.get("subfolder", ""), im["filename"])
-                white = float((np.asarray(Image.open(path).convert("L")) > 127).mean())
+                query = urllib.parse.urlencode({k: im.get(k, "") for k in ("filename", "subfolder", "type")})
+                with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=30) as r:  # as the UI shows it
+                    white = float((np.asarray(Image.open(io.BytesIO(r.read())).convert("L")) > 127).mean())
                 out.append(f"mask preview {nid}: {100 * white:.2f} % white")
         return out
 

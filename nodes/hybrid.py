@@ -101,10 +101,10 @@ class RestoreKitHybridRestore(ImageNode):
                                    if tuple(mask.shape[-2:]) != (h, w) else "") + ")")
 
         def run(img, i):
-            m = None if given is None else given[min(i, given.shape[0] - 1)]
-            out, rep = restorer.restore(img, strategy, mask=m)
+            mine = None if given is None else given[min(i, given.shape[0] - 1)]
+            out, rep = restorer.restore(img, strategy, mask=mine)
             used = rep.mask if rep.mask is not None else np.zeros(img.shape[:2], bool)
-            if m is not None and rep.mask is None and m.any():
+            if mine is not None and mine.any() and rep.mask is None:
                 rep.notes = list(rep.notes) + [f"the given mask was not inpainted: the {rep.method} path ran"]
             return (out, used.astype(np.float32)), rep
 
@@ -159,7 +159,7 @@ class RestoreKitDamageAnalysis:
                    for a, m in zip(analyses, masks)]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(a.severity for a in analyses)
-        info = info_text(self.DISPLAY_NAME, analyses, {"damage mask": [m.summary() for m in masks],
+        info = info_text(self.DISPLAY_NAME, analyses, {"mask": [m.summary() for m in masks],
                                                        "seconds": round(report.seconds, 3)})
         return {"ui": {"text": [info + "\nfeatures:\n" + features]},
                 "result": (features, severity, info, found[..., 0])}

@@ -159,7 +159,7 @@ def test_damage_analysis_outputs_the_detectors_mask(channels):
         assert (mask[0].numpy() > 0.5)[truth].mean() >= 0.8
     assert (mask[1].numpy() > 0.5)[truth[::-1]].mean() >= (0.8 if channels != 1 else 0.0)
     info = out["result"][2]
-    assert "damage mask: damage mask (cnn)" in info and "line(s)" in info
+    assert "mask: damage mask (cnn)" in info and "line(s)" in info
     assert json.loads(out["result"][0])[0]["damage_mask"]["lines"] >= 1
 
 

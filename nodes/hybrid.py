@@ -33,6 +33,11 @@ MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inp
              "Analysis mask. An all-black mask (what Load Image gives for a picture never painted on) counts as "
              "no mask: the detector decides. One mask for the whole batch or one per image; a mask of another "
              "size with the same aspect ratio is resized (nearest), another aspect ratio is an error.")
+MASK_MODES = ("as inpainted", "all detected")
+MASK_MODE_HELP = ("Which damage mask to output. as inpainted: what Hybrid Restore inpaints by itself — pixels the "
+                  "detector is sure of, grown along likely damage, and nothing when too little is sure (the info "
+                  "says why). all detected: every pixel the detector rates more likely damaged than not (more "
+                  "scratches found, and more scene detail taken for damage) — a starting point to edit.")
 #: a given mask may differ from the image's aspect ratio by this fraction (rounding of a resized mask)
 MASK_ASPECT_TOLERANCE = 0.02
 
@@ -137,16 +142,21 @@ class RestoreKitDamageAnalysis:
                 "severe_max_db": float_input(SEVERE_DB, 5.0, 60.0, 0.25,
                                              "Estimated quality (dB) below which the damage is 'severe'."),
             },
-            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR)},
+            "optional": {"estimator": choice_input(ESTIMATORS, ESTIMATOR_HELP, DEFAULT_ESTIMATOR),
+                         "mask_mode": choice_input(MASK_MODES, MASK_MODE_HELP)},
         }
 
-    def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR):
+    def analyse(self, image, light_min_db=LIGHT_DB, severe_max_db=SEVERE_DB, estimator=DEFAULT_ESTIMATOR,
+                mask_mode=MASK_MODES[0]):
         from ..hybrid import damage_mask
 
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"{self.DISPLAY_NAME}: unknown mask_mode '{mask_mode}' (expected one of {MASK_MODES})")
+        find = damage_mask.detect_for_inpainting if mask_mode == MASK_MODES[0] else damage_mask.detect
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
 
         def run(img):
-            found, mrep = damage_mask.detect(img)
+            found, mrep = find(img)
             return found.astype(np.float32), (restorer.analyse(img), mrep)
 
         found, report = map_images(image, run, what=self.DISPLAY_NAME, stage="damage mask", values="as_is",
@@ -159,7 +169,7 @@ class RestoreKitDamageAnalysis:
                    for a, m in zip(analyses, masks)]
         features = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         severity = ", ".join(a.severity for a in analyses)
-        info = info_text(self.DISPLAY_NAME, analyses, {"mask": [m.summary() for m in masks],
+        info = info_text(self.DISPLAY_NAME, analyses, {"mask": [m.summary() + (f" ({m.note})" if m.note else "") for m in masks],
                                                        "seconds": round(report.seconds, 3)})
         return {"ui": {"text": [info + "\nfeatures:\n" + features]},
                 "result": (features, severity, info, found[..., 0])}

@@ -147,14 +147,20 @@ def test_damage_analysis_outputs_the_detectors_mask(channels):
     _, img, truth = _scratched()
     rgb = np.stack([img, img[::-1].copy()])
     x = {1: rgb[..., :1], 3: rgb, 4: np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 0.3, np.float32)], -1)}[channels]
-    out = nodes.RestoreKitDamageAnalysis().analyse(torch.from_numpy(x))
+    node = nodes.RestoreKitDamageAnalysis()
+    out = node.analyse(torch.from_numpy(x), mask_mode="all detected")
     mask = out["result"][3]
     assert nodes.RestoreKitDamageAnalysis.RETURN_TYPES[3] == "MASK"
     assert mask.shape == (2, 130, 171) and mask.dtype == torch.float32
     assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
+    inpainted = node.analyse(torch.from_numpy(x))["result"][3]  # default: the mask the plan inpaints
+    assert inpainted.shape == mask.shape
     for i in range(2):
         ref, _ = damage_mask.detect(x[i])
         np.testing.assert_array_equal(mask[i].numpy() > 0.5, ref)
+        ref, _ = damage_mask.detect_for_inpainting(x[i])
+        np.testing.assert_array_equal(inpainted[i].numpy() > 0.5, ref)
+        assert not (inpainted[i] > mask[i]).any()  # the confident mask lies inside the full one
     if channels != 1:  # grey loses the scratch's contrast against the light fur less; RGB is the claim
         assert (mask[0].numpy() > 0.5)[truth].mean() >= 0.8
     assert (mask[1].numpy() > 0.5)[truth[::-1]].mean() >= (0.8 if channels != 1 else 0.0)

@@ -52,6 +52,14 @@ from ..scripts import image_io
 from ..scripts.finite import check_finite
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
+#: what each strategy does, for the node's tooltip and the CLI's --strategy help (one text, two places)
+STRATEGY_HELP = (
+    "auto (default): measure each image's defects; random forests predict the PSNR gain of the ml_guided plan "
+    "and of the U-Net path, and the better one runs (no network runs to decide). classical: the plan over the "
+    "pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen) with fixed thresholds. ml_guided: the "
+    "same plan, each stage and its parameters chosen by random forests (a stage runs only when its predicted "
+    "gain is above a margin). deep_learning: inpainting and heavy-noise denoising from the plan, then the "
+    "shipped U-Net. An image in which nothing is done comes back unchanged, and the report says why.")
 ESTIMATORS = ("unet", "forest")
 #: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
 MAX_QUALITY_DB = 60.0

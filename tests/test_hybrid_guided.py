@@ -122,16 +122,13 @@ def test_shipped_ml_guided_leaves_a_clean_photo_bit_identical(shipped):
     assert "denoise" in info.reason and "tone" in info.reason
 
 
-@pytest.mark.parametrize("stage, damaged", [
-    ("denoise", lambda img, rng: np.clip(img + rng.normal(0, 0.06, img.shape), 0, 1).astype(np.float32)),
-    ("tone", lambda img, rng: (0.25 + 0.5 * img).astype(np.float32)),  # faded: black 0.25, white 0.75
-])
-def test_shipped_ml_guided_turns_on_the_stage_of_a_single_defect(shipped, stage, damaged):
+@pytest.mark.parametrize("sigma", [0.03, 0.06])
+def test_shipped_ml_guided_turns_on_the_stage_of_a_single_defect(shipped, sigma):
     img = damage.load_source("chelsea", 128)
-    bad = damaged(img, np.random.default_rng(3))
+    bad = np.clip(img + np.random.default_rng(3).normal(0, sigma, img.shape), 0, 1).astype(np.float32)
     out, info = shipped.restore(bad, "ml_guided")
-    assert stage in info.stages
-    assert psnr(out, img) > psnr(bad, img) + 1.0
+    assert info.stages == ["denoise"]  # white noise alone: only the denoiser runs
+    assert psnr(out, img) > psnr(bad, img) + 2.0
 
 
 def test_shipped_models_beat_both_baselines_on_held_out_sources(shipped):

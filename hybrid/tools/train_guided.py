@@ -28,13 +28,13 @@ import numpy as np
 from . import damage
 from .. import defects as _defects, guided as _guided, plan as _plan
 
-DEFAULTS = dict(sides=(192, 256), n_estimators=80, max_depth=10, min_samples_leaf=4, seed=0, limit=None,
-                val_limit=None)
-QUICK = dict(sides=(96,), n_estimators=8, max_depth=4, min_samples_leaf=2, limit=4, val_limit=3)
+DEFAULTS = dict(sides=(192, 256), n_estimators=80, max_depth=10, min_samples_leaf=4, seed=0, limit=110,
+                val_limit=36, route_limit=30)
+QUICK = dict(sides=(96,), n_estimators=8, max_depth=4, min_samples_leaf=2, limit=3, val_limit=2, route_limit=2)
 #: gains are clipped to this range (dB) for fitting and scoring: an undamaged image's PSNR is infinite
 #: (capped at 100 dB), so any change "loses" 40–80 dB, which would swamp every other row
 GAIN_CLIP_DB = (-6.0, 12.0)
-MARGIN_GRID = (-0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+MARGIN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def guided_pairs(split: str, sides=(192, 256), seed: int = 0, limit: Optional[int] = None) -> List[Dict[str, object]]:
@@ -175,20 +175,15 @@ def choose_margins(bundle: Dict[str, object], val: List[Dict[str, object]]) -> D
 ROUTE_MARGIN_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 100.0)
 
 
-def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, limit: Optional[int] = None,
-                    log: Callable[[str], None] = print) -> Dict[str, object]:
-    """The route margin of ``auto`` chosen on the validation split: every pair (registry split ``val``,
-    recipe v2) is restored by ``ml_guided``, ``deep_learning`` and ``classical``; for each margin of
-    :data:`ROUTE_MARGIN_GRID` (U-Net path when its predicted gain exceeds the plan's by the margin) the
-    mean PSNR of the routing is computed; the best margin among those meeting the light-damage rule
-    (mean ≥ input − 0.2 dB, no image below input − 1 dB) wins, ties to the larger margin (fewer U-Net
-    runs).  Returns the margin and the validation scores."""
-    from . import sources
+def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str = "wiener",
+               log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+    """For each pair: input PSNR, PSNR after ``ml_guided``, ``deep_learning`` and ``classical``, and the
+    forests' predicted gains of the plan and of the U-Net path (what ``auto`` compares).  ``denoiser``:
+    the plan's denoiser here (the DFT Wiener filter by default: BM3D would cost minutes per pair set)."""
     from ..engine import HybridRestorer
     from ...scripts.metrics import psnr
 
-    r = HybridRestorer(guide=guide, unet=unet, device="cpu")
-    pairs = sources.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
+    r = HybridRestorer(guide=guide, unet=unet, device="cpu", denoiser=denoiser)
     rows = []
     t0 = time.perf_counter()
     for i, p in enumerate(pairs):
@@ -197,31 +192,50 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
             out, info = r.restore(p["damaged"], m)
             row[m] = psnr(out, p["clean"])
         rep = _defects.measure(p["damaged"])
-        mask, source = _plan.detect_mask(p["damaged"])
-        masked = (mask, source, mask is not None)
-        _, plan_gain = r._guided_plan(rep, masked)
-        row["pred_plan"] = plan_gain
-        row["pred_deep"] = guide.deep_gain(rep, 0.0 if mask is None else float(mask.mean()))
+        masked = r._mask(p["damaged"], None)
+        row["pred_plan"] = r._guided_plan(rep, masked)[1]
+        row["pred_deep"] = guide.deep_gain(rep, 0.0 if masked[0] is None else float(masked[0].mean()))
         rows.append(row)
-        if (i + 1) % 20 == 0:
+        if (i + 1) % 10 == 0:
             log(f"[guided] route calibration {i + 1}/{len(pairs)} ({time.perf_counter() - t0:.0f} s)")
+    return rows
+
+
+def choose_route(rows: List[Dict[str, object]]) -> Dict[str, object]:
+    """The route margin of ``auto`` (see :func:`calibrate_route`) from :func:`route_rows`."""
     lv = np.array([x["level"] for x in rows])
     inp = np.array([x["input"] for x in rows])
+    light = lv == "light"
     scores = {}
     for m in ROUTE_MARGIN_GRID:
         deep = np.array([x["pred_deep"] > x["pred_plan"] + m for x in rows])
         got = np.where(deep, [x["deep_learning"] for x in rows], [x["ml_guided"] for x in rows])
-        light = lv == "light"
         ok = (not light.any()) or (float((got - inp)[light].mean()) >= -0.2 and float((got - inp)[light].min()) >= -1.0)
         scores[m] = {"psnr_db": float(got.mean()), "light_ok": bool(ok), "deep_fraction": float(deep.mean())}
     allowed = [m for m in ROUTE_MARGIN_GRID if scores[m]["light_ok"]] or [max(ROUTE_MARGIN_GRID)]
     best = max(allowed, key=lambda m: (round(scores[m]["psnr_db"], 3), m))
     means = {k: float(np.mean([x[k] for x in rows])) for k in ("input", "ml_guided", "deep_learning", "classical")}
-    log(f"[guided] route margin {best:+.2f} dB: auto {scores[best]['psnr_db']:.2f} dB on {len(rows)} validation pairs "
-        f"(input {means['input']:.2f}, ml_guided {means['ml_guided']:.2f}, U-Net path {means['deep_learning']:.2f}, "
-        f"classical {means['classical']:.2f})")
     return {"route_margin_db": float(best), "by_margin": {str(k): v for k, v in scores.items()}, "means": means,
-            "n": len(rows), "rows": rows}
+            "n": len(rows)}
+
+
+def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, limit: Optional[int] = None,
+                    log: Callable[[str], None] = print) -> Dict[str, object]:
+    """The route margin of ``auto`` chosen on the validation split: every pair (registry split ``val``,
+    recipe v2) is restored by ``ml_guided``, ``deep_learning`` and ``classical`` (:func:`route_rows`);
+    for each margin of :data:`ROUTE_MARGIN_GRID` (U-Net path when its predicted gain exceeds the plan's
+    by the margin) the mean PSNR of the routing is computed; the best margin among those meeting the
+    light-damage rule (mean ≥ input − 0.2 dB, no image below input − 1 dB) wins, ties to the larger
+    margin (fewer U-Net runs)."""
+    from . import sources
+
+    pairs = sources.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
+    res = choose_route(route_rows(guide, pairs, unet, log=log))
+    best, m = res["route_margin_db"], res["means"]
+    log(f"[guided] route margin {best:+.2f} dB: auto {res['by_margin'][str(best)]['psnr_db']:.2f} dB on {res['n']} "
+        f"validation pairs (input {m['input']:.2f}, ml_guided {m['ml_guided']:.2f}, U-Net path "
+        f"{m['deep_learning']:.2f}, classical {m['classical']:.2f})")
+    return res
 
 
 def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[str] = None, quick: bool = False,
@@ -252,9 +266,9 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         log(f"[guided] {s}: margin {v['margin']:+.2f} dB, validation gain {v['gain_db']:+.3f} dB "
             f"(oracle {v['oracle_db']:+.3f}) over {v['n']} rows")
     route = calibrate_route(_guided.Guide(bundle), unet, per_level=1, max_side=96 if quick else 256,
-                            limit=cfg["val_limit"], log=log)
+                            limit=cfg["route_limit"], log=log)
     bundle["route_margin_db"] = route["route_margin_db"]
-    bundle["route_validation"] = {k: v for k, v in route.items() if k != "rows"}
+    bundle["route_validation"] = route
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None
     return {"bundle": bundle, "sha256": digest, "validation": margins, "route": route, "train_rows": tr, "val_rows": va,
             "seconds": bundle["seconds"]}

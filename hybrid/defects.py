@@ -83,6 +83,10 @@ MOTION_MIN_CONFIDENCE = 0.5
 #: ≥ 0.6 there, while a sharp scene of parallel lines (a rocket on its gantry) can fool the spectrum fit
 MOTION_MIN_EDGE_SIGMA = 0.5
 MOTION_MIN_LENGTH = 3.0
+#: edge σ (px) above which the gradient ratio is not read as blur: smooth shading (a sky, a studio
+#: backdrop, a linear ramp) has gradients that barely change with scale and reads as tens of px, while
+#: the defocus the plan can undo is a few px (the damage generator's strongest: σ 2.5 px)
+BLUR_MAX_SIGMA = 6.0
 TONE_SIDE = 256
 ILLUM_SIDE = 128
 JPEG_MAX_LINES = 512
@@ -494,7 +498,11 @@ def measure_blur(img: np.ndarray, noise_sigma: float) -> BlurMeasure:
         vals = [v for v in (estimate_blur_sigma(luma(c), noise_sigma) for c in crops) if v is not None]
         s = float(np.median(vals)) if vals else None
         where = f"full resolution, {len(crops)} crops of {crops[0].shape[0]}² px (median)"
-    excess = 0.0 if s is None else float(np.sqrt(max((BLUR_SCALE * s) ** 2 - SHARP_EDGE_SIGMA ** 2, 0.0)))
+    if s is not None and s > BLUR_MAX_SIGMA:
+        where += f"; σ {s:.1f} px > {BLUR_MAX_SIGMA:g} px: smooth shading, not read as blur"
+        excess = 0.0
+    else:
+        excess = 0.0 if s is None else float(np.sqrt(max((BLUR_SCALE * s) ** 2 - SHARP_EDGE_SIGMA ** 2, 0.0)))
     return BlurMeasure(sigma=None if s is None else float(s), excess=excess, where=where)
 
 

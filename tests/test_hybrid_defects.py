@@ -81,6 +81,28 @@ def test_gaussian_blur_width(photo, sigma):
     assert r.blur.excess == pytest.approx(sigma, abs=0.35)
 
 
+@pytest.mark.parametrize("kind", ["ramp", "vignette"])
+@pytest.mark.parametrize("bits", [0, 8])
+def test_smooth_shading_is_not_read_as_blur(kind, bits):
+    """A linear ramp or a soft vignette has no edges: its gradient ratio reads tens of px, which must not
+    become a deblur (the plan ran Richardson–Lucy with σ 16 px on a plain ramp before the cap)."""
+    from restorekit.hybrid import plan
+
+    yy, xx = np.mgrid[0:160, 0:200].astype(np.float32)
+    if kind == "ramp":
+        img = np.stack([xx / 200, 0.1 + 0.8 * yy / 160, 0.5 + 0 * xx], -1)
+    else:
+        r2 = ((yy - 80) ** 2 + (xx - 100) ** 2) / 100.0 ** 2
+        img = np.repeat((0.8 * np.exp(-r2))[..., None], 3, -1)
+    img = img.astype(np.float32)
+    if bits:  # as read back from an 8-bit file: the steps must not read as edges either
+        img = (np.round(img * 255) / 255).astype(np.float32)
+    r = defects.measure(img)
+    assert r.blur.excess == 0.0
+    out, ex = plan.execute(img, plan.plan_from_rules(r))
+    assert ex.unchanged and np.array_equal(out, img)
+
+
 def test_motion_length_angle_and_confidence(photo):
     import cv2
 

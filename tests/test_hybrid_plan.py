@@ -155,10 +155,11 @@ def test_denoiser_choices(photo, rng):
 def test_a_detected_mask_must_cover_enough_of_the_image_a_given_one_is_always_used(photo):
     r = defects.measure(photo)
     small = np.zeros(photo.shape[:2], bool)
-    small[10:30, 10:12] = True  # 40 px: far under rules.mask_min_fraction
-    p = plan.plan_from_rules(r, small, plan.RULES, "wiener", mask_source="damage-mask detector", mask_detected=True)
+    small[10:30, 10:12] = True  # 40 px: far under a 1 % minimum
+    rules = plan.Rules(mask_min_fraction=0.01)
+    p = plan.plan_from_rules(r, small, rules, "wiener", mask_source="damage-mask detector", mask_detected=True)
     assert p.unchanged and any(s.stage == "inpaint" and "too little" in s.why for s in p.skipped)
-    p = plan.plan_from_rules(r, small, plan.RULES, "wiener", mask_source="given mask")
+    p = plan.plan_from_rules(r, small, rules, "wiener", mask_source="given mask")
     assert [s.stage for s in p.steps] == ["inpaint"]
     tiny = photo[:100, :100]
     mask, why = plan.detect_mask(tiny)

@@ -23,8 +23,10 @@ from restorekit.scripts.inference import runtime as rt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = os.path.join(REPO, "examples", "images")
-#: the U-Net path (severe), the forest path (moderate) and a 16-bit greyscale scan
-SUBSET = ["hybrid_rocket_severe.png", "old_photo.png", "scan16_grey.png"]
+#: the U-Net path (severe), the plan (moderate), a 16-bit greyscale scan, and a clean ramp the engine
+#: leaves unchanged (written by the fixture)
+SUBSET = ["hybrid_rocket_severe.png", "old_photo.png", "scan16_grey.png", "clean_ramp.png"]
+CLEAN = "clean_ramp.png"
 
 
 # --- memory shares: the formula, without Ray ---------------------------------------------------------
@@ -131,7 +133,11 @@ def archive(tmp_path_factory):
     src = base / "in"
     src.mkdir()
     for name in SUBSET:
-        shutil.copy(os.path.join(IMAGES, name), src / name)
+        if name != CLEAN:
+            shutil.copy(os.path.join(IMAGES, name), src / name)
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    ramp = np.stack([xx / 128, 0.1 + 0.8 * yy / 96, 0.5 + 0 * xx], -1)
+    image_io.write_image(str(src / CLEAN), ramp)
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     local = cli.main(["restore", str(src), "-o", str(base / "local"), "--no-progress"])
     rc = cli.main(["restore", str(src), "-o", str(base / "ray"), "--no-progress", "--engine", "ray",
@@ -157,6 +163,7 @@ def test_ray_outputs_identical_to_the_local_engine(archive):
         assert da == db and pa.shape == pb.shape and np.array_equal(pa, pb), name
     assert {local[n]["method"] for n in SUBSET} & {"deep_learning", "ml_guided", "classical"}  # routed by the engine
     assert {local[n]["status"] for n in SUBSET} == {"restored", "unchanged"}
+    assert local[CLEAN]["status"] == "unchanged"
 
 
 @needs_ray
@@ -164,7 +171,8 @@ def test_corrupt_file_is_reported_and_the_rest_complete(archive):
     rows = {os.path.basename(r["input"]): r for r in archive["ray"]["files"]}
     bad = rows["broken.png"]
     assert bad["status"] == "failed" and bad["category"] == "unreadable image" and "broken.png" in bad["reason"]
-    assert archive["ray"]["summary"]["counts"] == {"restored": 2, "unchanged": 1, "skipped": 0, "failed": 1}
+    assert archive["ray"]["summary"]["counts"] == archive["local"]["summary"]["counts"]
+    assert archive["ray"]["summary"]["counts"]["failed"] == 1
     assert sorted(os.listdir(archive["base"] / "ray")) == sorted(
         [n.replace(".png", "_restored.png") for n in SUBSET] + ["restore_report.json"])
 
@@ -175,7 +183,7 @@ def test_each_actor_planned_with_its_share(archive):
     assert (engine["cluster"], engine["workers"], engine["cpus_per_worker"], engine["torch_threads"]) == \
         ("local", 2, 1.0, 1)
     seen = engine["workers_seen"]
-    assert seen and sum(w["files"] for w in seen) == 4
+    assert seen and sum(w["files"] for w in seen) == len(SUBSET) + 1  # and the corrupt file
     for w in seen:  # measured inside each actor: 2 actors on a 2-CPU node -> half of the RAM each
         assert (w["ram_share"], w["gpu_share"], w["threads"], w["node_cpus"]) == (0.5, 1.0, 1, 2.0)
         assert w["peak_rss_bytes"] > 50 << 20
@@ -192,7 +200,7 @@ def test_second_run_with_skip_existing_does_nothing(archive, capsys):
                    "--workers", "2", "--num-cpus", "2", "--skip-existing"])
     assert rc == 0 and not ray.is_initialized()
     rep = json.load(open(base / "ray" / "restore_report_1.json"))
-    assert rep["summary"]["counts"] == {"restored": 0, "unchanged": 0, "skipped": 3, "failed": 0}
+    assert rep["summary"]["counts"] == {"restored": 0, "unchanged": 0, "skipped": len(SUBSET), "failed": 0}
     assert rep["engine"]["note"] == "nothing to do: Ray was not started"
     after = {n: os.stat(base / "ray" / n).st_mtime_ns for n in before}
     assert after == before

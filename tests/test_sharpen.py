@@ -142,3 +142,13 @@ def test_node_bad_input():
         assert out.shape == img.shape and torch.isfinite(out).all()
         assert 0 <= float(out.min()) and float(out.max()) <= 1
     assert read_images(img)[1].scale == 65535  # the 16-bit input was rescaled, not clipped
+
+
+def test_blur_estimate_ignores_smooth_shading_but_not_an_edge_on_it():
+    """A ramp's gradient barely changes with scale (it read as a 20 px blur); bars on the same ramp
+    (a printed page on uneven light) are still measured."""
+    ramp = np.tile(np.linspace(0.1, 0.9, 128), (64, 1))
+    assert sh.estimate_blur_sigma(ramp) is None
+    assert sh.estimate_blur_sigma(np.round(ramp * 255) / 255) is None
+    edge = ramp + gaussian_filter1d(np.where(np.arange(128) % 32 < 16, 0.0, 0.3), 1.5, mode="nearest")
+    assert abs(sh.estimate_blur_sigma(edge) - 1.5) < 0.4

@@ -319,13 +319,15 @@ class HybridRestorer:
                         analysis_seconds=report.seconds["total"], defects=report.to_dict(),
                         defect_summary=report.summary()), deep
 
-    def _mask(self, img: np.ndarray, mask) -> Tuple[Optional[np.ndarray], str, bool]:
-        """``(mask, source, detected)``: the given mask, or the detector's (when ``detect_damage``)."""
+    def _mask(self, img: np.ndarray, mask, gated: bool = True) -> Tuple[Optional[np.ndarray], str, bool]:
+        """``(mask, source, detected)``: the given mask, or the detector's (when ``detect_damage``):
+        ``gated`` (:func:`.damage_mask.detect_for_inpainting`) for the rule plan and the U-Net path, the
+        plain detector mask for the forests (what they were trained with, :mod:`.tools.train_guided`)."""
         if mask is not None:
             return np.asarray(mask, bool), "given mask", False
         if not self.detect_damage:
             return None, "", False
-        m, source = _plan.detect_mask(img)
+        m, source = _plan.detect_mask(img, gated)
         return m, source, True
 
     def _plan(self, img: np.ndarray, report: "defects.DefectReport", masked, progress=None):
@@ -446,7 +448,7 @@ class HybridRestorer:
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, unet_out = self._analyse(img, report, estimator)
         severity = info_an.severity
-        masked = self._mask(img, mask)
+        masked = self._mask(img, mask, gated=strategy not in ("auto", "ml_guided") or self.guide is None)
         planned = route = None
         if strategy == "auto":
             method, planned, route = self._route(report, masked, severity)

@@ -588,9 +588,11 @@ DETECT_CPU_MAX_PIXELS = 4_000_000
 DETECT_MIN_SIDE = 128
 
 
-def detect_mask(img: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
-    """The damage mask from ``hybrid.damage_mask.detect`` when that detector exists (and the image is
-    within :data:`DETECT_CPU_MAX_PIXELS` or a GPU is there), else ``(None, why)``."""
+def detect_mask(img: np.ndarray, gated: bool = True) -> Tuple[Optional[np.ndarray], str]:
+    """The damage mask from ``hybrid.damage_mask.detect_for_inpainting`` (``gated``; else the detector's
+    plain thresholded mask, ``detect``: what the ``ml_guided`` forests were trained with) when that
+    detector exists (and the image is within :data:`DETECT_CPU_MAX_PIXELS` or a GPU is there), else
+    ``(None, why)``."""
     try:
         from . import damage_mask
     except ImportError:
@@ -604,7 +606,7 @@ def detect_mask(img: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
             return None, (f"damage-mask detector skipped: image above {DETECT_CPU_MAX_PIXELS / 1e6:g} MP on the CPU; "
                           "pass a mask to inpaint")
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
-    mask, rep = damage_mask.detect_for_inpainting(rgb)
+    mask, rep = damage_mask.detect_for_inpainting(rgb) if gated else damage_mask.detect(rgb)
     if not mask.any() and rep.note:
         return None, f"damage-mask detector ({rep.method}): {rep.note}"
     return np.asarray(mask, bool), f"damage-mask detector ({rep.method})"

@@ -70,7 +70,7 @@ def chain_rows(pair: Dict[str, object], unet=None) -> Dict[str, object]:
 
     clean, dam = pair["clean"], pair["damaged"]
     rep = _defects.measure(dam)
-    mask, source = _plan.detect_mask(dam)
+    mask, source = _plan.detect_mask(dam, gated=False)
     frac = 0.0 if mask is None else float(mask.mean())
     base = psnr(dam, clean)
     cur, cur_psnr = dam, base
@@ -192,7 +192,7 @@ def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
             out, info = r.restore(p["damaged"], m)
             row[m] = psnr(out, p["clean"])
         rep = _defects.measure(p["damaged"])
-        masked = r._mask(p["damaged"], None)
+        masked = r._mask(p["damaged"], None, gated=False)
         row["pred_plan"] = r._guided_plan(rep, masked)[1]
         row["pred_deep"] = guide.deep_gain(rep, 0.0 if masked[0] is None else float(masked[0].mean()))
         rows.append(row)

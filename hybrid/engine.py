@@ -289,8 +289,11 @@ class HybridRestorer:
     # --- steps ------------------------------------------------------------------------------
     def analyse(self, rgb: np.ndarray, estimator: Optional[str] = None) -> Analysis:
         """Features, defect measurements, quality estimate and severity of an image (``[H, W, C]``,
-        C = 1 or 3, 0..1).  ``estimator``: ``unet`` / ``forest``; default the thresholds' own."""
-        img = defects.as_image(rgb)
+        C = 1 or 3, 0..1).  ``estimator``: ``unet`` / ``forest``; default the thresholds' own.  Arrays
+        are taken in as :meth:`restore` takes them (:func:`scripts.image_io.to_float01`: uint8/uint16
+        scaled, float clipped to 0..1, a float maximum above 2 refused as mis-scaled data)."""
+        arr, _kind, _notes = image_io.to_float01(rgb, "analyse")
+        img = defects.as_image(arr)
         return self._analyse(img, defects.measure(img), estimator)[0]
 
     def _analyse(self, img: np.ndarray, report: "defects.DefectReport", estimator: Optional[str] = None):

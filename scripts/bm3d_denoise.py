@@ -23,7 +23,12 @@ from typing import Optional
 
 import numpy as np
 
+from .finite import check_finite
+
 PROFILES = ("np", "high", "vn", "lc")  # 'refilter' is broken in bm3d 4.0.x and is refused
+#: the bm3d package refuses images smaller than its blocks ("Image cannot be smaller than block
+#: size!"); profile vn uses 11 px Wiener blocks, the others 8 px -- smaller images take the fallback
+PACKAGE_MIN_SIDE = 12
 #: "auto": the bm3d package when installed, else the fallback; "bm3d": require it; "fallback"
 METHODS = ("auto", "bm3d", "fallback")
 
@@ -187,7 +192,8 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
         else:
             ps = sfft.fft2(pview[y0:y1] * window, axes=(-2, -1), workers=-1)
             ps = ps.real ** 2 + ps.imag ** 2
-            gain = ps / np.maximum(ps + nb, 1e-30)  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) -> 0
+            den = ps + nb  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) keeps gain 1
+            gain = np.divide(ps, den, out=np.ones_like(ps), where=den > 0)
         rec = sfft.ifft2(spec * gain, axes=(-2, -1), workers=-1).real * window
         rec = rec.reshape(y1 - y0, nx, k, step, k, step)
         for i in range(k):
@@ -224,7 +230,10 @@ def _sliding_dft_filter_loop(z: np.ndarray, noise_b: np.ndarray, pilot: Optional
             gain[:, 0, 0] = 1.0
         else:
             ps = np.abs(np.fft.fft2(pview[y, xs] * window)) ** 2
-            gain = ps / np.maximum(ps + nb, 1e-30)  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) -> 0
+            # empirical Wiener (stage 2); a bin with neither pilot power nor noise power (0/0: a flat
+            # pilot block where the noise PSD is 0) has nothing to remove and keeps gain 1
+            den = ps + nb
+            gain = np.divide(ps, den, out=np.ones_like(ps), where=den > 0)
         rec = np.real(np.fft.ifft2(spec * gain))
         for i, x in enumerate(xs):
             out[y:y + block, x:x + block] += rec[i] * window
@@ -288,7 +297,8 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
     if method == "bm3d" and not bm3d_available():
         raise RuntimeError("the optional 'bm3d' package is not installed (pip install bm3d; "
                            "non-commercial licence); choose the fallback method instead")
-    if use_pkg:
+    too_small = use_pkg and min(z.shape[:2]) < PACKAGE_MIN_SIDE
+    if use_pkg and not too_small:
         out = bm3d_package(z, sigma=sigma, psd=psd, profile=profile)
         path = "bm3d package"
         detail = f"profile {profile}"
@@ -296,7 +306,10 @@ def denoise(image: np.ndarray, sigma: Optional[float] = None, psd: Optional[np.n
         out = fallback_denoise(z, sigma=sigma, psd=psd)
         path = "fallback: sliding-window DFT Wiener (permissive, no bm3d)"
         detail = "bm3d not installed"
-        if method == "fallback":
+        if too_small:
+            detail = (f"image under {PACKAGE_MIN_SIDE} px: smaller than the bm3d package's blocks "
+                      f"(up to {PACKAGE_MIN_SIDE - 1} px)")
+        elif method == "fallback":
             detail = "fallback requested"
-    out = np.nan_to_num(out, nan=0.0)
+    check_finite(out, "Film Grain Denoise", path)
     return DenoiseResult(out, path, detail)

@@ -42,7 +42,8 @@ _YR, _YG, _YB = 0.299, 0.587, 0.114
 
 
 def as_unit_float(image, name: str = "image") -> np.ndarray:
-    """``image`` as float32 in 0..1; ValueError for NaN/inf or an empty array; clips to 0..1."""
+    """``image`` as float32 in 0..1; ValueError for NaN/inf or an empty array; clips to 0..1.
+    A float32 array already in range is returned as is (not copied): callers never write to it."""
     a = np.asarray(image)
     if a.size == 0:
         raise ValueError(f"{name}: the image is empty (shape {a.shape})")
@@ -51,9 +52,10 @@ def as_unit_float(image, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint16:
         return a.astype(np.float32) / 65535.0
     a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{name}: {int((~np.isfinite(a)).sum())} pixel value(s) are NaN or infinite")
-    return np.clip(a, 0.0, 1.0)
+    return a if 0.0 <= lo and hi <= 1.0 else np.clip(a, 0.0, 1.0)  # no copy when already in range
 
 
 def to_u8(channel: np.ndarray) -> np.ndarray:
@@ -156,50 +158,73 @@ def oklab_to_srgb_fast(lab: np.ndarray) -> np.ndarray:
 
 
 # --- channel split / merge ------------------------------------------------------------------------
-def split_channel(image: np.ndarray, channel: str = "oklab"):
-    """Return ``(planes, rest)``: the 2-D float planes CLAHE works on (list) and what merge needs.
+#: working memory per colour-conversion strip (bytes); the conversions run in row strips so that an
+#: 8K image needs little more than its input, its output and two planes (scripts/memory_guard.py)
+STRIP_BYTES = 32 << 20
 
-    ``image`` is ``[H,W,3]`` float 0..1.  For "rgb" the planes are R, G, B.
+
+def _rows(image: np.ndarray):
+    """Row strips of ``image`` for the per-pixel conversions (~ :data:`STRIP_BYTES` of temporaries:
+    about six float32 copies of a strip)."""
+    from .memory_guard import strips
+
+    return strips(image.shape[0], image.shape[1] * image.shape[-1] * 4 * 6, STRIP_BYTES)
+
+
+def split_channel(image: np.ndarray, channel: str = "oklab"):
+    """Return ``(planes, rest)``: the 2-D float32 planes CLAHE works on (list) and what merge needs.
+
+    ``image`` is ``[H,W,3]`` float 0..1.  For "rgb" the planes are R, G, B.  The conversions run in
+    row strips; ``rest`` is None for every channel but "lab" (merge recomputes a and b of Oklab
+    from ``image``, strip by strip, instead of keeping a full Lab copy).
     """
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {channel!r}")
     if channel == "rgb":
         return [image[..., i] for i in range(3)], None
-    if channel == "oklab":
-        lab = srgb_to_oklab_fast(np.ascontiguousarray(image, dtype=np.float32))
-        return [np.clip(lab[..., 0], 0.0, 1.0)], lab
+    plane = np.empty(image.shape[:2], dtype=np.float32)
     if channel == "lab":
         import cv2
 
-        lab = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.float32), cv2.COLOR_RGB2Lab)
-        return [lab[..., 0] / 100.0], lab
-    # ycbcr
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    y = _YR * r + _YG * g + _YB * b
-    return [y.astype(np.float32)], image
+        lab = np.empty(image.shape[:2] + (3,), dtype=np.float32)
+        for sl in _rows(image):
+            lab[sl] = cv2.cvtColor(np.ascontiguousarray(image[sl], dtype=np.float32), cv2.COLOR_RGB2Lab)
+        np.multiply(lab[..., 0], np.float32(0.01), out=plane)
+        return [plane], lab
+    for sl in _rows(image):
+        part = np.asarray(image[sl], dtype=np.float32)
+        if channel == "oklab":
+            plane[sl] = np.clip(srgb_to_oklab_fast(np.ascontiguousarray(part))[..., 0], 0.0, 1.0)
+        else:  # ycbcr
+            plane[sl] = _YR * part[..., 0] + _YG * part[..., 1] + _YB * part[..., 2]
+    return [plane], None
 
 
 def merge_channel(planes, rest, channel: str, image: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`split_channel`; result clipped to 0..1 (out-of-gamut colours clip)."""
+    """Inverse of :func:`split_channel` (row strips); result float32 clipped to 0..1 (out-of-gamut
+    colours clip)."""
     if channel == "rgb":
-        out = np.stack(planes, axis=-1)
-    elif channel == "oklab":
-        lab = rest.copy()
-        lab[..., 0] = planes[0]
-        out = oklab_to_srgb_fast(lab)
-    elif channel == "lab":
-        import cv2
+        out = np.stack(planes, axis=-1).astype(np.float32, copy=False)
+        return np.clip(out, 0.0, 1.0, out=out)
+    out = np.empty(image.shape[:2] + (3,), dtype=np.float32)
+    for sl in _rows(image):
+        part = np.asarray(image[sl], dtype=np.float32)
+        if channel == "oklab":  # the sRGB table clips to 0..1 and cannot make NaN
+            lab = srgb_to_oklab_fast(np.ascontiguousarray(part))
+            lab[..., 0] = planes[0][sl]
+            out[sl] = oklab_to_srgb_fast(lab)
+            continue
+        if channel == "lab":
+            import cv2
 
-        lab = rest.copy()
-        lab[..., 0] = planes[0] * 100.0
-        out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
-    else:  # ycbcr: adding the luma change to R, G and B keeps Cb and Cr exactly
-        y_old = _YR * image[..., 0] + _YG * image[..., 1] + _YB * image[..., 2]
-        out = image + (planes[0] - y_old)[..., None]
-    if channel == "oklab":  # the sRGB table already clipped to 0..1 and cannot make NaN
-        return out
-    out = np.asarray(out, dtype=np.float32)
-    return np.clip(out, 0.0, 1.0, out=out)
+            lab = rest[sl].copy()
+            lab[..., 0] = planes[0][sl] * 100.0
+            out[sl] = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+        else:  # ycbcr: adding the luma change to R, G and B keeps Cb and Cr exactly
+            y_old = _YR * part[..., 0] + _YG * part[..., 1] + _YB * part[..., 2]
+            out[sl] = part + (planes[0][sl] - y_old)[..., None]
+        np.clip(out[sl], 0.0, 1.0, out=out[sl])
+    return out
 
 
 def clahe(image, clip_limit: float = DEFAULT_CLIP, grid: int = DEFAULT_GRID, channel: str = "oklab") -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from .finite import check_finite
 from .noise import estimate_noise_sigma
 
 METHODS = ("nlm", "bilateral", "wavelet", "tv")
@@ -118,6 +119,8 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
     else:
         source = "given"
     sigma = float(sigma)
+    if sigma <= 0:
+        source += "; no noise measured: output unchanged"
     if min(x.shape[:2]) < 3:
         out = x.copy()
         source += "; image under 3 px: returned unchanged"
@@ -125,9 +128,9 @@ def denoise(image: np.ndarray, method: str = "nlm", sigma: Optional[float] = Non
         fn = {"nlm": denoise_nlm, "bilateral": denoise_bilateral, "wavelet": denoise_wavelet,
               "tv": denoise_tv}[method]
         out = fn(x, sigma, strength)
+        check_finite(out, "Classical Denoise", f"{method} denoising")
     if x.min() >= 0 and x.max() <= 1:
         out = np.clip(out, 0.0, 1.0)
-    out = np.nan_to_num(out, nan=0.0)
     if np.ndim(image) == 2:
         out = out[:, :, 0]
     return out, DenoiseReport(method, sigma, source, float(strength))

@@ -51,12 +51,37 @@ def kernel_psd(kernel: np.ndarray, shape) -> np.ndarray:
     return np.abs(np.fft.fft2(k)) ** 2 * m * n
 
 
-def _blocks(channel: np.ndarray, block: int, step: int) -> np.ndarray:
-    """All ``block``×``block`` windows of a 2-D array at ``step`` px, as ``[K, block, block]``."""
+def _block_count(h: int, w: int, block: int) -> int:
+    """How many half-overlapping ``block`` px blocks fit in an ``h`` x ``w`` image."""
+    if min(h, w) < block:
+        return 0
+    step = max(1, block // 2)
+    return ((h - block) // step + 1) * ((w - block) // step + 1)
+
+
+def _windows(channel: np.ndarray, block: int, step: int) -> np.ndarray:
+    """All ``block``×``block`` windows of a 2-D array at ``step`` px: a ``[ny, nx, block, block]``
+    view (no copy; block k in row-major order is ``[k // nx, k % nx]``)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    win = sliding_window_view(channel, (block, block))[::step, ::step]
-    return win.reshape(-1, block, block)
+    return sliding_window_view(channel, (block, block))[::step, ::step]
+
+
+def _blocks(channel: np.ndarray, block: int, step: int, idx=None) -> np.ndarray:
+    """Windows of :func:`_windows` as ``[K, block, block]``: all of them, or those numbered ``idx``
+    (only those are copied)."""
+    win = _windows(channel, block, step)
+    if idx is None:
+        return win.reshape(-1, block, block)
+    iy, ix = np.unravel_index(np.asarray(idx), win.shape[:2])
+    return win[iy, ix]
+
+
+def _per_block(channel: np.ndarray, block: int, step: int, fn) -> np.ndarray:
+    """``fn(blocks [n, block, block]) -> [n]`` over every window, one row of windows at a time: the
+    half-overlapping windows hold 4x the image, so they are never all copied at once."""
+    win = _windows(channel, block, step)
+    return np.concatenate([fn(np.ascontiguousarray(win[i])) for i in range(win.shape[0])])
 
 
 def _detrend(blocks: np.ndarray) -> np.ndarray:
@@ -83,8 +108,11 @@ def _acf_from_blocks(blocks: np.ndarray, removed_dof: int) -> np.ndarray:
     as a ``[2L+1, 2L+1]`` array with lag 0 in the centre.
     """
     k, b, _ = blocks.shape
-    spec = np.fft.fft2(blocks, s=(2 * b, 2 * b))
-    sums = np.real(np.fft.ifft2(np.mean(np.abs(spec) ** 2, axis=0)))  # Σ_t x(t)x(t+τ), block mean
+    power = np.zeros((2 * b, 2 * b))
+    step = max(1, (16 << 20) // (64 * b * b))  # ~16 MB of complex spectra at a time (an 8K image
+    for i in range(0, k, step):                 # chooses ~13,000 blocks: 0.8 GB at once)
+        power += (np.abs(np.fft.fft2(blocks[i:i + step], s=(2 * b, 2 * b))) ** 2).sum(axis=0)
+    sums = np.real(np.fft.ifft2(power / k))  # Σ_t x(t)x(t+τ), block mean
     lmax = max(1, b // 4)
     lags = np.arange(-lmax, lmax + 1)
     idx = lags % (2 * b)
@@ -129,7 +157,8 @@ def estimate_grain_psd(
     the ``fraction`` flattest (at least ``min_blocks``) are taken as noise-only.  With ``mask``
     (``[H, W]``, nonzero = noise-only area, e.g. a flat sky or a film border) only blocks lying
     at least 90 % inside it are used.  The periodograms of the chosen blocks are averaged per
-    channel (Welch 1967) and resampled to ``out_shape`` (default: the image size).
+    channel (Welch 1967) and resampled to ``out_shape`` (default: the image size).  ``block`` is
+    halved (down to 8 px) until at least ``min_blocks`` blocks fit in the image; ``notes`` says so.
 
     Flat-block selection biases the estimate low where the image has no flat area (textures are
     never chosen if flatter areas exist); give a mask in that case.
@@ -143,9 +172,14 @@ def estimate_grain_psd(
     if not np.all(np.isfinite(img)):
         raise ValueError("estimate_grain_psd: the image contains NaN or infinite values")
     notes = []
-    block = int(block)
+    block = asked = int(block)
+    # fewer than min_blocks blocks would make the image itself the "grain" (a 64x96 image holds two
+    # 64 px blocks): halve the block until enough fit, down to 8 px
+    while block > 8 and _block_count(h, w, block) < min_blocks:
+        block = max(8, block // 2)
     if min(h, w) < block:
         block = max(4, 2 ** int(np.floor(np.log2(max(min(h, w), 4)))))
+    if block != asked:
         notes.append(f"block reduced to {block} px for a {w}x{h} image")
     if min(h, w) < 4:
         raise ValueError(f"estimate_grain_psd: the image ({w}x{h}) is too small to estimate grain")
@@ -158,13 +192,14 @@ def estimate_grain_psd(
     from scipy.ndimage import gaussian_filter
 
     smooth = gaussian_filter(lum, 2.0, mode="reflect")
-    score = _detrend(_blocks(smooth, block, step)).var(axis=(1, 2))
+    score = _per_block(smooth, block, step, lambda bl: _detrend(bl).var(axis=(1, 2)))
+    del smooth
     source = "flat blocks"
     if mask is not None:
         m = np.asarray(mask, dtype=np.float64)
         if m.shape != (h, w):
             raise ValueError(f"estimate_grain_psd: mask shape {m.shape} does not match the image {(h, w)}")
-        cover = _blocks((m > 0.5).astype(np.float64), block, step).mean(axis=(1, 2))
+        cover = _per_block((m > 0.5).astype(np.float32), block, step, lambda bl: bl.mean(axis=(1, 2)))
         inside = cover >= 0.9
         if inside.sum() >= 1:
             score = np.where(inside, score, np.inf)
@@ -176,7 +211,7 @@ def estimate_grain_psd(
     else:
         chosen_n = None
     # keep edges of brightness range out: clipped (0 or 1) blocks have no grain
-    means = _blocks(lum, block, step).mean(axis=(1, 2))
+    means = _per_block(lum, block, step, lambda bl: bl.mean(axis=(1, 2)))
     lo, hi = np.percentile(lum, 0.5), np.percentile(lum, 99.5)
     clipped = (means <= lo + 1e-6) | (means >= hi - 1e-6)
     if (~clipped).sum() >= min_blocks:
@@ -190,7 +225,7 @@ def estimate_grain_psd(
     psds = []
     sig = []
     for c in range(ch):
-        bl = _detrend(_blocks(img[:, :, c], block, step)[idx])
+        bl = _detrend(_blocks(img[:, :, c], block, step, idx))
         psd = _psd_from_acf(_acf_from_blocks(bl, removed_dof=3), out_shape)
         psds.append(psd)
         sig.append(np.sqrt(psd.mean() / (out_shape[0] * out_shape[1])))

@@ -723,7 +723,17 @@ def _write_pillow(path, arr, depth, meta, fmt, quality, notes) -> None:
         kw["dpi"] = tuple(int(round(d)) for d in meta.dpi)
     if fmt == "BMP" and (meta.icc_profile or meta.exif):
         notes.append("BMP holds no ICC profile or EXIF: not carried over")
-    im.save(path, format=fmt, **kw)
+    try:
+        im.save(path, format=fmt, **kw)
+    except OSError:
+        if not kw.get("optimize"):
+            raise
+        # Pillow sizes libjpeg's buffer for an optimised JPEG at 1-2 bytes per pixel; content that
+        # hardly compresses (noise at quality >= 90, no chroma subsampling) needs more and libjpeg
+        # stops with "Suspension not allowed here": write it with the standard Huffman tables
+        kw["optimize"] = False
+        im.save(path, format=fmt, **kw)
+        notes.append("JPEG written without Huffman-table optimisation (the content hardly compresses)")
 
 
 def _write_tiff(path, arr, depth, meta, fmt, quality, notes) -> None:

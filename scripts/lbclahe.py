@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import clahe as _clahe
+from .finite import all_finite, check_finite
 from .metrics import ssim
 
 PREDICTOR_PATH = "lbclahe/predictor.joblib"
@@ -79,13 +80,16 @@ def features(plane: np.ndarray) -> np.ndarray:
     """Histogram and gradient statistics of a float plane 0..1 ``[H,W]`` (any size), float64 vector.
 
     Computed on the plane area-downsampled to <= 256 px per side, so they cost the same at any
-    size and barely depend on it.  Order: :data:`FEATURE_NAMES`.  Always finite (flat or 1x1 planes
-    give zeros for the undefined moments).
+    size and barely depend on it.  Order: :data:`FEATURE_NAMES`.  Finite by construction (flat or
+    1x1 planes give zeros for the undefined moments); a plane with NaN/inf values is a ``ValueError``.
     """
     import cv2
 
     full_shape = np.shape(plane)
-    p = np.clip(np.nan_to_num(_small_plane(plane), nan=0.0), 0.0, 1.0)
+    if not all_finite(plane):
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(plane))))
+        raise ValueError(f"LB-CLAHE features: the plane has {bad} NaN or infinite value(s)")
+    p = np.clip(_small_plane(plane), 0.0, 1.0)
     v = p.ravel().astype(np.float64)
     mean = v.mean()
     std = v.std()
@@ -126,7 +130,8 @@ def features(plane: np.ndarray) -> np.ndarray:
         lstd.mean(), lstd.std(), block_std, math.log2(max(1, full_shape[0] * full_shape[1])) / 24.0,
     ]
     out = np.asarray(feats, dtype=np.float64)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    check_finite(out, "Learning-Based CLAHE", "feature extraction")
+    return out
 
 
 

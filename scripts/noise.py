@@ -45,6 +45,28 @@ def estimate_noise_sigma(image: np.ndarray, method: str = "skimage") -> float:
         raise ValueError(f"unknown noise estimator '{method}' ({', '.join(ESTIMATORS)})")
     if method == "mad" or min(x.shape[:2]) < 4:
         return float(np.mean([mad_sigma(x[..., c]) for c in range(x.shape[2])]))
-    from skimage.restoration import estimate_sigma
+    return float(np.mean([_skimage_sigma(x[..., c]) for c in range(x.shape[2])]))
 
-    return float(estimate_sigma(x, channel_axis=-1, average_sigmas=True))
+
+def _skimage_sigma(channel: np.ndarray) -> float:
+    """skimage's ``estimate_sigma`` of one 2-D channel (Donoho & Johnstone, Biometrika 81, 1994,
+    sec. 4.2), 0 for a channel without fine detail.
+
+    σ = median(|d|) / Φ⁻¹(0.75) over the nonzero diagonal detail coefficients ``d`` of a one-level
+    db2 wavelet transform (skimage leaves out coefficients that are exactly 0).  A flat (e.g.
+    all-black) or piecewise-constant channel has none left -- skimage then takes the median of an
+    empty set and returns NaN; there is no noise to measure, so σ = 0 by construction here.
+    skimage's averaged multi-channel call equals the mean of these per-channel values
+    (``tests/test_fuzz_regressions.py`` compares the two).
+    """
+    import pywt
+
+    d = pywt.dwtn(np.asarray(channel, dtype=np.float64), wavelet="db2")["dd"]
+    d = np.abs(d[d != 0])
+    if d.size == 0:
+        return 0.0
+    return float(np.median(d) / _PHI_INV_075)
+
+
+#: Φ⁻¹(0.75), the 75th percentile of the standard normal (scipy.stats.norm.ppf(0.75))
+_PHI_INV_075 = 0.6744897501960817

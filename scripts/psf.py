@@ -353,7 +353,8 @@ class PsfReport:
                "indices ns/ng/ng0/ni/ni0": f"{m.ns}/{m.ng}/{m.ng0}/{m.ni}/{m.ni0}",
                "thickness tg/tg0/ti0 (µm)": f"{m.tg}/{m.tg0}/{m.ti0}",
                "pixel size (µm)": self.pixel_size, "stack": self.stack, "z range (µm)": self.z_range,
-               "particle depth (µm)": self.particle_depth, "lateral FWHM (µm)": self.lateral_fwhm}
+               "particle depth (µm)": self.particle_depth,
+               "lateral FWHM (µm)": self.lateral_fwhm if np.isfinite(self.lateral_fwhm) else "wider than the PSF frame"}
         if self.axial_fwhm is not None:
             out["axial FWHM (µm)"] = self.axial_fwhm if np.isfinite(self.axial_fwhm) else "wider than the stack"
         out.update({"method": self.method, "view": self.view})

@@ -136,7 +136,11 @@ def sharpen_channel(lum: np.ndarray, amount: float, radius: float, noise_sigma: 
     if noise_sigma > 0 and threshold > 0:
         sd = noise_sigma * _noise_gain(lambda d: d - _gauss(d, radius))
         t2 = (threshold * sd) ** 2
-        detail = detail * (detail * detail) / (detail * detail + t2)
+        # soft coring d·d²/(d² + t²); a radius under ~0.15 px blurs nothing (the Gaussian truncates
+        # to one tap), so sd = 0 and the coring is the identity -- never 0/0
+        if t2 > 0:
+            d2 = detail * detail
+            detail = detail * d2 / (d2 + t2)
     gain = np.full_like(x, float(amount))
     if edge_adaptive and noise_sigma > 0:
         g = _grad_mag(x, 1.0)
@@ -177,6 +181,7 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
     (robust MAD, :func:`.noise.mad_sigma`, on the channel that is sharpened).
     Returns ``(out, SharpenReport)``; ``out`` has the input's shape, not clipped.
     """
+    from .finite import check_finite
     from .noise import mad_sigma
 
     x = np.asarray(image, dtype=np.float64)
@@ -232,7 +237,10 @@ def sharpen(image: np.ndarray, amount: Optional[float] = None, radius: Optional[
         out = x + (outs[0] - chans[0])[:, :, None]
     else:
         out = np.stack(outs, axis=-1)
-    out = np.nan_to_num(out, nan=0.0)
+    check_finite(out, "Smart Sharpen", f"{used_space} sharpening")
+    if float(np.max(np.abs(out - x), initial=0.0)) < 1e-6:
+        notes.append(f"radius {radius:g} px blurs less than a pixel: nothing to sharpen, output unchanged"
+                     if radius < 0.3 else "no detail above the noise threshold: output unchanged")
     if squeeze:
         out = out[:, :, 0]
     return out, SharpenReport(float(amount), float(radius), float(noise_sigma), blur, used_space, notes)

@@ -38,7 +38,9 @@ def _nlm(img: np.ndarray, _opts: dict) -> np.ndarray:
 
 
 def _clahe(img: np.ndarray, _opts: dict, gamma: float = 1.0) -> np.ndarray:
-    return clahe.clahe(np.power(img, gamma) if gamma != 1.0 else img, clahe.DEFAULT_CLIP, clahe.DEFAULT_GRID, "lab")
+    # a gamma of a negative value is NaN: model nodes take their input as is, so clip below 0 first
+    return clahe.clahe(np.power(np.maximum(img, 0.0), gamma) if gamma != 1.0 else img,
+                       clahe.DEFAULT_CLIP, clahe.DEFAULT_GRID, "lab")
 
 
 def _unsharp(img: np.ndarray, _opts: dict) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._common import CATEGORY_ROOT, DEVICE_INPUT, choice_input, float_input, image_input, ImageNode, info_text
 from ._common import map_images, node_mappings
-from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, STRATEGIES, Thresholds
+from ..hybrid.engine import CALIBRATED, DEFAULT_ESTIMATOR, ESTIMATORS, STRATEGIES, STRATEGY_HELP, Thresholds
 
 CATEGORY = f"{CATEGORY_ROOT}/Hybrid"
 #: the engine's calibrated defaults (hybrid/engine.py), the one place they are set
@@ -19,13 +19,6 @@ ESTIMATOR_HELP = (
     "restoration stands in for the unknown original; costs one U-Net run, reused when the image goes to the "
     "U-Net). Calibrated thresholds: " + "; ".join(f"{k}: light >= {v[0]:g}, severe < {v[1]:g} dB"
                                                   for k, v in CALIBRATED.items()) + ".")
-STRATEGY_HELP = (
-    "auto: measure the defects; light and moderate damage -> the classical plan, severe -> the U-Net. "
-    "classical: the plan over the pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen), each stage "
-    "only when its defect is measured; an image with none comes back unchanged and the info says why. "
-    "ml_guided: unsharp/colour-stretch parameters predicted by the random forest, or no change when no setting "
-    "is predicted to help. deep_learning: the shipped U-Net."
-)
 
 
 MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inpainted instead of the detector's "

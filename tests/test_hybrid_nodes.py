@@ -65,7 +65,8 @@ def test_hybrid_restore_batch_and_report(batch):
     assert img.shape == batch.shape and img.dtype == torch.float32
     assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
     ref, report = _library_call(batch, "auto")
-    assert torch.equal(img, ref) and len(report.items) == 2
+    # the bm3d package's first call in a process differs from later ones by ~4e-6 (its FFT plans)
+    assert torch.allclose(img, ref, atol=2e-5, rtol=0) and len(report.items) == 2
     assert all(r.method in ("classical", "ml_guided", "deep_learning") and r.strategy == "auto" for r in report.items)
 
 

@@ -123,7 +123,7 @@ def restore_folder(inputs: Union[str, Iterable[str]], output_dir, *, strategy: s
     opts = _options(output_dir, recursive=recursive, existing=existing, format=format, bit_depth=bit_depth,
                     quality=quality)
     restorer = _restorer(device, tile)
-    return run_batch(inputs, RestoreProcessor(restorer, strategy), opts, progress=progress,
+    return run_batch(inputs, RestoreProcessor(restorer, strategy, progress=progress), opts, progress=progress,
                      extra={"strategy": strategy})
 
 

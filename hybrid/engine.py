@@ -1,24 +1,34 @@
-"""Decision engine: measure the image's defects, then restore it with the cheapest adequate method.
+"""Decision engine: measure the image's defects, then restore it with the method predicted to do best.
 
 Every image is first measured (:func:`.defects.measure`: the 14 FFT features plus noise, blur,
-motion, tone, colour cast, illumination and JPEG blockiness, with units), and a restoration plan is
-built from those measurements by fixed rules (:mod:`.plan`).  Strategies:
+motion, tone, colour cast, illumination and JPEG blockiness, with units), and its damage mask is
+detected (:func:`.plan.detect_mask`, when the detector is installed and the image is within its size
+limits; a mask passed in is used instead).  Strategies:
 
-* ``classical``: the plan — inpaint / denoise / deblur / tone / colour / sharpen over the pack's own
-  tools, each stage only when its defect is measured above its threshold; an image in which nothing
-  passes comes back unchanged (bit-identical), with the reason.
-* ``ml_guided``: the random forest picks unsharp-mask / colour-stretch parameters from the 14
-  features (:mod:`.predictor`; the forest-guided plan is the next step of issue #15).
-* ``deep_learning``: the shipped U-Net.
-* ``auto``: severity from the quality estimate ``q`` (dB, an estimate of the image's PSNR against its
-  undamaged original) and the thresholds (:class:`Thresholds`): ``light`` and ``moderate`` → the plan
-  (``classical``), ``severe`` (``q < severe_max_db``) → the U-Net.
+* ``classical``: the plan by fixed rules (:func:`.plan.plan_from_rules`) — inpaint / denoise / deblur /
+  tone / colour / sharpen over the pack's own tools, each stage only when its defect is measured above
+  its threshold.
+* ``ml_guided``: the same plan and executors, each stage gated and parametrised by random forests
+  (:mod:`.guided`: the predicted PSNR gain of each candidate must exceed the stage's margin chosen on
+  the validation split).  Here tone, per-channel levels, colour cast and flat-field can run, which
+  fixed thresholds could not do without harming clean images.
+* ``deep_learning``: the stages the U-Net cannot do — inpainting of the mask and denoising of heavy
+  noise (:func:`.guided.deep_plan`) — then the shipped U-Net.
+* ``auto``: the forest predicts the PSNR gain of the ``deep_learning`` path and of the ``ml_guided``
+  plan; the U-Net path runs when its predicted gain exceeds the plan's by the bundle's route margin
+  (chosen on the validation split), else the ``ml_guided`` plan.  No network runs just to decide.
+  Without the ``ml_guided`` bundle, the older severity routing below is used.
 
-The quality estimate (``Thresholds.estimator``):
+An image for which every stage is skipped comes back unchanged (bit-identical), with the reason.
+
+Severity (reported; it routes ``auto`` only without the ``ml_guided`` bundle): the quality estimate
+``q`` (dB, an estimate of the image's PSNR against its undamaged original) and the thresholds
+(:class:`Thresholds`): ``light`` and ``moderate`` → the plan, ``severe`` (``q < severe_max_db``) → the
+U-Net.  The quality estimate (``Thresholds.estimator``):
 
 * ``forest`` (default): the random-forest predictor's estimate from the 14 analysis features
   (:mod:`.predictor`), ~1 ms; without a predictor a documented fallback formula on the two
-  detections (:func:`fallback_quality_db`).  No network runs just to decide.
+  detections (:func:`fallback_quality_db`).
 * ``unet``: the PSNR of the input against the U-Net's restoration of it (the restoration stands in
   for the unknown original); it costs one U-Net run, reused when the image is routed to the U-Net.
 
@@ -32,16 +42,24 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import analysis, classical, defects, plan as _plan
+from . import analysis, defects, plan as _plan
 from ..scripts import image_io
 from ..scripts.finite import check_finite
 
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
+#: what each strategy does, for the node's tooltip and the CLI's --strategy help (one text, two places)
+STRATEGY_HELP = (
+    "auto (default): measure each image's defects; random forests predict the PSNR gain of the ml_guided plan "
+    "and of the U-Net path, and the better one runs (no network runs to decide). classical: the plan over the "
+    "pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen) with fixed thresholds. ml_guided: the "
+    "same plan, each stage and its parameters chosen by random forests (a stage runs only when its predicted "
+    "gain is above a margin). deep_learning: inpainting and heavy-noise denoising from the plan, then the "
+    "shipped U-Net. An image in which nothing is done comes back unchanged, and the report says why.")
 ESTIMATORS = ("unet", "forest")
 #: ceiling of the U-Net-residual estimate (an unchanged image would otherwise be infinite dB)
 MAX_QUALITY_DB = 60.0
@@ -155,7 +173,9 @@ class Analysis(_Mapping):
 class RestoreReport(_Mapping):
     """What :meth:`HybridRestorer.restore` did with one image: the method and its parameters (for the
     plan: its steps with parameters and why, the stages skipped and why, the execution report),
-    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was."""
+    ``stages`` that ran, and ``unchanged`` with the ``reason`` when the image came back as it was.
+    ``mask``: bool ``[H, W]`` of the pixels the plan inpainted (given or detected; None when no
+    inpainting ran) — the nodes output it as a MASK; not part of the text or JSON report."""
 
     method: str
     severity: str
@@ -167,6 +187,7 @@ class RestoreReport(_Mapping):
     unchanged: bool = False
     reason: str = ""
     stages: List[str] = None
+    mask: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def info_fields(self) -> dict:
         params = {k: v for k, v in self.parameters.items() if k not in ("runner", "model", "execution")}
@@ -196,6 +217,7 @@ def shared_restorer(thresholds: Optional["Thresholds"] = None, device: str = "au
         previous = next(iter(_SHARED.values()), None)
         if previous is not None:
             r._predictor, r._unet = previous._predictor, previous._unet
+            r._guide, r._guide_tried = previous._guide, previous._guide_tried
         _SHARED[key] = r
     return _SHARED[key]
 
@@ -205,7 +227,7 @@ class HybridRestorer:
 
     ``predictor`` and ``unet`` default to the shipped models (loaded lazily, on first use);
     pass objects to override (``predictor``: :class:`.predictor.Predictor`; ``unet``: a
-    ModelHandle).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net; ``progress``
+    ModelHandle; ``guide``: :class:`.guided.Guide`, the ``ml_guided`` forests, or False for none).  ``device`` / ``tile`` go to the memory-safe runner for the U-Net; ``progress``
     shows a per-tile progress bar while the U-Net runs (useful on large images).  ``rules``: the
     plan's thresholds (:class:`.plan.Rules`); ``denoiser``: the plan's denoiser
     (:data:`.plan.DENOISERS`); ``detect_damage``: find the damage mask to inpaint with
@@ -214,7 +236,8 @@ class HybridRestorer:
 
     def __init__(self, thresholds: Optional[Thresholds] = None, predictor=None, unet=None,
                  device: str = "auto", tile: int = 0, use_shipped: bool = True, progress: bool = False,
-                 rules: Optional["_plan.Rules"] = None, denoiser: str = "auto", detect_damage: bool = True):
+                 rules: Optional["_plan.Rules"] = None, denoiser: str = "auto", detect_damage: bool = True,
+                 guide=None):
         self.thresholds = thresholds or Thresholds()
         self.rules = rules or _plan.RULES
         if denoiser not in _plan.DENOISERS:
@@ -223,6 +246,8 @@ class HybridRestorer:
         self.detect_damage = bool(detect_damage)
         self._predictor = predictor
         self._unet = unet
+        self._guide = guide or None  # False: no forests (ml_guided = the rule plan, auto by severity)
+        self._guide_tried = guide is not None or not use_shipped
         self.device = device
         self.tile = int(tile)
         self.progress = bool(progress)
@@ -241,6 +266,20 @@ class HybridRestorer:
                 self.notes.append(f"predictor unavailable ({exc}); fallback formulas used")
                 self.use_shipped = False
         return self._predictor
+
+    @property
+    def guide(self):
+        """The ``ml_guided`` forests (:class:`.guided.Guide`), or None when the bundle is missing or
+        fails its hash (then ``ml_guided`` runs the rule plan and ``auto`` the severity routing, with a note)."""
+        if self._guide is None and not self._guide_tried:
+            self._guide_tried = True
+            from .guided import Guide
+
+            try:
+                self._guide = Guide.load()
+            except Exception as exc:
+                self.notes.append(f"ml_guided forests unavailable ({exc}); the rule plan is used instead")
+        return self._guide
 
     @property
     def unet(self):
@@ -273,7 +312,7 @@ class HybridRestorer:
         estimator = estimator or self.thresholds.estimator
         deep = None
         if estimator == "unet":
-            deep = self._deep(img)
+            deep = self._unet_run(img)
             q = residual_quality_db(img, deep[0])
             q_source = "U-Net residual (PSNR of the input against its U-Net restoration)"
         else:
@@ -286,37 +325,56 @@ class HybridRestorer:
                         analysis_seconds=report.seconds["total"], defects=report.to_dict(),
                         defect_summary=report.summary()), deep
 
-    def _plan(self, img: np.ndarray, report: "defects.DefectReport", mask=None, progress=None):
+    def _mask(self, img: np.ndarray, mask, gated: bool = True) -> Tuple[Optional[np.ndarray], str, bool]:
+        """``(mask, source, detected)``: the given mask, or the detector's (when ``detect_damage``):
+        ``gated`` (:func:`.damage_mask.detect_for_inpainting`) for the rule plan and the U-Net path, the
+        plain detector mask for the forests (what they were trained with, :mod:`.tools.train_guided`)."""
+        if mask is not None:
+            return np.asarray(mask, bool), "given mask", False
+        if not self.detect_damage:
+            return None, "", False
+        m, source = _plan.detect_mask(img, gated)
+        return m, source, True
+
+    def _plan(self, img: np.ndarray, report: "defects.DefectReport", masked, progress=None):
         """The ``classical`` strategy: measurements → rules → plan → execution."""
-        source = "given mask" if mask is not None else ""
-        detected = mask is None and self.detect_damage
-        if detected:
-            mask, source = _plan.detect_mask(img)
+        mask, source, detected = masked
         p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source, mask_detected=detected)
+        return self._execute(img, p, "rules on the measured defects (hybrid/plan.py)", progress)
+
+    @staticmethod
+    def _execute(img, p: "_plan.Plan", why: str, progress=None, **extra):
         out, ex = _plan.execute(img, p, progress)
-        return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(),
-                     "why": "rules on the measured defects (hybrid/plan.py)"}
+        inpainted = next((s.params["mask"] for s in p.steps if s.stage == "inpaint"), None)
+        return out, {"plan": p.to_dict(), "execution": ex.to_dict(), "summary": ex.summary(), "why": why,
+                     "inpainted_mask": inpainted, **extra}
 
-    def _classical(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
-        """The seed's rule-based colour stretch + unsharp mask (kept as the ml_guided fallback)."""
-        p = classical.rule_parameters(feats)
-        return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
+    def _guided_plan(self, report: "defects.DefectReport", masked) -> Tuple[Optional["_plan.Plan"], float]:
+        """The forests' plan and its predicted gain (dB), or ``(None, 0)`` without the bundle."""
+        g = self.guide
+        if g is None:
+            return None, 0.0
+        mask, source, detected = masked
+        p, gain = g.plan(report, mask, self.denoiser, self.rules, mask_source=source)
+        if not detected and mask is not None and mask.any() and not any(s.stage == "inpaint" for s in p.steps):
+            # a mask the caller drew is always inpainted
+            p.skipped = [s for s in p.skipped if s.stage != "inpaint"]
+            p.steps.insert(0, _plan.Step("inpaint", {"mask": mask, "method": "telea", "radius": self.rules.inpaint_radius,
+                                                     "dilate": self.rules.inpaint_dilate},
+                                         f"{100 * mask.mean():.2f} % of the pixels marked by the given mask"))
+        return p, gain
 
-    def _ml_guided(self, rgb, feats) -> Tuple[np.ndarray, Dict[str, object]]:
-        pred = self.predictor
-        if pred is None:
-            out, p = self._classical(rgb, feats)
-            p = dict(p, why="predictor unavailable: rule-based parameters")
-            return out, p
-        p = pred.predict(feats)
-        p["why"] = ("random forest: no grid combination is predicted to gain, image left unchanged"
-                    if p.get("no_change") else
-                    "random forest: grid combination with the highest predicted PSNR gain")
-        if p.get("no_change"):
-            return np.array(rgb, copy=True), p
-        return classical.apply(rgb, p["colour_correction"], p["sigma"], p["strength"]), p
+    def _ml_guided(self, img, report, masked, progress=None, planned=None) -> Tuple[np.ndarray, Dict[str, object]]:
+        p, gain = planned if planned is not None else self._guided_plan(report, masked)
+        if p is None:
+            out, params = self._plan(img, report, masked, progress)
+            params["why"] = "ml_guided forests unavailable: the rule plan ran instead"
+            return out, params
+        return self._execute(img, p, "random forests: each stage's predicted PSNR gain against its margin "
+                             "(hybrid/guided.py)", progress, predicted_gain_db=round(gain, 3))
 
-    def _deep(self, img) -> Tuple[np.ndarray, Dict[str, object]]:
+    def _unet_run(self, img) -> Tuple[np.ndarray, Dict[str, object]]:
+        """The shipped U-Net on ``img`` (grey is run as RGB and averaged back)."""
         from .unet import run
 
         rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
@@ -324,6 +382,40 @@ class HybridRestorer:
         if img.shape[-1] == 1:
             out = out.mean(axis=-1, keepdims=True)
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
+
+    def _deep(self, img, report=None, masked=(None, "", False), progress=None,
+              unet_out=None) -> Tuple[np.ndarray, Dict[str, object]]:
+        """The ``deep_learning`` path: :func:`.guided.deep_plan` (inpaint the mask, denoise heavy noise),
+        then the U-Net (``unet_out``: its output on ``img``, reused when no stage ran before it)."""
+        from .guided import deep_plan
+
+        if report is None:
+            report = defects.measure(img)
+        mask, source, detected = masked
+        p = deep_plan(report, mask, self.denoiser, self.rules, mask_source=source, mask_detected=detected)
+        pre, params = self._execute(img, p, "the stages the U-Net cannot do, then the U-Net", progress)
+        if unet_out is not None and p.unchanged:
+            out, u = unet_out
+        else:
+            out, u = self._unet_run(pre)
+        params.update(u)
+        return out, params
+
+    def _route(self, report: "defects.DefectReport", masked, severity: str):
+        """``auto``: ``(method, the ml_guided plan or None, why)``.  With the forests: the U-Net path when
+        its predicted gain exceeds the plan's by the route margin; else the severity routing."""
+        g = self.guide
+        if g is None:
+            return METHOD_FOR_SEVERITY[severity], None, {"by": "severity", "severity": severity}
+        planned = self._guided_plan(report, masked)
+        mask = masked[0]
+        deep_gain = g.deep_gain(report, 0.0 if mask is None else float(mask.mean()))
+        plan_gain = planned[1]
+        use_deep = deep_gain > plan_gain + g.route_margin
+        why = {"by": "forest-predicted gains", "deep_learning_gain_db": round(deep_gain, 3),
+               "ml_guided_gain_db": round(plan_gain, 3), "route_margin_db": g.route_margin,
+               "chosen": "deep_learning" if use_deep else "ml_guided"}
+        return ("deep_learning", None, why) if use_deep else ("ml_guided", planned, why)
 
     # --- API ----------------------------------------------------------------------------------
     def restore(self, image_or_path, strategy: str = "auto", mask: Optional[np.ndarray] = None,
@@ -362,27 +454,26 @@ class HybridRestorer:
         report = defects.measure(img)
         # a forced classical / ML-guided run does not pay for a U-Net estimate it would not use
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
-        info_an, deep = self._analyse(img, report, estimator)
+        info_an, unet_out = self._analyse(img, report, estimator)
         severity = info_an.severity
-        method = METHOD_FOR_SEVERITY[severity] if strategy == "auto" else strategy
-        feats = info_an.features
-        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
-        if method == "classical":
-            out, params = self._plan(img, report, mask, progress)
-            unchanged = params["execution"]["unchanged"]
-            reason = params["execution"]["reason"]
-            stages = [f"{st['stage']}" for st in params["execution"]["stages"]]
-        elif method == "ml_guided":
-            out, params = self._ml_guided(rgb, feats)
-            if img.shape[-1] == 1:
-                out = out.mean(axis=-1, keepdims=True) if not params.get("no_change") else np.array(img, copy=True)
-            unchanged = bool(params.get("no_change"))
-            reason = params["why"] if unchanged else ""
-            stages = [] if unchanged else ["colour stretch" if params["colour_correction"] else "", "unsharp mask"]
-            stages = [x for x in stages if x]
+        masked = self._mask(img, mask, gated=strategy not in ("auto", "ml_guided") or self.guide is None)
+        planned = route = None
+        if strategy == "auto":
+            method, planned, route = self._route(report, masked, severity)
         else:
-            out, params = deep if deep is not None else self._deep(img)
-            unchanged, reason, stages = False, "", ["U-Net"]
+            method = strategy
+        if method == "classical":
+            out, params = self._plan(img, report, masked, progress)
+        elif method == "ml_guided":
+            out, params = self._ml_guided(img, report, masked, progress, planned)
+        else:
+            out, params = self._deep(img, report, masked, progress, unet_out)
+        mask_used = params.pop("inpainted_mask", None)
+        if route is not None:
+            params["route"] = route
+        unchanged = params["execution"]["unchanged"] and method != "deep_learning"
+        reason = params["execution"]["reason"] if unchanged else ""
+        stages = [f"{st['stage']}" for st in params["execution"]["stages"]] + (["U-Net"] if method == "deep_learning" else [])
         out = np.asarray(out, np.float32)
         check_finite(out, "Hybrid restore", method)
         if not unchanged:
@@ -392,5 +483,5 @@ class HybridRestorer:
         if squeeze:
             out = out[..., 0]
         report = RestoreReport(method, severity, strategy, info_an, params, list(self.notes) + intake_notes,
-                               time.perf_counter() - t0, bool(unchanged), reason, stages)
+                               time.perf_counter() - t0, bool(unchanged), reason, stages, mask_used)
         return image_io.from_float01(out, kind), report

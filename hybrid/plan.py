@@ -21,7 +21,8 @@ deblur      Richardson–Lucy on the luma with the measured Gaussian (or linear-
             luma change is added to R, G and B
 tone        levels: the same affine map on R, G and B taking the measured black / white points to their
             targets (undoes fading without shifting hue); flat-field: division by the measured smooth
-            illumination surface (quadratic fit of the lightness envelope); LB-CLAHE (Campos et al. 2019)
+            illumination surface (quadratic fit of the lightness envelope); per-channel levels (the
+            measured 0.5 / 99.5 % percentiles of R, G, B stretched towards 0 / 1); LB-CLAHE (Campos et al. 2019)
             or multi-scale Retinex (Jobson et al. 1997) when a plan asks for them
 colour      cast removal in Oklab (Ottosson 2020): the neutral axis ``(a, b) = c₀ + c₁·L`` is fitted on the
             near-neutral pixels of the stage's input and subtracted (a constant shift removes a tint, the
@@ -418,6 +419,18 @@ def _levels(img: np.ndarray, q: Dict[str, float]) -> np.ndarray:
     return np.clip((img - bi) * gain + bo, 0.0, 1.0)
 
 
+def _channel_levels(img: np.ndarray, q: Dict[str, object]) -> np.ndarray:
+    """Per-channel levels: each channel's measured low / high percentile (``low`` / ``high``, one value
+    per channel) moved ``strength`` of the way to 0 / 1 (at strength 1 the auto-levels stretch, which
+    also removes a channel-gain cast)."""
+    lo = np.asarray(q["low"], np.float32)[: img.shape[-1]]
+    hi = np.asarray(q["high"], np.float32)[: img.shape[-1]]
+    s = np.float32(q.get("strength", 1.0))
+    lo_out, hi_out = lo * (1 - s), hi + s * (1 - hi)
+    gain = (hi_out - lo_out) / np.maximum(hi - lo, 1e-3)
+    return np.clip((img - lo) * gain + lo_out, 0.0, 1.0)
+
+
 def _flatfield(img: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """Divide by the smooth illumination (the log2 envelope surface, upsampled), keeping the mean."""
     import cv2
@@ -435,6 +448,8 @@ def _tone(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, 
     for op, q in p["ops"]:
         if op == "levels":
             out = _levels(out, q)
+        elif op == "channel_levels":
+            out = _channel_levels(out, q)
         elif op == "flatfield":
             out = _flatfield(out, q["surface"])
         elif op == "lbclahe":
@@ -573,9 +588,11 @@ DETECT_CPU_MAX_PIXELS = 4_000_000
 DETECT_MIN_SIDE = 128
 
 
-def detect_mask(img: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
-    """The damage mask from ``hybrid.damage_mask.detect`` when that detector exists (and the image is
-    within :data:`DETECT_CPU_MAX_PIXELS` or a GPU is there), else ``(None, why)``."""
+def detect_mask(img: np.ndarray, gated: bool = True) -> Tuple[Optional[np.ndarray], str]:
+    """The damage mask from ``hybrid.damage_mask.detect_for_inpainting`` (``gated``; else the detector's
+    plain thresholded mask, ``detect``: what the ``ml_guided`` forests were trained with) when that
+    detector exists (and the image is within :data:`DETECT_CPU_MAX_PIXELS` or a GPU is there), else
+    ``(None, why)``."""
     try:
         from . import damage_mask
     except ImportError:
@@ -589,7 +606,7 @@ def detect_mask(img: np.ndarray) -> Tuple[Optional[np.ndarray], str]:
             return None, (f"damage-mask detector skipped: image above {DETECT_CPU_MAX_PIXELS / 1e6:g} MP on the CPU; "
                           "pass a mask to inpaint")
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
-    mask, rep = damage_mask.detect_for_inpainting(rgb)
+    mask, rep = damage_mask.detect_for_inpainting(rgb) if gated else damage_mask.detect(rgb)
     if not mask.any() and rep.note:
         return None, f"damage-mask detector ({rep.method}): {rep.note}"
     return np.asarray(mask, bool), f"damage-mask detector ({rep.method})"

@@ -131,19 +131,37 @@ def read_images(image: Any, name: str = "image", values: str = "scale") -> Tuple
     return x.contiguous(), rep
 
 
-def read_masks(mask: Any, height: int, width: int, name: str = "mask") -> Optional[np.ndarray]:
+def read_masks(mask: Any, height: int, width: int, name: str = "mask", batch: Optional[int] = None,
+               aspect_tolerance: Optional[float] = None) -> Optional[np.ndarray]:
     """A MASK (``[B,H,W]`` or ``[H,W]``, 1 = selected) as float32 numpy ``[B, height, width]``,
-    resized (nearest) when its size differs; ``None`` stays ``None``."""
+    resized (nearest) when its size differs; ``None`` stays ``None``.
+
+    ``batch``: the image batch size; the mask must then have 1 (used for every image) or ``batch``
+    entries.  ``aspect_tolerance``: refuse, with both sizes in the error, a mask whose aspect ratio
+    differs from the image's by more than this fraction (a mask drawn on another picture); within it
+    the mask is resized.  NaN or infinite values are an error.
+    """
     if mask is None:
         return None
-    m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(mask)
+    m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     if m.ndim == 2:
         m = m[None]
-    if m.ndim != 3:
+    if m.ndim == 4 and m.shape[-1] == 1:  # an IMAGE-shaped mask [B,H,W,1]
+        m = m[..., 0]
+    if m.ndim != 3 or 0 in m.shape:
         raise ValueError(f"{name}: expected MASK [B,H,W], got shape {tuple(m.shape)}")
-    if tuple(m.shape[1:]) != (height, width):
-        m = torch.nn.functional.interpolate(m[:, None].float(), size=(height, width), mode="nearest")[:, 0]
-    return m.detach().cpu().float().numpy()
+    if batch is not None and m.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: {m.shape[0]} masks for {batch} images (give one mask, or one per image)")
+    m = m.detach().cpu().float()
+    if not all_finite(m):
+        raise ValueError(f"{name}: {int((~torch.isfinite(m)).sum())} mask value(s) are NaN or infinite")
+    mh, mw = int(m.shape[1]), int(m.shape[2])
+    if (mh, mw) != (height, width):
+        if aspect_tolerance is not None and abs((mw / mh) / (width / height) - 1.0) > aspect_tolerance:
+            raise ValueError(f"{name}: the mask is {mw}x{mh} px, the image {width}x{height} px; their aspect ratios "
+                             f"differ, so the mask was not drawn on this image (resize or redraw it)")
+        m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="nearest")[:, 0]
+    return m.numpy()
 
 
 # --- alpha rule -------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class Outcome:
     seconds: float
     images: List[str] = field(default_factory=list)
     error: str = ""
+    masks: List[str] = field(default_factory=list)  # "node id: white %" of each mask preview
 
 
 class ComfyServer:
@@ -161,7 +162,33 @@ class ComfyServer:
         missing = [p for p in images if not os.path.isfile(p)]
         if not images or missing:
             return Outcome(example.name, False, dt, images, error=f"no output image on disk (missing {missing})")
-        return Outcome(example.name, True, dt, images)
+        prompt = example.prompt
+        shown = {nid for nid, out in hist.get("outputs", {}).items() if out.get("images")}
+        silent = [nid for nid, n in prompt.items() if n["class_type"] in ("SaveImage", "PreviewImage") and nid not in shown]
+        if silent:
+            return Outcome(example.name, False, dt, images, error=f"image node(s) {silent} showed no image")
+        return Outcome(example.name, True, dt, images, masks=self._mask_previews(prompt, hist))
+
+    def _mask_previews(self, prompt: dict, hist: dict) -> List[str]:
+        """For each PreviewImage fed by MaskToImage: the share of white (masked) pixels it shows."""
+        import io
+        import urllib.parse
+
+        import numpy as np
+        from PIL import Image
+
+        out = []
+        for nid, node in prompt.items():
+            src = node["inputs"].get("images")
+            if node["class_type"] != "PreviewImage" or not W.is_link(src) or \
+                    prompt[src[0]]["class_type"] != "MaskToImage":
+                continue
+            for im in hist["outputs"][nid]["images"]:
+                query = urllib.parse.urlencode({k: im.get(k, "") for k in ("filename", "subfolder", "type")})
+                with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=30) as r:  # as the UI shows it
+                    white = float((np.asarray(Image.open(io.BytesIO(r.read())).convert("L")) > 127).mean())
+                out.append(f"mask preview {nid}: {100 * white:.2f} % white")
+        return out
 
 
 def run_examples(comfy_root: str, python: str, names=None, base: Optional[str] = None,
@@ -193,7 +220,8 @@ def run_examples(comfy_root: str, python: str, names=None, base: Optional[str] =
                         o.ok, o.error = False, problem
                 outcomes.append(o)
                 if o.ok:
-                    echo(f"OK   {o.name} {o.seconds:.1f} s -> {', '.join(os.path.basename(p) for p in o.images)}")
+                    echo(f"OK   {o.name} {o.seconds:.1f} s -> {', '.join(os.path.basename(p) for p in o.images)}"
+                         + "".join(f"; {m}" for m in o.masks))
                 else:
                     echo(f"FAIL {o.name} {o.seconds:.1f} s: {o.error}")
             return outcomes

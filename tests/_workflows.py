@@ -88,7 +88,7 @@ _SaveImage, _PreviewImage, _PreviewAny = LW.CoreSaveImage, LW.CorePreviewImage, 
 
 #: ComfyUI core nodes the examples may use, described minimally
 CORE_SCHEMAS = {"LoadImage": _LoadImage, "SaveImage": _SaveImage, "PreviewImage": _PreviewImage,
-                "PreviewAny": _PreviewAny}
+                "PreviewAny": _PreviewAny, "MaskToImage": LW.CoreMaskToImage}
 
 
 def node_classes() -> Dict[str, Any]:
@@ -101,8 +101,7 @@ def node_classes() -> Dict[str, Any]:
 
 def display_name(class_type: str) -> str:
     pack = load_pack()
-    names = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
-             "PreviewAny": "Preview Any"}
+    names = dict(LW.CORE_DISPLAY_NAMES)
     names.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
     return names.get(class_type, class_type)
 

@@ -21,13 +21,15 @@ TOOLS = [  # (name, node, input image, extra arguments)
 HEIGHT = 200
 
 
-def side_by_side(before: str, after: str, path: str) -> str:
-    a, b = (Image.open(p).convert("RGB") for p in (before, after))
-    a, b = (im.resize((round(im.width * HEIGHT / im.height), HEIGHT), Image.LANCZOS) for im in (a, b))
-    canvas = Image.new("RGB", (a.width + b.width + 6, HEIGHT), "white")
+def side_by_side(before: str, after: str, path: str, height: int = HEIGHT, quality: int = 85) -> str:
+    """``before | after`` (6 px white gap; file paths or PIL images), both scaled to ``height`` px, saved
+    as JPEG ``path``."""
+    a, b = ((p if isinstance(p, Image.Image) else Image.open(p)).convert("RGB") for p in (before, after))
+    a, b = (im.resize((round(im.width * height / im.height), height), Image.LANCZOS) for im in (a, b))
+    canvas = Image.new("RGB", (a.width + b.width + 6, height), "white")
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + 6, 0))
-    canvas.save(path, quality=85, optimize=True)
+    canvas.save(path, quality=quality, optimize=True)
     return path
 
 

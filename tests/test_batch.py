@@ -183,7 +183,7 @@ def test_version_and_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["restore", "--help"])
     out = capsys.readouterr().out
-    assert "deep_learning: the shipped U-Net" in out and "--skip-existing" in out and "--recursive" in out
+    assert "deep_learning: inpainting" in " ".join(out.split()) and "--skip-existing" in out and "--recursive" in out
 
 
 def test_device_gpu_without_gpu_says_it_fell_back(capsys):

@@ -44,7 +44,7 @@ def img():
     (24.0, Thresholds(28, 24, "forest"), "moderate", "classical"),  # < severe_max is severe
 ])
 def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity, method):
-    r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet)
+    r = HybridRestorer(thresholds=th, predictor=StubPredictor(q), unet=identity_unet, guide=False)
     out, info = r.restore(img, "auto")
     assert info.severity == severity and info.method == method
     assert info.analysis.quality_db == q
@@ -53,20 +53,25 @@ def test_auto_routes_severity_as_configured(img, identity_unet, q, th, severity,
 
 
 def test_forced_strategies_and_their_effect(img, identity_unet):
-    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
+    from test_hybrid_guided import toy_guide
+
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet,
+                       guide=toy_guide({"sharpen": [-1.0, 0.8]}))
     for s in ("classical", "ml_guided", "deep_learning"):
         out, info = r.restore(img, s)
         assert info.method == s and info.severity == "light"
     out, info = r.restore(img, "deep_learning")
     np.testing.assert_allclose(out, img, atol=1e-5)  # the identity U-Net through the runner
-    out, info = r.restore(img, "ml_guided")
-    assert info.parameters["strength"] == 1.5 and not np.allclose(out, img)
+    out, info = r.restore(img, "ml_guided")  # the toy forests predict a gain for the stronger sharpen only
+    assert info.stages == ["sharpen"] and not np.allclose(out, img)
+    assert info.parameters["plan"]["source"] == "forest"
     with pytest.raises(ValueError, match="unknown strategy"):
         r.restore(img, "magic")
 
 
 def test_classical_is_the_plan_and_a_clean_image_comes_back_bit_identical(img, identity_unet):
-    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(30, 20, "forest"), predictor=StubPredictor(40.0), unet=identity_unet,
+                       guide=False)
     for strategy in ("classical", "auto"):
         out, info = r.restore(img, strategy)
         assert info["method"] == "classical" and info["unchanged"] and info["stages"] == []
@@ -146,7 +151,7 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
              (Thresholds(expect - 1, expect - 2, "unet"), "light", "classical")]
     for th, severity, method in cases:
         net.calls = 0
-        r = HybridRestorer(thresholds=th, predictor=StubPredictor(99.0), unet=handle)
+        r = HybridRestorer(thresholds=th, predictor=StubPredictor(99.0), unet=handle, guide=False)
         out, info = r.restore(img, "auto")
         assert info.severity == severity and info.method == method
         assert info.analysis.quality_db == pytest.approx(expect, abs=1e-3)
@@ -156,7 +161,7 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
             np.testing.assert_allclose(out, 0.5)
     net.calls = 0
     r = HybridRestorer(thresholds=Thresholds(expect + 2, expect + 1, "unet"), predictor=StubPredictor(99.0),
-                       unet=handle)
+                       unet=handle, guide=False)
     for forced in ("classical", "ml_guided"):  # forced classical methods never run the U-Net
         _, info = r.restore(img, forced)
         assert info.analysis.quality_db == 99.0
@@ -166,7 +171,8 @@ def test_unet_estimate_is_the_psnr_against_the_unet_output_and_that_run_is_reuse
 def test_an_unchanged_image_has_the_capped_unet_estimate(img, identity_unet):
     from restorekit.hybrid.engine import MAX_QUALITY_DB
 
-    r = HybridRestorer(thresholds=Thresholds(50, 20, "unet"), predictor=StubPredictor(10.0), unet=identity_unet)
+    r = HybridRestorer(thresholds=Thresholds(50, 20, "unet"), predictor=StubPredictor(10.0), unet=identity_unet,
+                       guide=False)
     out, info = r.restore(img, "auto")
     assert info.analysis.quality_db == MAX_QUALITY_DB and info.method == "classical"
 
@@ -182,33 +188,7 @@ def test_grey_and_rgba_inputs_keep_their_channels(img, identity_unet):
     np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
 
 
-def _toy_predictor(gain_db: float, best: int = 7):
-    """A real forest bundle fitted on toy data where combination ``best`` gains ``gain_db`` and the
-    others lose 1 dB more."""
-    from restorekit.hybrid import analysis, classical, predictor
-
-    rng = np.random.default_rng(0)
-    n = 24
-    q = rng.uniform(18, 30, n)
-    S = q[:, None] + gain_db - 1.0 + np.zeros((n, len(classical.GRID)))
-    S[:, best] = q + gain_db
-    data = {"X": rng.normal(size=(n, len(analysis.FEATURE_NAMES))), "S": S, "q": q,
-            "groups": np.array(["a"] * n), "levels": np.array(["light"] * n)}
-    return predictor.Predictor(predictor.fit(data, n_estimators=5, max_depth=3))
-
-
-def test_ml_guided_leaves_the_image_alone_when_nothing_is_predicted_to_gain(img, identity_unet):
-    r = HybridRestorer(predictor=_toy_predictor(-0.5), unet=identity_unet)
+def test_ml_guided_without_forests_runs_the_rule_plan_and_says_so(img, identity_unet):
+    r = HybridRestorer(predictor=StubPredictor(30.0), unet=identity_unet, guide=False)
     out, info = r.restore(img, "ml_guided")
-    assert info.parameters["no_change"] and info.parameters["strength"] == 0.0
-    assert "unchanged" in info.parameters["why"]
-    np.testing.assert_array_equal(out, img)
-    r = HybridRestorer(predictor=_toy_predictor(+0.8), unet=identity_unet)
-    out, info = r.restore(img, "ml_guided")
-    from restorekit.hybrid import classical
-
-    c, s, a = classical.GRID[7]
-    p = info.parameters
-    assert not p["no_change"] and (p["colour_correction"], p["sigma"], p["strength"]) == (c, s, a)
-    assert p["predicted_gain_db"] == pytest.approx(0.8)
-    assert not np.allclose(out, img)
+    assert info.parameters["plan"]["source"] == "rules" and "unavailable" in info.parameters["why"]

@@ -53,15 +53,15 @@ def test_shipped_predictor_orders_quality_and_picks_a_grid_combination(held_out)
 
 def test_auto_with_shipped_models_beats_identity_on_severe(held_out):
     clean, dam = held_out["severe"]
-    # the U-Net route (its residual as the quality estimate, as calibrated for it)
-    r = engine.HybridRestorer(thresholds=engine.Thresholds.calibrated("unet"), device="cpu")
+    # the severity route without the ml_guided forests: the U-Net residual as the quality estimate
+    r = engine.HybridRestorer(thresholds=engine.Thresholds.calibrated("unet"), device="cpu", guide=False)
     out, info = r.restore(dam, "auto")
     assert info.analysis.quality_source.startswith("U-Net residual")
     assert info.method == "deep_learning"
     assert psnr(out, clean) > psnr(dam, clean) + 3.0
-    # the default route (forest estimate, no network run to decide) never loses on it
+    # the default route (the forests' predicted gains, no network run to decide) never loses on it
     out, info = engine.HybridRestorer(device="cpu").restore(dam, "auto")
-    assert info.analysis.quality_source == "random-forest predictor"
+    assert info.analysis.quality_source == "random-forest predictor" and info.parameters["route"]["by"].startswith("forest")
     assert psnr(out, clean) >= psnr(dam, clean) - 0.2
 
 

@@ -44,7 +44,8 @@ def test_grid_scores_agree_with_direct_application():
 
 
 def test_tiny_training_end_to_end(tmp_path, capsys):
-    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net, damage mask) into a scratch
+    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net, ml_guided forests, damage mask)
+    into a scratch
     models dir."""
     from restorekit.hybrid.tools import cli
 
@@ -69,6 +70,11 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
 
     net, meta = damage_mask.net_from_state(load_torch_weights(damage_mask.WEIGHTS_RELPATH, models_dir=md))
     assert 0 < meta["threshold"] < 1 and net.widths == tuple(train_damage_mask.QUICK["widths"])
+    from restorekit.hybrid import guided
+
+    g = guided.Guide.load(models_dir=md)  # the ml_guided forests, margins chosen on validation rows
+    assert set(g.margins) == set(guided.STAGES) and np.isfinite(g.route_margin)
+    assert "denoise" in g.bundle["forests"] and "deep" in g.bundle["forests"]
     # a tampered file is refused by the hash check
     p = os.path.join(md, "hybrid", "predictor.joblib")
     with open(p, "ab") as f:

@@ -151,7 +151,8 @@ def test_schema_compatible_with_saved_workflows():
     """Every node id, display name, output list, input name, type, section, default and range of the
     pack as it was at 07fa2e8 (tests/fixtures/legacy_schema.json) is still there, with the widget order
     unchanged (UI workflows store widget values by position) and every choice still offered; inputs
-    added since are optional, so prompts saved before them still validate."""
+    added since are optional, so prompts saved before them still validate; outputs added since come
+    after the old ones, so links saved by output index still point at the same output."""
     import json
 
     with open(os.path.join(REPO, "tests", "fixtures", "legacy_schema.json"), encoding="utf-8") as f:
@@ -161,7 +162,9 @@ def test_schema_compatible_with_saved_workflows():
         cls = pack.NODE_CLASS_MAPPINGS.get(node_id)
         assert cls is not None, f"node id {node_id} is gone"
         assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id] == old["display_name"], node_id
-        assert list(cls.RETURN_TYPES) == old["return_types"] and cls.FUNCTION == old["function"], node_id
+        # outputs may only be appended: a saved link names its output by index
+        assert list(cls.RETURN_TYPES)[:len(old["return_types"])] == old["return_types"], node_id
+        assert cls.FUNCTION == old["function"], node_id
         now = {name: (section, kind, choices, opts) for section, name, kind, choices, opts in _current_inputs(cls)}
         for entry in old["inputs"]:
             name = entry["name"]

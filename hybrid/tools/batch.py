@@ -280,8 +280,9 @@ def process_task(task: Task, processor: Processor, options: BatchOptions) -> Dic
         changed = not all(_same(p, data.pixels) for v in result.images.values() for p in _as_list(v)) \
             if result.images else True
     status = processor.done_label if changed else "unchanged"
+    # the summary groups rows by category: the reason's headline, before its per-image details
     r = row(task.src, status, "" if changed else result.unchanged_reason,
-            category="" if changed else result.unchanged_reason, outputs=written, **result.fields)
+            category="" if changed else result.unchanged_reason.split(":")[0], outputs=written, **result.fields)
     if result.text:
         r["summary"] = result.text
     if notes:
@@ -414,25 +415,115 @@ def _bar(total: int):
         return None
 
 
+#: images of at least this many pixels show a progress bar over the restorer's stages (CLI)
+STAGE_PROGRESS_MIN_PIXELS = 2_000_000
+
+
+def _short(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def step_text(step: Dict[str, object]) -> str:
+    """One step of a restoration as ``stage(key=value, ...)`` for the console: its scalar parameters
+    (arrays and long lists left out; nested operations as ``name(...)``), with the backend that
+    actually ran from its result when the step reports one."""
+    def scalars(params) -> List[str]:
+        parts = []
+        for key, value in (params or {}).items():
+            if isinstance(value, (bool, int, float)) or (isinstance(value, str) and not value.startswith("array[")):
+                parts.append(f"{key}={_short(value)}")
+            elif isinstance(value, (list, tuple)) and value and all(
+                    isinstance(op, (list, tuple)) and len(op) == 2 and isinstance(op[0], str) for op in value):
+                parts.append(", ".join(f"{op[0]}({', '.join(scalars(op[1]))})" for op in value))
+        return parts
+
+    params = dict(step.get("params") or {})
+    result = step.get("result") or {}
+    if isinstance(result, dict) and result.get("backend"):
+        params["backend"] = result["backend"]
+    return f"{step['stage']}({', '.join(scalars(params))})"
+
+
+def restore_steps(info) -> Dict[str, object]:
+    """The report columns of one :meth:`hybrid.engine.HybridRestorer.restore` call: ``steps`` (each
+    stage that ran with its parameters, why, what it did and its time; JSON-ready) and, for the plan,
+    ``skipped`` (each stage not run and why)."""
+    from ..defects import jsonable
+
+    params = info.parameters or {}
+    execution = params.get("execution")
+    if isinstance(execution, dict):  # the plan: its execution report already says it all
+        return {"steps": list(execution.get("stages") or []), "skipped": list(execution.get("skipped") or [])}
+    shown = {k: v for k, v in params.items() if k not in ("runner", "why", "model", "no_change")}
+    if params.get("model"):
+        shown["model"] = os.path.basename(str(params["model"]))
+    runner = params.get("runner")
+    if runner is not None and hasattr(runner, "info_fields"):
+        f = runner.info_fields()
+        shown.update({k: str(f[k]) for k in ("device", "tile", "precision") if f.get(k) is not None})
+    why = params.get("why", "")
+    return {"steps": [{"stage": st, "params": jsonable(shown), "why": why} for st in (info.stages or [])]}
+
+
+class _StageBar:
+    """The restorer's ``progress(done, total, stage)`` as a tqdm bar on stderr (one image's stages)."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"{self.name} stages", unit="stage", file=sys.stderr, leave=False,
+                            disable=None)
+        self.bar.set_postfix_str(stage)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class RestoreProcessor(Processor):
-    """The hybrid restorer (:class:`hybrid.engine.HybridRestorer`) as a batch processor."""
+    """The hybrid restorer (:class:`hybrid.engine.HybridRestorer`) as a batch processor.
+
+    Each row says which stages ran with which parameters (``steps``, ``skipped``; the console line
+    lists them as ``stage(key=value, ...)``), or ``unchanged`` and why.  ``progress``: a bar over the
+    stages of images of at least :data:`STAGE_PROGRESS_MIN_PIXELS` pixels (the U-Net shows its own
+    per-tile bar when the restorer was made with ``progress=True``)."""
 
     outputs = ("",)
     done_label = "restored"
 
-    def __init__(self, restorer, strategy: str = "auto"):
+    def __init__(self, restorer, strategy: str = "auto", progress: bool = False):
         self.restorer = restorer
         self.strategy = strategy
+        self.progress = bool(progress)
 
     def __call__(self, image: image_io.ImageData) -> Result:
-        out, info = self.restorer.restore(image.pixels, self.strategy)
+        px = image.pixels
+        bar = None
+        if self.progress and px.shape[0] * px.shape[1] >= STAGE_PROGRESS_MIN_PIXELS:
+            bar = _StageBar(os.path.basename(image.path) or "image")
+        try:
+            out, info = self.restorer.restore(px, self.strategy, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         params = info.get("parameters") or {}
         q = round(float(info.analysis.quality_db), 2)
         stages = list(info.stages or [])
-        fields = {"method": info.method, "severity": info.severity, "quality_db": q, "stages": stages}
+        detail = restore_steps(info)
+        fields = {"method": info.method, "severity": info.severity, "quality_db": q, "stages": stages, **detail}
         unchanged = bool(info.unchanged or params.get("no_change"))
         text = (f"{info.severity} -> {info.method}"
-                + (f" ({' -> '.join(stages)})" if stages else " (unchanged)" if unchanged else "")
+                + (f": {' -> '.join(step_text(st) for st in detail['steps'])}" if stages else
+                   " (unchanged)" if unchanged else "")
                 + f", quality estimate {q} dB")
         why = info.reason or params.get("why")
         return Result({"": out}, fields, text, changed=False if unchanged else None,

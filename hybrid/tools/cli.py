@@ -33,16 +33,11 @@ from typing import List, Optional
 
 from ... import __version__
 from ...scripts import image_io
+from ..engine import STRATEGY_HELP
 
 #: the runner's smallest tile (scripts/inference/planning.MIN_TILE; kept equal by a test)
 TILE_MIN = 64
 TILE_MAX = 32768
-STRATEGY_HELP = (
-    "auto (default): measure each image's defects; light and moderate damage -> the classical plan, "
-    "severe -> the U-Net. classical: the plan over the pack's own tools (inpaint, denoise, deblur, tone, "
-    "colour, sharpen), each stage only when its defect is measured, an image with none left unchanged "
-    "(the report says why). ml_guided: colour/sharpen parameters predicted by the random forest (or no "
-    "change when nothing is predicted to help). deep_learning: the shipped U-Net on every image.")
 
 
 class UsageError(Exception):
@@ -167,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-side", type=_ranged_int(32, 8192, "--max-side must be 32..8192 px"), default=256,
                    help="longer side of the test images, px")
     e.add_argument("--no-timing", action="store_true", help="skip the U-Net speed measurement")
+    e.add_argument("--split", choices=["test", "test_family"], default="test",
+                   help="held-out sources (test) or the held-out family (test_family)")
+    e.add_argument("--limit", type=_ranged_int(1, 10000, "--limit must be 1..10000"), default=None,
+                   help="at most this many sources (an evenly spaced subset)")
+    e.add_argument("--denoiser", choices=["auto", "pretrained", "bm3d", "wiener"], default="auto",
+                   help="the plan's denoiser (auto: BM3D on small images when installed)")
     t = sub.add_parser("retrain", help="retrain every shipped model from scratch")
     t.add_argument("--quick", action="store_true", help="tiny settings (seconds), for smoke tests")
     t.add_argument("--models-dir", default=None, help="write the models here instead of the pack's models/")
@@ -297,7 +298,7 @@ def _cmd_restore(args) -> int:
         return 3 if report is None else _finish(report)
     restorer = HybridRestorer(thresholds=th, device=args.device, tile=args.tile, progress=not args.no_progress)
     try:
-        report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy), options,
+        report = run_batch(args.inputs, RestoreProcessor(restorer, args.strategy, progress=not args.no_progress), options,
                            progress=not args.no_progress, on_row=_print_row, extra=extra)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
@@ -435,7 +436,8 @@ def _cmd_evaluate(args) -> int:
         raise UsageError(f"report folder '{out}' is not empty ({shown}); choose a new folder or pass --overwrite")
     from .evaluate import format_table, run_and_report
 
-    res = run_and_report(args.output, per_level=args.per_level, max_side=args.max_side, timing=not args.no_timing)
+    res = run_and_report(args.output, per_level=args.per_level, max_side=args.max_side, timing=not args.no_timing,
+                         split=args.split, limit=args.limit, denoiser=args.denoiser)
     print(format_table(res["summary"]))
     print(json.dumps(res["summary"]["targets"], indent=1))
     if res["timing"]:

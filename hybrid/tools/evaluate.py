@@ -4,7 +4,8 @@ Test pairs: the damage generator applied to held-out sources (:func:`held_out_pa
 split when :mod:`.sources` is present, else :func:`.damage.make_pairs` on the test sources; never
 seen in training), 3 levels × ``per_level`` variants, longer side ``max_side`` px.  Methods compared:
 the damaged input (identity), ``classical`` (the restoration plan over the pack's tools,
-:mod:`..plan`), ``ml_guided``, ``deep_learning`` (U-Net), ``auto`` (the engine's routing) and the two
+:mod:`..plan`), ``ml_guided`` (the plan gated by random forests, :mod:`..guided`), ``deep_learning``
+(inpainting and heavy-noise denoising, then the U-Net), ``auto`` (the engine's routing) and the two
 baselines of :mod:`..baselines` (``nlm_autolevels``, ``autolevels_unsharp``).  Metrics: PSNR (dB)
 and SSIM (Wang et al. 2004, Gaussian weights σ = 1.5, per channel) against the clean source
 (:mod:`scripts.metrics`).

@@ -245,7 +245,8 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
                 include_lbclahe: bool = True, unet_minutes: Optional[float] = None,
                 include_damage_mask: bool = True) -> Dict[str, object]:
     """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, calibration of the
-    engine's severity thresholds with the new predictor and U-Net, the damage-mask detector
+    engine's severity thresholds with the new predictor and U-Net, the ``ml_guided`` forests and
+    ``auto``'s route margin (:mod:`.train_guided`, with the new U-Net), the damage-mask detector
     (:mod:`.train_damage_mask`) and the LB-CLAHE predictor.
 
     ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
@@ -267,6 +268,12 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
                                                  per_level=1 if quick else 10,
                                                  max_side=96 if quick else 256, log=log)
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
+    from . import train_guided
+
+    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net)")
+    res_g = train_guided.train(models_dir=models_dir, quick=quick, unet=handle_from_module(res["model"]), log=log)
+    results["guided"] = {"sha256": res_g["sha256"], "validation": res_g["validation"], "seconds": res_g["seconds"],
+                         "route_margin_db": res_g["route"]["route_margin_db"]}
     if include_damage_mask:
         from . import train_damage_mask
 

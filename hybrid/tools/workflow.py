@@ -6,9 +6,10 @@ and the tests.  An API prompt is ``{node_id: {"class_type": ..., "inputs": {...}
 ``examples/api/*.json`` are) or a UI workflow (``nodes``/``links``, converted by :func:`ui_to_prompt`).
 
 Node classes are the pack's ``NODE_CLASS_MAPPINGS`` plus minimal descriptions of the ComfyUI core
-nodes the examples use (:data:`CORE_SCHEMAS`): ``LoadImage``, ``SaveImage``, ``PreviewImage`` and
-``PreviewAny``.  Those four are done by callbacks the caller passes to :func:`execute_prompt` (the CLI
-reads and writes files with :mod:`scripts.image_io`).
+nodes the examples use (:data:`CORE_SCHEMAS`): ``LoadImage``, ``SaveImage``, ``PreviewImage``,
+``PreviewAny`` and ``MaskToImage``.  The first four are done by callbacks the caller passes to
+:func:`execute_prompt` (the CLI reads and writes files with :mod:`scripts.image_io`); ``MaskToImage``
+is computed here as core computes it.
 
 The pack's nodes are imported only when :func:`node_classes` is first called, so importing this
 module (and ``hybrid/``) does not import ``nodes/`` or torch.
@@ -91,10 +92,27 @@ class CorePreviewAny:
         return {"required": {"source": ("*", {})}}
 
 
+class CoreMaskToImage:
+    """ComfyUI core 'Convert Mask to Image': MASK ``[B,H,W]`` -> IMAGE ``[B,H,W,3]`` (the mask in all
+    three channels, white = masked)."""
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("IMAGE",)
+    FUNCTION = "mask_to_image"
+    OUTPUT_NODE = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"mask": ("MASK",)}}
+
+    def mask_to_image(self, mask):
+        m = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1)
+        return (m.expand(-1, -1, -1, 3),)
+
+
 CORE_SCHEMAS = {"LoadImage": CoreLoadImage, "SaveImage": CoreSaveImage, "PreviewImage": CorePreviewImage,
-                "PreviewAny": CorePreviewAny}
+                "PreviewAny": CorePreviewAny, "MaskToImage": CoreMaskToImage}
 CORE_DISPLAY_NAMES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
-                      "PreviewAny": "Preview Any"}
+                      "PreviewAny": "Preview Any", "MaskToImage": "Convert Mask to Image"}
 
 
 def node_classes() -> Dict[str, Any]:

@@ -148,3 +148,21 @@ def test_shipped_models_beat_both_baselines_on_held_out_sources(shipped):
     means = {k: float(np.mean(v)) for k, v in scores.items()}
     for b in baselines.BASELINES:
         assert means["auto"] > means[b], means
+
+
+def test_auto_lets_the_rules_decide_when_the_forests_plan_is_empty():
+    """The shipped Gaussian-blur example (512 px, one clean-cut defect, unlike the forests' training mix):
+    the forests predict no gain anywhere, so auto runs the rule plan — the same output as ``classical``
+    — and the route says so; the forests alone would have returned it unchanged."""
+    from restorekit.scripts import image_io
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "images",
+                        "camera_gauss_blur.png")
+    img = image_io.read_image(path).pixels
+    r = HybridRestorer(denoiser="wiener")
+    _, ml = r.restore(img, "ml_guided")
+    assert ml.unchanged
+    out, rep = r.restore(img, "auto")
+    ref, cl = r.restore(img, "classical")
+    assert rep.method == "classical" and rep.parameters["route"]["chosen"] == "classical"
+    assert "deblur" in rep.stages and not rep.unchanged and np.array_equal(out, ref)

@@ -382,3 +382,16 @@ def test_film_grain_node_cancels_inside_bm3d(monkeypatch):
     with pytest.raises(InterruptedByUser):
         node.denoise(img, noise_model=NOISE_MODELS[1], sigma=0.05, method="fallback")
     assert len(checks) == 3
+
+
+def test_choose_does_not_trust_a_timed_plan_with_much_more_overlap():
+    """Noisy probes made 64 px tiles look fastest at 16 MP (1.9x the pixels computed; 3x slower than
+    core in the real run): such a plan is only taken when memory leaves nothing leaner."""
+    def opt(tile, seconds, mbytes, computed):
+        return PlanOption(tile=tile, tiles=4, computed_px=computed, max_px=0, seconds=seconds, bytes=mbytes * MB)
+
+    opts = [opt(512, 10.0, 300, 1_050_000), opt(256, 10.2, 120, 1_200_000), opt(64, 9.0, 20, 1_900_000)]
+    pick, why = choose(opts, budget=4000 * MB)
+    assert pick.tile == 256, why  # 64 px excluded (+81 % pixels); 256 px within 5 % of 512 px, less memory
+    pick, why = choose(opts, budget=50 * MB)
+    assert pick.tile == 64, why  # memory forces it

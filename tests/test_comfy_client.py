@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,11 +25,13 @@ CLAHE = os.path.join(API, "clahe.json")
 # --- a stand-in ComfyUI: the prompt "runs" by saving the uploaded file as each SaveImage's output --------
 class FakeComfy:
     """``/system_stats``, ``/upload/image``, ``/prompt``, ``/history/<id>``, ``/view``, ``/queue``.
-    Images whose name contains ``bad`` fail like a node error; ``die_after`` prompts stop the server."""
+    Images whose name contains ``bad`` fail like a node error; ``die_after`` prompts stop the server;
+    ``hang_then_die`` seconds: the first prompt gets no answer, then the server stops."""
 
-    def __init__(self, die_after=None):
+    def __init__(self, die_after=None, hang_then_die=None):
         self.uploads, self.outputs, self.history, self.ran = {}, {}, {}, []
         self.die_after = die_after
+        self.hang_then_die = hang_then_die
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +76,11 @@ class FakeComfy:
                     fake.uploads[f"{sub}/{filename}"] = fields["image"][1]
                     return self._send({"name": filename, "subfolder": sub, "type": "input"})
                 if self.path == "/prompt":
+                    if fake.hang_then_die is not None:
+                        time.sleep(fake.hang_then_die)
+                        self.close_connection = True
+                        threading.Thread(target=fake.stop, daemon=True).start()
+                        return None
                     req = json.loads(body)
                     prompt = req["prompt"]
                     loader = next(n for n in prompt.values() if n["class_type"] in cc.LOADER_CLASSES)
@@ -179,6 +187,18 @@ def test_folder_is_spread_over_servers_and_a_dead_one_loses_nothing(images, tmp_
         out = tmp_path / "out" / f"img{i}_restorekit_lbclahe.png"
         assert out.read_bytes() == (images / f"img{i}.png").read_bytes()  # the fake's output is its input
     assert os.path.exists(rep["report"]) and json.load(open(rep["report"]))["counts"] == rep["counts"]
+
+
+def test_a_file_handed_back_after_the_queue_emptied_is_still_run(images, tmp_path):
+    """b holds its file until a has drained the queue, then dies: a must still be there to take it back
+    (a worker that left once the queue looked empty lost it — seen as a flaky failure under load)."""
+    a, b = FakeComfy(), FakeComfy(hang_then_die=1.0)
+    try:
+        rep = cc.submit([str(images)], CLAHE, str(tmp_path / "out"), servers=[b.url, a.url])
+    finally:
+        a.stop()
+    assert rep["counts"] == {"processed": 6, "skipped": 0, "failed": 0}, rep["files"]
+    assert rep["per_worker"].get(a.url, 0) == 6
 
 
 def test_failures_are_reported_and_existing_outputs_kept(images, tmp_path, capsys):

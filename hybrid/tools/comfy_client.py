@@ -335,9 +335,32 @@ def _take(todo: "queue.Queue"):
             return
 
 
+def _take_until_all_done(todo: "queue.Queue", lock: threading.Lock, inflight: Dict[str, int]):
+    """The queue's items until it is empty *and* no other worker holds one: a file a dying server hands
+    back is still taken by a live one (a worker that left as soon as the queue looked empty lost it)."""
+    while True:
+        with lock:
+            try:
+                src = todo.get_nowait()
+                inflight["n"] += 1
+            except queue.Empty:
+                if inflight["n"] == 0:
+                    return
+                src = None
+        if src is None:
+            time.sleep(0.02)
+            continue
+        try:
+            yield src
+        finally:
+            with lock:
+                inflight["n"] -= 1
+
+
 def _direct_worker(api: ComfyAPI, job: Job, todo: "queue.Queue", done: Callable, alive: Dict[str, bool],
-                   lock: threading.Lock, attempts: Dict[str, int], max_attempts: int) -> None:
-    for src in _take(todo):
+                   lock: threading.Lock, attempts: Dict[str, int], max_attempts: int,
+                   inflight: Dict[str, int]) -> None:
+    for src in _take_until_all_done(todo, lock, inflight):
         t0 = time.monotonic()
         try:
             with open(src, "rb") as f:
@@ -438,8 +461,10 @@ def submit(inputs: Sequence[str], prompt_path: str, out_dir: str, *, servers: Se
         if not any(alive.values()):
             raise ServerGone("no ComfyUI server answered: " + ", ".join(alive))
         attempts: Dict[str, int] = {}
-        threads = [threading.Thread(target=_direct_worker, args=(a, job, todo, done, alive, lock, attempts, 2),
-                                    daemon=True) for a in apis if alive[a.url]]
+        inflight = {"n": 0}
+        threads = [threading.Thread(target=_direct_worker, args=(a, job, todo, done, alive, lock, attempts, 2,
+                                                                 inflight), daemon=True)
+                   for a in apis if alive[a.url]]
     else:
         n = int(concurrency) or 8
         threads = [threading.Thread(target=_serve_worker, args=(serve_url, job, todo, done, retries), daemon=True)

@@ -135,3 +135,10 @@ def test_model_registry_sees_weights_changed_in_place():
         assert changed and "ConvNet" in changed[0]
     finally:
         zoo._CACHE.pop(key, None)
+
+
+def test_long_profile_cases_found_on_the_final_code_pass(models, one_torch_thread):
+    """The long profile's last two findings (Real-ESRGAN, RGBA, output_scale 1: the alpha was resampled
+    with the colour, ×4 then back, instead of following the rule; up to 0.49 off with a ×2 fallback)."""
+    summary = fuzz.run(0, profile="long", nodes=["RestoreKitRealESRGAN"], case_seeds=[15217, 23817], strict=True)
+    assert len(summary.outcomes) == 2 and not summary.failed, summary.report(show=4)

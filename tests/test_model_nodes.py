@@ -251,8 +251,10 @@ def test_realesrgan_node_scale_alpha_grey_batch(model_dirs):
     out, info = node.restore(rgba, "RealESRGAN_x4plus.pth", "cpu", output_scale=2.0)
     assert out.shape == (2, 40, 48, 4) and out.dtype == torch.float32
     assert 0 <= float(out.min()) and float(out.max()) <= 1 and torch.isfinite(out).all()
-    want_alpha = torch.nn.functional.interpolate(rgba[..., 3:].permute(0, 3, 1, 2), scale_factor=4, mode="bicubic")
-    want_alpha = torch.nn.functional.interpolate(want_alpha.clamp(0, 1), size=(40, 48), mode="bicubic", antialias=True)
+    # the one alpha rule (scripts/batch.fit_alpha): the input's alpha resized once to the output size,
+    # not resampled a second time with the colour
+    want_alpha = torch.nn.functional.interpolate(rgba[..., 3:].permute(0, 3, 1, 2), size=(40, 48), mode="bicubic",
+                                                 align_corners=False)
     torch.testing.assert_close(out[..., 3:], want_alpha.clamp(0, 1).permute(0, 2, 3, 1), atol=1e-4, rtol=0)
     ref, report = run_family("realesrgan", rgba, "RealESRGAN_x4plus.pth", device="cpu",
                              options={"output_scale": 2.0})  # the node's library call

@@ -33,7 +33,7 @@ from . import zoo
 from .runner import RunReport, run_model
 from .runtime import get_runtime, is_interrupt
 from .. import clahe, denoise, resample, sharpen
-from ..batch import check_image, map_images
+from ..batch import check_image, map_images, merge_alpha
 
 #: the scale of a Real-ESRGAN network whose file could not be read (the family's usual x4)
 DEFAULT_REALESRGAN_SCALE = 4
@@ -221,5 +221,7 @@ def run_family(family: str, image, model_name: str, *, device: str = "auto", til
         report.resampled = out.shape[1] != th or out.shape[2] != tw
         if report.resampled:
             out = resample_into(out, th, tw)
+            if c == 4:  # alpha follows the one rule from the input's alpha, not resampled twice
+                out = merge_alpha(out[..., :3], image[..., 3:])
     report.seconds = time.perf_counter() - t0
     return out, report

@@ -91,7 +91,7 @@ class FakeComfy:
                                            "node_errors": {"1": {"class_type": "LoadImage", "errors": [
                                                {"message": "Invalid image file", "details": image}]}}}, 400)
                     fake.ran.append(image)
-                    if "bad" in image:
+                    if "bad" in image.split("-", 1)[-1]:  # the file's own name, not the client's hex tag
                         fake.history[pid] = {"status": {"status_str": "error", "completed": False, "messages": [
                             ["execution_error", {"node_id": "1", "node_type": "LoadImage",
                                                  "exception_type": "UnidentifiedImageError",

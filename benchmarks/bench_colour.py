@@ -17,6 +17,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
 
+best_of = _pack.best_of
+
 rk = _pack.load()
 from restorekit.scripts import colour as ck  # noqa: E402
 from restorekit.scripts import jzazbz as jz  # noqa: E402
@@ -34,15 +36,6 @@ def image_4k() -> np.ndarray:
 
     img = cv2.resize(data.astronaut(), (W, H), interpolation=cv2.INTER_CUBIC)
     return img.astype(np.float32) / 255.0
-
-
-def best_of(fn, n=3):
-    best, out = float("inf"), None
-    for _ in range(n):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main():

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
 
 _pack.load()
+best_of = _pack.best_of
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -43,15 +44,6 @@ def mosaic(h: int, w: int) -> np.ndarray:
             k += 1
             out[y:y + 256, x:x + 256] = t[:min(256, h - y), :min(256, w - x)]
     return out
-
-
-def best_of(fn, n):
-    t, res = [], None
-    for _ in range(n):
-        t0 = time.perf_counter()
-        res = fn()
-        t.append(time.perf_counter() - t0)
-    return min(t), res
 
 
 def run(label: str, img: np.ndarray, restorer: HybridRestorer) -> None:

@@ -290,12 +290,18 @@ class HybridRestorer:
 
     @property
     def tone_prior(self):
-        """The learned tone prior (:class:`.tone_prior.TonePrior`), or None when its bundle is missing or
-        fails its hash (then the plans' own tone and colour stages decide, with a note)."""
+        """The learned tone prior (:class:`.tone_prior.TonePrior`) when ``models/hybrid/tone_prior.joblib``
+        exists — an optional model, not shipped (it gained too little on validation and changed a clean
+        held-out photo; MODEL_CARD.md) — else None: the plans' own tone and colour stages decide."""
         if self._tone_prior is None and not self._tone_prior_tried:
             self._tone_prior_tried = True
             from .tone_prior import TonePrior
 
+            from ..scripts.shipped_models import model_path
+            from .tone_prior import RELPATH
+
+            if not os.path.isfile(model_path(RELPATH)):
+                return None  # an optional model, not shipped (MODEL_CARD.md): the plans' own stages decide
             try:
                 self._tone_prior = TonePrior.load()
             except Exception as exc:
@@ -458,6 +464,7 @@ class HybridRestorer:
         use_deep = deep_gain > plan_gain + g.route_margin
         why = {"by": "forest-predicted gains", "deep_learning_gain_db": round(deep_gain, 3),
                "ml_guided_gain_db": round(plan_gain, 3), "route_margin_db": g.route_margin,
+               "route_risk": g.route_risk,
                "chosen": "deep_learning" if use_deep else "ml_guided"}
         if use_deep:
             return "deep_learning", None, why

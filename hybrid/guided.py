@@ -164,6 +164,9 @@ class Guide:
         self.source = source
         self.margins: Dict[str, float] = dict(bundle.get("margins", {}))
         self.route_margin = float(bundle.get("route_margin_db", 0.0))
+        #: the U-Net path's predicted gain is taken less this many times the spread of the deep forest's
+        #: trees (a cautious estimate; 0 in bundles from before it existed)
+        self.route_risk = float(bundle.get("route_risk", 0.0))
 
     @classmethod
     def load(cls, relpath: str = RELPATH, models_dir: Optional[str] = None) -> "Guide":
@@ -184,9 +187,21 @@ class Guide:
         """Predicted PSNR gain (dB) of each candidate of ``stage`` for feature vector ``x``."""
         return dict(zip(CANDIDATES[stage], map(float, self._predict(stage, x))))
 
-    def deep_gain(self, report: "_defects.DefectReport", mask_fraction: float) -> float:
-        """Predicted PSNR gain (dB) of the ``deep_learning`` path on this image."""
-        return float(self._predict("deep", feature_vector(report, mask_fraction))[0])
+    def deep_gain(self, report: "_defects.DefectReport", mask_fraction: float, risk: Optional[float] = None) -> float:
+        """Predicted PSNR gain (dB) of the ``deep_learning`` path on this image, less ``risk`` (default
+        :attr:`route_risk`) times the spread of the deep forest's trees."""
+        mean, std = self.deep_gain_spread(report, mask_fraction)
+        return mean - (self.route_risk if risk is None else float(risk)) * std
+
+    def deep_gain_spread(self, report: "_defects.DefectReport", mask_fraction: float) -> Tuple[float, float]:
+        """``(mean, std)`` over the deep forest's trees of the U-Net path's predicted gain (dB)."""
+        from ..scripts.forest import predict_spread
+
+        model = self.bundle["forests"].get("deep")
+        if model is None:
+            return 0.0, 0.0
+        mean, std = predict_spread(model, feature_vector(report, mask_fraction)[None])
+        return float(mean[0, 0]), float(std[0, 0])
 
     def plan(self, report: "_defects.DefectReport", mask: Optional[np.ndarray] = None, denoiser: str = "auto",
              rules: "_plan.Rules" = _plan.RULES, mask_source: str = "") -> Tuple["_plan.Plan", float]:

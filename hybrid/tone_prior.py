@@ -136,14 +136,6 @@ def amend(plan, report: "_defects.DefectReport", prior: Optional[TonePrior]):
     return _plan.Plan(steps, skipped, plan.source)
 
 
-def load_shipped() -> Tuple[Optional[TonePrior], str]:
-    """The shipped prior, or ``(None, why)`` when it is absent."""
-    try:
-        return TonePrior.load(), ""
-    except FileNotFoundError as exc:
-        return None, f"no tone prior ({exc})"
-
-
 def training_row(damaged_report: "_defects.DefectReport", clean_report: "_defects.DefectReport") -> Tuple[np.ndarray, np.ndarray]:
     """``(features, target)`` of one pair: the target is the change of the 33 percentiles."""
     return features(damaged_report), (percentile_matrix(clean_report) - percentile_matrix(damaged_report)).ravel()

@@ -1,7 +1,7 @@
 """The shipped hybrid models load (hash-checked) and beat the identity on held-out test images.
 
-The shipped models were trained on damage recipe v1, so these checks use it (``RECIPE``); switch to
-v2 when the models are retrained on it.
+The shipped U-Net was retrained on damage recipe v2 (the source registry's training split), so these
+checks use it (``RECIPE``); the predictor (now only the quality estimate) was trained on v1.
 """
 import pytest
 
@@ -12,7 +12,7 @@ from restorekit.scripts.metrics import psnr
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-RECIPE = "v1"  # the damage recipe the shipped models were trained on
+RECIPE = "v2"  # the damage recipe the shipped U-Net was trained on
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,10 @@ def test_shipped_unet_beats_identity_on_held_out_damage():
         dam, _ = damage.damage_image(clean, "severe", seed, recipe=RECIPE)
         out, _ = unet.run(h, dam, device="cpu")
         gains.append(psnr(out, clean) - psnr(dam, clean))
-    # measured with the shipped U-Net: +3.15 dB mean (-1.26, +5.81, +7.24, +0.81); the two earlier
-    # shipped U-Nets gave +2.00 and +2.86 and do not pass this bound
-    assert sum(gains) / len(gains) > 3.0, gains
+    # measured with the shipped U-Net (recipe v2, 181 sources): +3.01 dB mean (+1.21, +4.50, +3.52,
+    # +2.79); the previous one (recipe v1, 15 sources) gained about +0.4 dB on recipe-v2 validation damage
+    assert sum(gains) / len(gains) > 2.5, gains
+    assert min(gains) > 0.5, gains
 
 
 def test_shipped_predictor_orders_quality_and_picks_a_grid_combination(held_out):
@@ -45,7 +46,8 @@ def test_shipped_predictor_orders_quality_and_picks_a_grid_combination(held_out)
     assert q["light"] > q["severe"]
     choice = p.predict(analysis.analyze(held_out["moderate"][1]))
     if choice["no_change"]:  # nothing predicted to gain: the image is left as it is
-        assert choice["strength"] == 0.0 and choice["predicted_gain_db"] <= 0.0
+        # the predictor's own rule: no change when the best combination's predicted gain is within its margin
+        assert choice["strength"] == 0.0 and choice["predicted_gain_db"] <= p.no_change_below_db
     else:
         assert choice["sigma"] in (0.5, 1.0, 1.5, 2.0) and choice["strength"] in (0.5, 1.0, 1.5, 2.0, 2.5)
         assert choice["predicted_gain_db"] > 0.0

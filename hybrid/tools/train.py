@@ -255,10 +255,11 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
                 include_lbclahe: bool = True, unet_minutes: Optional[float] = None,
                 include_damage_mask: bool = True) -> Dict[str, object]:
     """Retrain every shipped model from scratch: hybrid predictor, the damage-mask detector
-    (:mod:`.train_damage_mask`), the inpaint gate on its masks (:mod:`.train_inpaint_gate`), the tone
-    prior (:mod:`.train_tone_prior`), hybrid U-Net, calibration of the engine's severity thresholds with
-    the new predictor and U-Net, the ``ml_guided`` forests and ``auto``'s route margin
-    (:mod:`.train_guided`, with the new U-Net, gate and prior) and the LB-CLAHE predictor.
+    (:mod:`.train_damage_mask`), the inpaint gate on its masks (:mod:`.train_inpaint_gate`), hybrid
+    U-Net, calibration of the engine's severity thresholds with the new predictor and U-Net, the
+    ``ml_guided`` forests and ``auto``'s route margin (:mod:`.train_guided`, with the new U-Net and
+    gate) and the LB-CLAHE predictor.  The optional tone prior is not part of it (not shipped; its own
+    command is :mod:`.train_tone_prior`).
 
     ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
     as the shipped models.  ``models_dir``: write there instead of the pack's ``models/``.
@@ -277,15 +278,12 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
         log("[retrain] damage-mask detector")
         res = train_damage_mask.train(models_dir=models_dir, quick=quick, log=log, report_tests=not quick)
         results["damage_mask"] = {k: v for k, v in res.items() if k not in ("net", "history")}
-    from . import train_inpaint_gate, train_tone_prior
+    from . import train_inpaint_gate
 
     log("[retrain] inpaint gate (with the detector above)")
     res_ig = train_inpaint_gate.train(models_dir=models_dir, quick=quick, log=log,
                                       detector_models_dir=models_dir if include_damage_mask else None)
     results["inpaint_gate"] = {k: v for k, v in res_ig.items() if k not in ("gate", "grid")}
-    log("[retrain] tone prior")
-    res_tp = train_tone_prior.train(models_dir=models_dir, quick=quick, log=log)
-    results["tone_prior"] = {k: v for k, v in res_tp.items() if k not in ("prior", "grid")}
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
@@ -296,9 +294,9 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
     from . import train_guided
 
-    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net, gate and tone prior)")
+    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net and gate)")
     res_g = train_guided.train(models_dir=models_dir, quick=quick, unet=handle_from_module(res["model"]), log=log,
-                               tone_prior=res_tp["prior"], inpaint_gate=res_ig["gate"])
+                               tone_prior=False, inpaint_gate=res_ig["gate"])
     results["guided"] = {"sha256": res_g["sha256"], "validation": res_g["validation"], "seconds": res_g["seconds"],
                          "route_margin_db": res_g["route"]["route_margin_db"]}
     if include_lbclahe:

@@ -148,8 +148,15 @@ def fit(data: List[Dict[str, object]], n_estimators: int = 80, max_depth: Option
             "margins": {s: 0.0 for s in _guided.STAGES}, "route_margin_db": 0.0}
 
 
+#: a stage's margin may not let one light (or clean) validation row lose more than this (dB)
+LIGHT_WORST_DB = -1.0
+
+
 def choose_margins(bundle: Dict[str, object], val: List[Dict[str, object]]) -> Dict[str, Dict[str, float]]:
-    """Per stage, the margin of :data:`MARGIN_GRID` with the highest mean obtained gain on ``val`` rows."""
+    """Per stage, the margin of :data:`MARGIN_GRID` with the highest mean obtained gain on ``val`` rows
+    among those under which no light or clean row loses more than :data:`LIGHT_WORST_DB` (do no harm
+    where there is little to gain); when no margin of the grid keeps them all, the one with the fewest
+    such losses (then the best mean)."""
     from ...scripts.forest import predict
 
     res = {}
@@ -159,16 +166,22 @@ def choose_margins(bundle: Dict[str, object], val: List[Dict[str, object]]) -> D
         if X is None or model is None:
             res[stage] = {"margin": 0.0, "gain_db": 0.0, "oracle_db": 0.0, "n": 0}
             continue
+        levels = np.array([d["level"] for d in val if stage in d["rows"]])
+        gentle = np.isin(levels, ("light", "clean"))
         P = np.asarray(predict(model, X)).reshape(len(X), -1)
         P = np.where(A, P, -np.inf)
         j = P.argmax(axis=1)
         pg = P[np.arange(len(X)), j]
         tg = G[np.arange(len(X)), j]
-        scores = {m: float(np.where(pg > m, tg, 0.0).mean()) for m in MARGIN_GRID}
-        m = max(scores, key=lambda k: (round(scores[k], 4), k))
+        got = {m: np.where(pg > m, tg, 0.0) for m in MARGIN_GRID}
+        scores = {m: float(g.mean()) for m, g in got.items()}
+        losers = {m: int(np.sum(g[gentle] < LIGHT_WORST_DB)) for m, g in got.items()}
+        fewest = min(losers.values())
+        m = max((k for k in MARGIN_GRID if losers[k] == fewest), key=lambda k: (round(scores[k], 4), k))
         res[stage] = {"margin": float(m), "gain_db": scores[m], "oracle_db": float(np.maximum(G.max(axis=1), 0).mean()),
                       "run_fraction": float(np.mean(pg > m)), "n": int(len(X)),
-                      "worst_db": float(np.where(pg > m, tg, 0.0).min())}
+                      "worst_db": float(got[m].min()), "light_losers": losers[m],
+                      "best_mean_margin": float(max(scores, key=lambda k: (round(scores[k], 4), k)))}
     return res
 
 
@@ -196,45 +209,53 @@ def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
         rep = _defects.measure(p["damaged"])
         masked = r._masks(p["damaged"], rep, None)
         row["pred_plan"] = r._guided_plan(rep, masked)[1]
-        row["pred_deep"] = guide.deep_gain(rep, masked.plain_fraction)
+        row["pred_deep"], row["pred_deep_std"] = guide.deep_gain_spread(rep, masked.plain_fraction)
         rows.append(row)
         if (i + 1) % 10 == 0:
             log(f"[guided] route calibration {i + 1}/{len(pairs)} ({time.perf_counter() - t0:.0f} s)")
     return rows
 
 
+#: the risks tried for the route: the U-Net path's predicted gain less risk × the deep trees' spread
+ROUTE_RISK_GRID = (0.0, 0.5, 1.0, 1.5)
+
+
 def choose_route(rows: List[Dict[str, object]]) -> Dict[str, object]:
-    """The route margin of ``auto`` (see :func:`calibrate_route`) from :func:`route_rows`."""
+    """The route margin and risk of ``auto`` (see :func:`calibrate_route`) from :func:`route_rows`."""
     lv = np.array([x["level"] for x in rows])
     inp = np.array([x["input"] for x in rows])
     light = lv == "light"
+    std = np.array([x.get("pred_deep_std", 0.0) for x in rows])
     scores = {}
-    for m in ROUTE_MARGIN_GRID:
-        deep = np.array([x["pred_deep"] > x["pred_plan"] + m for x in rows])
-        got = np.where(deep, [x["deep_learning"] for x in rows], [x["ml_guided"] for x in rows])
-        ok = (not light.any()) or (float((got - inp)[light].mean()) >= -0.2 and float((got - inp)[light].min()) >= -1.0)
-        scores[m] = {"psnr_db": float(got.mean()), "light_ok": bool(ok), "deep_fraction": float(deep.mean())}
-    allowed = [m for m in ROUTE_MARGIN_GRID if scores[m]["light_ok"]] or [max(ROUTE_MARGIN_GRID)]
-    best = max(allowed, key=lambda m: (round(scores[m]["psnr_db"], 3), m))
+    for k in ROUTE_RISK_GRID:
+        for m in ROUTE_MARGIN_GRID:
+            deep = np.array([x["pred_deep"] for x in rows]) - k * std > np.array([x["pred_plan"] for x in rows]) + m
+            got = np.where(deep, [x["deep_learning"] for x in rows], [x["ml_guided"] for x in rows])
+            ok = (not light.any()) or (float((got - inp)[light].mean()) >= -0.2
+                                       and float((got - inp)[light].min()) >= -1.0)
+            scores[(k, m)] = {"psnr_db": float(got.mean()), "light_ok": bool(ok), "deep_fraction": float(deep.mean())}
+    allowed = [km for km in scores if scores[km]["light_ok"]] or [(0.0, max(ROUTE_MARGIN_GRID))]
+    best = max(allowed, key=lambda km: (round(scores[km]["psnr_db"], 3), km[1], km[0]))
     means = {k: float(np.mean([x[k] for x in rows])) for k in ("input", "ml_guided", "deep_learning", "classical")}
-    return {"route_margin_db": float(best), "by_margin": {str(k): v for k, v in scores.items()}, "means": means,
-            "n": len(rows)}
+    return {"route_margin_db": float(best[1]), "route_risk": float(best[0]),
+            "by_margin": {f"{k}/{m}": v for (k, m), v in scores.items()}, "means": means, "n": len(rows)}
 
 
 def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, limit: Optional[int] = None,
                     log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None) -> Dict[str, object]:
     """The route margin of ``auto`` chosen on the validation split: every pair (registry split ``val``,
     recipe v2) is restored by ``ml_guided``, ``deep_learning`` and ``classical`` (:func:`route_rows`);
-    for each margin of :data:`ROUTE_MARGIN_GRID` (U-Net path when its predicted gain exceeds the plan's
-    by the margin) the mean PSNR of the routing is computed; the best margin among those meeting the
-    light-damage rule (mean ≥ input − 0.2 dB, no image below input − 1 dB) wins, ties to the larger
-    margin (fewer U-Net runs)."""
+    for each risk of :data:`ROUTE_RISK_GRID` and margin of :data:`ROUTE_MARGIN_GRID` (U-Net path when its
+    predicted gain, less risk × the deep trees' spread, exceeds the plan's by the margin) the mean PSNR
+    of the routing is computed; the best pair among those meeting the light-damage rule (mean ≥ input −
+    0.2 dB, no image below input − 1 dB) wins, ties to the larger margin (fewer U-Net runs)."""
     from . import sources
 
     pairs = sources.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
     res = choose_route(route_rows(guide, pairs, unet, log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate))
-    best, m = res["route_margin_db"], res["means"]
-    log(f"[guided] route margin {best:+.2f} dB: auto {res['by_margin'][str(best)]['psnr_db']:.2f} dB on {res['n']} "
+    best, risk, m = res["route_margin_db"], res["route_risk"], res["means"]
+    chosen = res["by_margin"][f"{risk}/{best}"]
+    log(f"[guided] route margin {best:+.2f} dB, risk {risk}: auto {chosen['psnr_db']:.2f} dB on {res['n']} "
         f"validation pairs (input {m['input']:.2f}, ml_guided {m['ml_guided']:.2f}, U-Net path "
         f"{m['deep_learning']:.2f}, classical {m['classical']:.2f})")
     return res
@@ -242,9 +263,11 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
 
 def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[str] = None, quick: bool = False,
           unet=None, log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None,
-          **overrides) -> Dict[str, object]:
+          cache: Optional[str] = None, **overrides) -> Dict[str, object]:
     """Build the train / validation rows, fit, choose the margins, save; returns the bundle and scores.
-    ``tone_prior`` / ``inpaint_gate``: what the engine runs during the route calibration (default: shipped)."""
+    ``tone_prior`` / ``inpaint_gate``: what the engine runs during the route calibration (default: shipped).
+    ``cache``: a pickle of the train / validation rows — read when it exists (the rows depend on the
+    detector, the U-Net and the pair settings: delete it when any changes), else written."""
     cfg = dict(DEFAULTS)
     if quick:
         cfg.update(QUICK)
@@ -254,12 +277,24 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         from ..unet import load_shipped
 
         unet = load_shipped()
-    tr_pairs = guided_pairs("train", cfg["sides"], cfg["seed"], cfg["limit"])
-    log(f"[guided] {len(tr_pairs)} training pairs")
-    tr = build(tr_pairs, unet, log)
-    va_pairs = guided_pairs("val", cfg["sides"], cfg["seed"] + 1, cfg["val_limit"])
-    log(f"[guided] {len(va_pairs)} validation pairs")
-    va = build(va_pairs, unet, log)
+    import os
+    import pickle
+
+    if cache and os.path.isfile(cache):
+        with open(cache, "rb") as f:
+            rows = pickle.load(f)
+        tr, va = rows["train"], rows["val"]
+        log(f"[guided] {len(tr)} training and {len(va)} validation rows from {cache}")
+    else:
+        tr_pairs = guided_pairs("train", cfg["sides"], cfg["seed"], cfg["limit"])
+        log(f"[guided] {len(tr_pairs)} training pairs")
+        tr = build(tr_pairs, unet, log)
+        va_pairs = guided_pairs("val", cfg["sides"], cfg["seed"] + 1, cfg["val_limit"])
+        log(f"[guided] {len(va_pairs)} validation pairs")
+        va = build(va_pairs, unet, log)
+        if cache:
+            with open(cache, "wb") as f:
+                pickle.dump({"train": tr, "val": va}, f)
     bundle = fit(tr, cfg["n_estimators"], cfg["max_depth"], cfg["min_samples_leaf"], cfg["seed"])
     margins = choose_margins(bundle, va)
     bundle["margins"] = {s: v["margin"] for s, v in margins.items()}
@@ -272,6 +307,7 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
     route = calibrate_route(_guided.Guide(bundle), unet, per_level=1, max_side=96 if quick else 256,
                             limit=cfg["route_limit"], log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate)
     bundle["route_margin_db"] = route["route_margin_db"]
+    bundle["route_risk"] = route["route_risk"]
     bundle["route_validation"] = route
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None
     return {"bundle": bundle, "sha256": digest, "validation": margins, "route": route, "train_rows": tr, "val_rows": va,

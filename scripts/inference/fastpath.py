@@ -47,7 +47,7 @@ MEASURE_MIN_TILES = 200
 #: bf16/fp16 arithmetic is assumed faster, as measured on AMX/AVX512-BF16 CPUs and CUDA).  The check
 #: costs two probe calls once per model and machine (its result persists in the cost cache,
 #: :mod:`scripts.inference.cost_cache`) and saves ~40 % of every later job's time
-CHECK_MIN_TILES = 4
+CHECK_MIN_TILES = 6
 #: timed rounds per candidate (alternating)
 ROUNDS = 2
 

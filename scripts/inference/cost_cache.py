@@ -52,7 +52,8 @@ def model_hash(handle) -> str:
     for name, t in handle.module.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's bytes, not a copy
     digest = h.hexdigest()
     with handle._lock:
         handle.costs["model_hash"] = digest

@@ -231,14 +231,21 @@ def _timed(fn, x, device):
     return y, time.perf_counter() - t0
 
 
-def choose_dtype(flat: torch.Tensor, fn, device, precision: str = "auto"):
+#: per (kind of work, device, torch threads): float32's speed relative to float64 where it was measured
+#: slower in this process -- later images skip the check and run float64 (the speed is a property of the
+#: work and the machine; accuracy is checked again on every image where float32 is used)
+_SLOWER: Dict[tuple, float] = {}
+
+
+def choose_dtype(flat: torch.Tensor, fn, device, precision: str = "auto", key: tuple = ()):
     """The dtype :func:`map_pixels` computes in, and why: ``(dtype, reason)``.
 
     ``auto``: float32 when, on :data:`SAMPLE` pixels spread over the image, it is at least 5 % faster
     than float64 (alternating timed calls, the fastest kept) and its output is within
     :data:`FLOAT32_TOLERANCE` of float64's everywhere on the sample; float64 otherwise, and for
-    images too small for the check to pay off.  ``fp64`` / ``fp32``: the user's choice.
-    ``fn`` must be free of side effects (it also runs on the sample)."""
+    images too small for the check to pay off, and for work (``key``) whose float32 path was measured
+    slower earlier in this process.  ``fp64`` / ``fp32``: the user's choice.  ``fn`` must be free of
+    side effects (it also runs on the sample)."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -247,6 +254,10 @@ def choose_dtype(flat: torch.Tensor, fn, device, precision: str = "auto"):
     n = flat.shape[0]
     if n < CHECK_MIN_PIXELS:
         return torch.float64, "float64 (the image is too small for a float32 check to pay off)"
+    memo = (key, str(device), torch.get_num_threads()) if key else None
+    if memo in _SLOWER:
+        return torch.float64, (f"float64 (float32 ran at {_SLOWER[memo]:.2f}x float64's speed on an earlier "
+                               f"image in this process)")
     sample = flat[torch.linspace(0, n - 1, SAMPLE).long()]
     best, outs = {}, {}
     for _round in range(2):
@@ -262,6 +273,8 @@ def choose_dtype(flat: torch.Tensor, fn, device, precision: str = "auto"):
     if diff <= FLOAT32_TOLERANCE and gain >= 1.05:
         return torch.float32, f"float32 ({where} <= {FLOAT32_TOLERANCE:.0e})"
     why = "outside the tolerance" if diff > FLOAT32_TOLERANCE else "not faster"
+    if gain < 1.05 and memo is not None:
+        _SLOWER[memo] = gain
     return torch.float64, f"float64 (float32 {why}: {where}; tolerance {FLOAT32_TOLERANCE:.0e})"
 
 
@@ -276,7 +289,7 @@ def _run_chunk(fn, pure, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def map_pixels(rgb: torch.Tensor, fn, device=None, precision: str = "auto", pure=None):
+def map_pixels(rgb: torch.Tensor, fn, device=None, precision: str = "auto", pure=None, key: tuple = ()):
     """Apply ``fn(pixels [N,3] on device) -> [N,3]`` over a ``[..., 3]`` CPU tensor in chunks of
     :data:`CHUNK` pixels; returns ``(float32 result on the CPU, reason for the precision)``.
 
@@ -290,7 +303,7 @@ def map_pixels(rgb: torch.Tensor, fn, device=None, precision: str = "auto", pure
     try:
         if device.type == "cpu":
             torch.set_num_threads(1)
-        dtype, reason = choose_dtype(flat, pure or fn, device, precision)
+        dtype, reason = choose_dtype(flat, pure or fn, device, precision, key)
         for start in range(0, flat.shape[0], CHUNK):
             chunk = flat[start:start + CHUNK].to(device=device, dtype=dtype)
             out[start:start + CHUNK] = _run_chunk(fn, pure or fn, chunk).to("cpu", torch.float32)
@@ -348,7 +361,8 @@ def adjust_image(image: torch.Tensor, space: str = "oklch", lightness: float = 0
         return out
 
     precision, note = _gamut_precision(precision, gamut_method)
-    out, why = map_pixels(_rgb(image), fn, device, precision, pure=lambda px: run(px)[0])
+    out, why = map_pixels(_rgb(image), fn, device, precision, pure=lambda px: run(px)[0],
+                          key=("adjust", space, gamut_method))
     return out, AdjustReport(
         space=_space_text(space, white_luminance),
         adjustments=f"lightness {lightness:+g}, chroma x{chroma:g}, hue {hue_shift:+g} deg, vibrance {vibrance:+g}, "
@@ -379,7 +393,8 @@ def split_image(image: torch.Tensor, space: str = "oklab", white_luminance: floa
     channels of :func:`split_channels` (clipped to 0..1).  Returns ``((L, a, b), SplitReport)``."""
     if space not in CHANNELS:
         raise ValueError(f"space: unknown space {space!r}; choose one of {tuple(CHANNELS)}")
-    enc, why = map_pixels(_rgb(image), lambda px: split_channels(px, space, white_luminance), device, precision)
+    enc, why = map_pixels(_rgb(image), lambda px: split_channels(px, space, white_luminance), device, precision,
+                          key=("split", space))
     outs, ranges = [], {}
     for name, i in zip(CHANNELS[space], range(3)):
         ch = enc[..., i:i + 1]
@@ -438,6 +453,6 @@ def join_images(lightness: torch.Tensor, a, b, space: str = "oklab",
         return out
 
     precision, note = _gamut_precision(precision, gamut_method)
-    out, why = map_pixels(enc, fn, device, precision, pure=lambda px: run(px)[0])
+    out, why = map_pixels(enc, fn, device, precision, pure=lambda px: run(px)[0], key=("join", space, gamut_method))
     return out, JoinReport(_space_text(space, white_luminance), gamut_method, stats["out"] / max(stats["n"], 1),
                            note or why)

@@ -64,6 +64,7 @@ def test_split_join_fast_path_within_the_tolerance(big):
 
 def test_auto_keeps_float64_outside_the_tolerance_and_for_small_images(big, monkeypatch):
     monkeypatch.setattr(perceptual, "FLOAT32_TOLERANCE", 0.0)
+    monkeypatch.setattr(perceptual, "_SLOWER", {})  # measure again
     args = ("oklch", 0.0, 1.6, 15.0)
     ref, _ = perceptual.adjust_image(big, *args, precision="fp64")
     out, rep = perceptual.adjust_image(big, *args)
@@ -87,3 +88,22 @@ def test_every_gamut_method_within_the_tolerance(big):
     ref, _ = perceptual.adjust_image(big, *args, precision="fp64")
     auto, rep = perceptual.adjust_image(big, *args)
     assert torch.equal(auto, ref) and rep.precision.startswith("float64 (project_to_L0.5"), rep.precision
+
+
+def test_a_slower_float32_is_not_measured_again(big, monkeypatch):
+    """Where float32 measured slower, later images of the same work skip the check (float64)."""
+    monkeypatch.setattr(perceptual, "_SLOWER", {})
+    calls = []
+
+    def timed(fn, x, device):  # float32 takes twice float64's time
+        calls.append(x.dtype)
+        return fn(x), 1.0 if x.dtype == torch.float32 else 0.5
+
+    monkeypatch.setattr(perceptual, "_timed", timed)
+    args = ("oklch", 0.0, 1.2, 10.0)
+    _, rep = perceptual.adjust_image(big, *args)
+    assert rep.precision.startswith("float64 (float32 not faster") and len(calls) == 4, rep.precision
+    _, rep = perceptual.adjust_image(big, *args)
+    assert "earlier image in this process" in rep.precision and len(calls) == 4
+    _, rep = perceptual.adjust_image(big, "jzczhz", 0.0, 1.2, 10.0)  # other work: measured
+    assert len(calls) == 8

@@ -251,6 +251,20 @@ GROW_PROBABILITY = 0.5
 MIN_SEED_FRACTION = 0.005
 
 
+def inpainting_mask(prob: np.ndarray, *, seed: float = SEED_PROBABILITY, grow: float = GROW_PROBABILITY,
+                    min_seed_fraction: float = MIN_SEED_FRACTION) -> Tuple[np.ndarray, str, float]:
+    """The hysteresis mask of :func:`detect_for_inpainting` from a probability map: ``(mask, note,
+    seed_fraction)`` (an empty mask, with the note saying why, when the seeds are too few)."""
+    from skimage.filters import apply_hysteresis_threshold
+
+    seed_fraction = float((prob > seed).mean())
+    if seed_fraction >= min_seed_fraction:
+        return apply_hysteresis_threshold(prob, grow, seed), "", seed_fraction
+    return np.zeros(prob.shape, bool), (f"confident damage on {100 * seed_fraction:.2f} % of the pixels, under "
+                                        f"{100 * min_seed_fraction:g} %: not inpainted (scene detail is not told "
+                                        "from damage there)"), seed_fraction
+
+
 def detect_for_inpainting(rgb: np.ndarray, *, seed: float = SEED_PROBABILITY, grow: float = GROW_PROBABILITY,
                           min_seed_fraction: float = MIN_SEED_FRACTION,
                           device: str = "cpu") -> Tuple[np.ndarray, DamageMaskReport]:
@@ -270,17 +284,8 @@ def detect_for_inpainting(rgb: np.ndarray, *, seed: float = SEED_PROBABILITY, gr
         mask, rep = detect(img, method="classical")
         rep.note = f"CNN weights unavailable ({exc}); classical detector used"
         return mask, rep
-    from skimage.filters import apply_hysteresis_threshold
-
     prob = cnn_probability(img, net, device=device)
-    seed_fraction = float((prob > seed).mean())
-    note = ""
-    if seed_fraction >= min_seed_fraction:
-        mask = apply_hysteresis_threshold(prob, grow, seed)
-    else:
-        mask = np.zeros(prob.shape, bool)
-        note = (f"confident damage on {100 * seed_fraction:.2f} % of the pixels, under "
-                f"{100 * min_seed_fraction:g} %: not inpainted (scene detail is not told from damage there)")
+    mask, note, seed_fraction = inpainting_mask(prob, seed=seed, grow=grow, min_seed_fraction=min_seed_fraction)
     rep = DamageMaskReport(fraction=float(mask.mean()), method="cnn", threshold=grow, note=note,
                            extra={"seed_fraction": seed_fraction, "seed": seed, "grow": grow},
                            **classify_components(mask))

@@ -88,6 +88,8 @@ MOTION_MIN_LENGTH = 3.0
 #: the defocus the plan can undo is a few px (the damage generator's strongest: σ 2.5 px)
 BLUR_MAX_SIGMA = 6.0
 TONE_SIDE = 256
+#: the per-channel percentiles (%) of :attr:`ToneMeasure.percentiles`
+PERCENTILES = (0.5, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.5)
 ILLUM_SIDE = 128
 JPEG_MAX_LINES = 512
 
@@ -163,7 +165,9 @@ class MotionMeasure:
 @dataclass
 class ToneMeasure:
     """Luma (Rec. 601) black point (0.5 %), white point (99.5 %), contrast (their difference),
-    RMS contrast (std), mean; per-channel 0.5/99.5 % percentiles ``channel_low`` / ``channel_high``."""
+    RMS contrast (std), mean; per-channel 0.5/99.5 % percentiles ``channel_low`` / ``channel_high``;
+    ``percentiles[c][k]``: channel ``c`` at :data:`PERCENTILES` ``[k]`` % (0..1, the tone distribution the
+    learned tone prior reads and matches, :mod:`.tone_prior`)."""
 
     black_point: float
     white_point: float
@@ -173,6 +177,7 @@ class ToneMeasure:
     channel_low: List[float]
     channel_high: List[float]
     where: str
+    percentiles: List[List[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -577,11 +582,12 @@ def measure_tone(small: np.ndarray, where: str) -> ToneMeasure:
     y = luma(small).ravel()
     lo, hi = np.percentile(y, [0.5, 99.5])
     flat = small.reshape(-1, small.shape[-1])
-    clo = np.percentile(flat, 0.5, axis=0)
-    chi = np.percentile(flat, 99.5, axis=0)
+    pct = np.percentile(flat, PERCENTILES, axis=0)  # [K, C]
+    clo, chi = pct[0], pct[-1]
     return ToneMeasure(black_point=float(lo), white_point=float(hi), contrast=float(hi - lo),
                        rms_contrast=float(y.std()), mean=float(y.mean()),
-                       channel_low=[float(v) for v in clo], channel_high=[float(v) for v in chi], where=where)
+                       channel_low=[float(v) for v in clo], channel_high=[float(v) for v in chi], where=where,
+                       percentiles=[[float(v) for v in pct[:, c]] for c in range(pct.shape[1])])
 
 
 def neutral_axis(lab: np.ndarray, fraction: float = 0.25) -> Tuple[float, float, np.ndarray]:

@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import analysis, defects, plan as _plan
+from . import analysis, defects, inpaint_gate as _inpaint_gate, plan as _plan, tone_prior as _tone_prior
 from ..scripts import image_io
 from ..scripts.finite import check_finite
 
@@ -240,7 +240,7 @@ class HybridRestorer:
     def __init__(self, thresholds: Optional[Thresholds] = None, predictor=None, unet=None,
                  device: str = "auto", tile: int = 0, use_shipped: bool = True, progress: bool = False,
                  rules: Optional["_plan.Rules"] = None, denoiser: str = "auto", detect_damage: bool = True,
-                 guide=None):
+                 guide=None, tone_prior=None, inpaint_gate=None):
         self.thresholds = thresholds or Thresholds()
         self.rules = rules or _plan.RULES
         if denoiser not in _plan.DENOISERS:
@@ -251,6 +251,10 @@ class HybridRestorer:
         self._unet = unet
         self._guide = guide or None  # False: no forests (ml_guided = the rule plan, auto by severity)
         self._guide_tried = guide is not None or not use_shipped
+        self._tone_prior = tone_prior or None  # False: no learned tone stage
+        self._tone_prior_tried = tone_prior is not None or not use_shipped
+        self._inpaint_gate = inpaint_gate or None  # False: no gate (the hysteresis mask, the forests decide)
+        self._inpaint_gate_tried = inpaint_gate is not None or not use_shipped
         self.device = device
         self.tile = int(tile)
         self.progress = bool(progress)
@@ -283,6 +287,40 @@ class HybridRestorer:
             except Exception as exc:
                 self.notes.append(f"ml_guided forests unavailable ({exc}); the rule plan is used instead")
         return self._guide
+
+    @property
+    def tone_prior(self):
+        """The learned tone prior (:class:`.tone_prior.TonePrior`), or None when its bundle is missing or
+        fails its hash (then the plans' own tone and colour stages decide, with a note)."""
+        if self._tone_prior is None and not self._tone_prior_tried:
+            self._tone_prior_tried = True
+            from .tone_prior import TonePrior
+
+            try:
+                self._tone_prior = TonePrior.load()
+            except Exception as exc:
+                self.notes.append(f"tone prior unavailable ({exc}); the plans' own tone and colour stages decide")
+        return self._tone_prior
+
+    @property
+    def inpaint_gate(self):
+        """The inpainting gate (:class:`.inpaint_gate.InpaintGate`), or None when its bundle is missing,
+        fails its hash or was trained with another damage-mask detector (then the hysteresis mask is
+        inpainted by the rule plan and the forests decide for theirs, with a note)."""
+        if self._inpaint_gate is None and not self._inpaint_gate_tried:
+            self._inpaint_gate_tried = True
+            try:
+                gate = _inpaint_gate.InpaintGate.load()
+                from . import damage_mask
+                from ..scripts.shipped_models import model_path, sha256_file
+
+                detector = sha256_file(model_path(damage_mask.WEIGHTS_RELPATH))
+                if gate.detector_sha256 != detector:
+                    raise ValueError("it was trained with another damage-mask detector; retrain it")
+                self._inpaint_gate = gate
+            except Exception as exc:
+                self.notes.append(f"inpaint gate unavailable ({exc}); the hysteresis mask is used")
+        return self._inpaint_gate
 
     @property
     def unet(self):
@@ -328,21 +366,23 @@ class HybridRestorer:
                         analysis_seconds=report.seconds["total"], defects=report.to_dict(),
                         defect_summary=report.summary()), deep
 
-    def _mask(self, img: np.ndarray, mask, gated: bool = True) -> Tuple[Optional[np.ndarray], str, bool]:
-        """``(mask, source, detected)``: the given mask, or the detector's (when ``detect_damage``):
-        ``gated`` (:func:`.damage_mask.detect_for_inpainting`) for the rule plan and the U-Net path, the
-        plain detector mask for the forests (what they were trained with, :mod:`.tools.train_guided`)."""
-        if mask is not None:
-            return np.asarray(mask, bool), "given mask", False
-        if not self.detect_damage:
-            return None, "", False
-        m, source = _plan.detect_mask(img, gated)
-        return m, source, True
+    def _masks(self, img: np.ndarray, report: "defects.DefectReport", mask) -> "_inpaint_gate.MaskChoice":
+        """The given mask, or the detector's masks (when ``detect_damage``) from one run of it: the plain
+        one for the forests' features, and the one to inpaint chosen by the inpaint gate
+        (:func:`.inpaint_gate.choose_masks`)."""
+        return _inpaint_gate.choose_masks(img, report, self.inpaint_gate if mask is None and self.detect_damage else None,
+                                          given=mask, detect=self.detect_damage)
 
-    def _plan(self, img: np.ndarray, report: "defects.DefectReport", masked, progress=None):
-        """The ``classical`` strategy: measurements → rules → plan → execution."""
-        mask, source, detected = masked
-        p = _plan.plan_from_rules(report, mask, self.rules, self.denoiser, mask_source=source, mask_detected=detected)
+    def _plan(self, img: np.ndarray, report: "defects.DefectReport", masked, progress=None, learned_tone: bool = False):
+        """The ``classical`` strategy: measurements → rules → plan → execution (``learned_tone``: the
+        tone prior replaces the rules' tone and colour stages, as in ``auto``)."""
+        p = _plan.plan_from_rules(report, masked.inpaint, self.rules, self.denoiser,
+                                  mask_source=masked.why if masked.detected else masked.source,
+                                  mask_detected=masked.detected)
+        if masked.inpaint is None and masked.detected and masked.why:
+            p = _inpaint_gate.amend(p, masked, self.rules)
+        if learned_tone:
+            p = _tone_prior.amend(p, report, self.tone_prior)
         return self._execute(img, p, "rules on the measured defects (hybrid/plan.py)", progress)
 
     @staticmethod
@@ -357,22 +397,21 @@ class HybridRestorer:
         g = self.guide
         if g is None:
             return None, 0.0
-        mask, source, detected = masked
-        p, gain = g.plan(report, mask, self.denoiser, self.rules, mask_source=source)
-        if not detected and mask is not None and mask.any() and not any(s.stage == "inpaint" for s in p.steps):
-            # a mask the caller drew is always inpainted
-            p.skipped = [s for s in p.skipped if s.stage != "inpaint"]
-            p.steps.insert(0, _plan.Step("inpaint", {"mask": mask, "method": "telea", "radius": self.rules.inpaint_radius,
-                                                     "dilate": self.rules.inpaint_dilate},
-                                         f"{100 * mask.mean():.2f} % of the pixels marked by the given mask"))
+        p, gain = g.plan(report, masked.plain if masked.detected else masked.inpaint, self.denoiser, self.rules,
+                         mask_source=masked.source)
+        if not masked.detected and masked.inpaint is not None and masked.inpaint.any():
+            p = _inpaint_gate.amend(p, masked, self.rules)  # a mask the caller drew is always inpainted
+        elif masked.detected and self.inpaint_gate is not None:
+            p = _inpaint_gate.amend(p, masked, self.rules)  # the gate, not the forest, decides inpainting
         return p, gain
 
     def _ml_guided(self, img, report, masked, progress=None, planned=None) -> Tuple[np.ndarray, Dict[str, object]]:
         p, gain = planned if planned is not None else self._guided_plan(report, masked)
         if p is None:
-            out, params = self._plan(img, report, masked, progress)
+            out, params = self._plan(img, report, masked, progress, learned_tone=True)
             params["why"] = "ml_guided forests unavailable: the rule plan ran instead"
             return out, params
+        p = _tone_prior.amend(p, report, self.tone_prior)
         return self._execute(img, p, "random forests: each stage's predicted PSNR gain against its margin "
                              "(hybrid/guided.py)", progress, predicted_gain_db=round(gain, 3))
 
@@ -386,7 +425,7 @@ class HybridRestorer:
             out = out.mean(axis=-1, keepdims=True)
         return out, {"model": getattr(self.unet, "source", ""), "runner": report}
 
-    def _deep(self, img, report=None, masked=(None, "", False), progress=None,
+    def _deep(self, img, report=None, masked=None, progress=None,
               unet_out=None) -> Tuple[np.ndarray, Dict[str, object]]:
         """The ``deep_learning`` path: :func:`.guided.deep_plan` (inpaint the mask, denoise heavy noise),
         then the U-Net (``unet_out``: its output on ``img``, reused when no stage ran before it)."""
@@ -394,8 +433,10 @@ class HybridRestorer:
 
         if report is None:
             report = defects.measure(img)
-        mask, source, detected = masked
-        p = deep_plan(report, mask, self.denoiser, self.rules, mask_source=source, mask_detected=detected)
+        if masked is None:
+            masked = _inpaint_gate.MaskChoice(None, None, "", False, "")
+        p = deep_plan(report, masked.inpaint, self.denoiser, self.rules,
+                      mask_source=masked.why if masked.detected else masked.source, mask_detected=masked.detected)
         pre, params = self._execute(img, p, "the stages the U-Net cannot do, then the U-Net", progress)
         if unet_out is not None and p.unchanged:
             out, u = unet_out
@@ -412,8 +453,7 @@ class HybridRestorer:
         if g is None:
             return METHOD_FOR_SEVERITY[severity], None, {"by": "severity", "severity": severity}
         planned = self._guided_plan(report, masked)
-        mask = masked[0]
-        deep_gain = g.deep_gain(report, 0.0 if mask is None else float(mask.mean()))
+        deep_gain = g.deep_gain(report, masked.plain_fraction)
         plan_gain = planned[1]
         use_deep = deep_gain > plan_gain + g.route_margin
         why = {"by": "forest-predicted gains", "deep_learning_gain_db": round(deep_gain, 3),
@@ -471,16 +511,14 @@ class HybridRestorer:
         estimator = "forest" if strategy in ("classical", "ml_guided") else None
         info_an, unet_out = self._analyse(img, report, estimator)
         severity = info_an.severity
-        masked = self._mask(img, mask, gated=strategy not in ("auto", "ml_guided") or self.guide is None)
+        masked = self._masks(img, report, mask)
         planned = route = None
         if strategy == "auto":
             method, planned, route = self._route(report, masked, severity)
         else:
             method = strategy
         if method == "classical":
-            if strategy == "auto" and masked[2]:  # the rules use the gated detector mask
-                masked = self._mask(img, mask, gated=True)
-            out, params = self._plan(img, report, masked, progress)
+            out, params = self._plan(img, report, masked, progress, learned_tone=strategy == "auto")
         elif method == "ml_guided":
             out, params = self._ml_guided(img, report, masked, progress, planned)
         else:

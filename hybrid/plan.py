@@ -22,7 +22,9 @@ deblur      Richardson–Lucy on the luma with the measured Gaussian (or linear-
 tone        levels: the same affine map on R, G and B taking the measured black / white points to their
             targets (undoes fading without shifting hue); flat-field: division by the measured smooth
             illumination surface (quadratic fit of the lightness envelope); per-channel levels (the
-            measured 0.5 / 99.5 % percentiles of R, G, B stretched towards 0 / 1); LB-CLAHE (Campos et al. 2019)
+            measured 0.5 / 99.5 % percentiles of R, G, B stretched towards 0 / 1); percentile match (each
+            channel's monotone curve from its current percentiles to targets — the learned tone prior's
+            prediction of the undamaged ones, :mod:`.tone_prior`); LB-CLAHE (Campos et al. 2019)
             or multi-scale Retinex (Jobson et al. 1997) when a plan asks for them
 colour      cast removal in Oklab (Ottosson 2020): the neutral axis ``(a, b) = c₀ + c₁·L`` is fitted on the
             near-neutral pixels of the stage's input and subtracted (a constant shift removes a tint, the
@@ -431,6 +433,45 @@ def _channel_levels(img: np.ndarray, q: Dict[str, object]) -> np.ndarray:
     return np.clip((img - lo) * gain + lo_out, 0.0, 1.0)
 
 
+#: the percentile match's curve is at most this steep (and never falling): a bound on noise amplification
+MATCH_MAX_SLOPE = 4.0
+
+
+def match_curve(x_knots: np.ndarray, y_knots: np.ndarray, max_slope: float = MATCH_MAX_SLOPE) -> Tuple[np.ndarray, np.ndarray]:
+    """A monotone piecewise-linear curve through ``(x_knots, y_knots)``: the x strictly increasing (1e-3
+    apart), every segment's slope clamped to ``[0, max_slope]`` outwards from the middle knot (which
+    keeps its place).  Returns the knots ``(x, y)``."""
+    x = np.maximum.accumulate(np.asarray(x_knots, np.float64) + 1e-3 * np.arange(len(x_knots)))
+    y = np.array(y_knots, np.float64)
+    mid = len(y) // 2
+    for k in range(mid + 1, len(y)):
+        y[k] = y[k - 1] + np.clip(y[k] - y[k - 1], 0.0, max_slope * (x[k] - x[k - 1]))
+    for k in range(mid - 1, -1, -1):
+        y[k] = y[k + 1] - np.clip(y[k + 1] - y[k], 0.0, max_slope * (x[k + 1] - x[k]))
+    return x, y
+
+
+def _match_percentiles(img: np.ndarray, q: Dict[str, object]) -> np.ndarray:
+    """Per channel, the monotone curve (:func:`match_curve`) taking the image's current percentiles
+    ``q["percentiles"]`` (read as :func:`.defects.measure_tone` reads them) to ``q["targets"]`` (one row
+    per channel); beyond the outer knots it continues with the outer segments' slopes."""
+    probs = np.asarray(q["percentiles"], np.float64)
+    targets = np.asarray(q["targets"], np.float64)
+    small = _defects.smooth(_defects.downscale(img, _defects.TONE_SIDE), _defects.TONE_SMOOTH_SIGMA)
+    cur = np.percentile(small.reshape(-1, img.shape[-1]), probs, axis=0).T  # [C, K]
+    out = np.empty_like(img, dtype=np.float32)
+    for c in range(img.shape[-1]):
+        x, y = match_curve(cur[c], targets[min(c, len(targets) - 1)])
+        v = img[..., c].astype(np.float64)
+        r = np.interp(v, x, y)
+        s0 = (y[1] - y[0]) / (x[1] - x[0])
+        s1 = (y[-1] - y[-2]) / (x[-1] - x[-2])
+        r = np.where(v < x[0], y[0] + (v - x[0]) * s0, r)
+        r = np.where(v > x[-1], y[-1] + (v - x[-1]) * s1, r)
+        out[..., c] = r
+    return np.clip(out, 0.0, 1.0)
+
+
 def _flatfield(img: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """Divide by the smooth illumination (the log2 envelope surface, upsampled), keeping the mean."""
     import cv2
@@ -452,6 +493,8 @@ def _tone(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, 
             out = _channel_levels(out, q)
         elif op == "flatfield":
             out = _flatfield(out, q["surface"])
+        elif op == "match":
+            out = _match_percentiles(out, q)
         elif op == "lbclahe":
             from ..scripts.lbclahe import lb_clahe
 
@@ -465,7 +508,7 @@ def _tone(img: np.ndarray, p: Dict[str, object]) -> Tuple[np.ndarray, Dict[str, 
             out = out.reshape(img.shape)
         else:
             raise ValueError(f"unknown tone operation '{op}'")
-        done.append({"op": op, **{k: v for k, v in q.items() if k != "surface"}})
+        done.append({"op": op, **{k: v for k, v in q.items() if k not in ("surface", "percentiles")}})
     return out.astype(np.float32), {"ops": done}
 
 
@@ -588,6 +631,20 @@ DETECT_CPU_MAX_PIXELS = 4_000_000
 DETECT_MIN_SIDE = 128
 
 
+def detector_skip_reason(img: np.ndarray) -> str:
+    """Why the damage-mask detector does not run on ``img`` ("" when it does): too small, or above
+    :data:`DETECT_CPU_MAX_PIXELS` without a GPU."""
+    if min(img.shape[:2]) < DETECT_MIN_SIDE:
+        return f"damage-mask detector not run: image under {DETECT_MIN_SIDE} px"
+    if img.shape[0] * img.shape[1] > DETECT_CPU_MAX_PIXELS:
+        import torch
+
+        if not torch.cuda.is_available():
+            return (f"damage-mask detector skipped: image above {DETECT_CPU_MAX_PIXELS / 1e6:g} MP on the CPU; "
+                    "pass a mask to inpaint")
+    return ""
+
+
 def detect_mask(img: np.ndarray, gated: bool = True) -> Tuple[Optional[np.ndarray], str]:
     """The damage mask from ``hybrid.damage_mask.detect_for_inpainting`` (``gated``; else the detector's
     plain thresholded mask, ``detect``: what the ``ml_guided`` forests were trained with) when that
@@ -597,14 +654,9 @@ def detect_mask(img: np.ndarray, gated: bool = True) -> Tuple[Optional[np.ndarra
         from . import damage_mask
     except ImportError:
         return None, "no damage-mask detector installed"
-    if min(img.shape[:2]) < DETECT_MIN_SIDE:
-        return None, f"damage-mask detector not run: image under {DETECT_MIN_SIDE} px"
-    if img.shape[0] * img.shape[1] > DETECT_CPU_MAX_PIXELS:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None, (f"damage-mask detector skipped: image above {DETECT_CPU_MAX_PIXELS / 1e6:g} MP on the CPU; "
-                          "pass a mask to inpaint")
+    why = detector_skip_reason(img)
+    if why:
+        return None, why
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
     mask, rep = damage_mask.detect_for_inpainting(rgb) if gated else damage_mask.detect(rgb)
     if not mask.any() and rep.note:

@@ -26,3 +26,16 @@ def predict(model, X) -> np.ndarray:
         acc += t.tree_.predict(x).reshape(x.shape[0], model.n_outputs_)
     acc /= len(trees)
     return acc[:, 0] if model.n_outputs_ == 1 else acc
+
+
+def predict_spread(model, X) -> "tuple[np.ndarray, np.ndarray]":
+    """``(mean, std)`` over the forest's trees for ``X`` ``[n, n_features]``, each ``[n, n_outputs]``
+    (the mean equals :func:`predict`; the std across trees is a measure of how sure the forest is).
+    Anything that is not a forest of regression trees gives its ``predict`` and a zero spread."""
+    trees = getattr(model, "estimators_", None)
+    x = np.ascontiguousarray(np.asarray(X, np.float32).reshape(len(X), -1))
+    if not trees or not all(hasattr(t, "tree_") for t in trees) or getattr(model, "n_outputs_", None) is None:
+        m = np.asarray(model.predict(x), np.float64).reshape(len(x), -1)
+        return m, np.zeros_like(m)
+    per = np.stack([t.tree_.predict(x).reshape(x.shape[0], model.n_outputs_) for t in trees]).astype(np.float64)
+    return per.mean(0), per.std(0)

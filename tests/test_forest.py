@@ -19,6 +19,24 @@ def test_forest_predict_equals_sklearn(pack, rng, n_outputs):
     np.testing.assert_allclose(ours, m.predict(Xt), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_forest_spread_is_the_trees_mean_and_std(pack, rng, n_outputs):
+    from sklearn.ensemble import RandomForestRegressor
+
+    from restorekit.scripts import forest
+
+    X = rng.normal(size=(200, 5))
+    Y = np.stack([np.cos(X[:, 1]) + X[:, k % 5] for k in range(n_outputs)], axis=1)
+    Y = Y[:, 0] if n_outputs == 1 else Y
+    m = RandomForestRegressor(n_estimators=9, max_depth=5, random_state=1).fit(X, Y)
+    Xt = rng.normal(size=(6, 5))
+    mean, std = forest.predict_spread(m, Xt)
+    per = np.stack([t.predict(Xt).reshape(6, n_outputs) for t in m.estimators_])  # sklearn's own trees
+    np.testing.assert_allclose(mean, m.predict(Xt).reshape(6, n_outputs), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(std, per.std(0), rtol=1e-9, atol=1e-12)
+    assert (std > 0).any()
+
+
 def test_non_forest_goes_through_its_own_predict(pack, rng):
     from sklearn.linear_model import LinearRegression
 

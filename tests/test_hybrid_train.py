@@ -44,9 +44,8 @@ def test_grid_scores_agree_with_direct_application():
 
 
 def test_tiny_training_end_to_end(tmp_path, capsys):
-    """`restorekit retrain --quick` (predictor, threshold calibration, U-Net, ml_guided forests, damage mask)
-    into a scratch
-    models dir."""
+    """`restorekit retrain --quick` (predictor, damage mask, inpaint gate, tone prior, U-Net, threshold
+    calibration, ml_guided forests) into a scratch models dir."""
     from restorekit.hybrid.tools import cli
 
     md = str(tmp_path / "models")
@@ -75,6 +74,13 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
     g = guided.Guide.load(models_dir=md)  # the ml_guided forests, margins chosen on validation rows
     assert set(g.margins) == set(guided.STAGES) and np.isfinite(g.route_margin)
     assert "denoise" in g.bundle["forests"] and "deep" in g.bundle["forests"]
+    from restorekit.hybrid import inpaint_gate, tone_prior
+    from restorekit.scripts.shipped_models import model_path, sha256_file
+
+    gate = inpaint_gate.InpaintGate.load(models_dir=md)  # trained on the detector trained just before it
+    assert gate.detector_sha256 == sha256_file(model_path(damage_mask.WEIGHTS_RELPATH, models_dir=md))
+    prior = tone_prior.TonePrior.load(models_dir=md)
+    assert 0 < prior.strength <= 1 and prior.min_change >= 0
     # a tampered file is refused by the hash check
     p = os.path.join(md, "hybrid", "predictor.joblib")
     with open(p, "ab") as f:

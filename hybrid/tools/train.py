@@ -36,9 +36,9 @@ from . import damage
 UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=10000, lr=1e-3, ssim_weight=0.2,
                      eval_every=500, patience=10, lr_patience=3, seed=0, train_sides=(256, 384),
                      val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15,
-                     tone_fraction=0.3, ema=0.999)
+                     tone_fraction=0.3, ema=0.999, sources="registry", val_limit=30)
 QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
-                  train_sides=(128,), val_side=64, val_per_level=1)
+                  train_sides=(128,), val_side=64, val_per_level=1, val_limit=3)
 
 
 def _gauss_window(channels: int, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -90,12 +90,22 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
     cfg.update(overrides)
     rng = np.random.default_rng(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    train_sources = list(train_sources or damage.SPLITS["train"])
-    val_sources = list(val_sources or damage.SPLITS["val"])
-    pool = [damage.load_source(n, s) for n in train_sources for s in cfg["train_sides"]]
+    if cfg["sources"] == "registry" and train_sources is None:
+        # the source registry's training split (every installed family), validated on its val split
+        from . import sources as _sources
+
+        train_sources = _sources.split_names("train")
+        pool = [_sources.load(n, s) for n in train_sources for s in cfg["train_sides"]]
+        val = _sources.make_pairs("val", per_level=cfg["val_per_level"], max_side=cfg["val_side"], base_seed=1,
+                                  limit=cfg["val_limit"])
+        val_sources = sorted({p["source"] for p in val})
+    else:  # the original 15 / 2 skimage sources (``sources="skimage"``) or the caller's lists
+        train_sources = list(train_sources or damage.SPLITS["train"])
+        val_sources = list(val_sources or damage.SPLITS["val"])
+        pool = [damage.load_source(n, s) for n in train_sources for s in cfg["train_sides"]]
+        val = damage.make_pairs("val", per_level=cfg["val_per_level"], max_side=cfg["val_side"],
+                                sources=val_sources, base_seed=1)
     pool = [p for p in pool if min(p.shape[:2]) >= cfg["crop"]]
-    val = damage.make_pairs("val", per_level=cfg["val_per_level"], max_side=cfg["val_side"],
-                            sources=val_sources, base_seed=1)
     vx = [_to_tensor([p["damaged"]]) for p in val]
     vy = [_to_tensor([p["clean"]]) for p in val]
 
@@ -244,10 +254,11 @@ def train_predictor(out_relpath: Optional[str] = "hybrid/predictor.joblib", *,
 def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Callable[[str], None] = print,
                 include_lbclahe: bool = True, unet_minutes: Optional[float] = None,
                 include_damage_mask: bool = True) -> Dict[str, object]:
-    """Retrain every shipped model from scratch: hybrid predictor, hybrid U-Net, calibration of the
-    engine's severity thresholds with the new predictor and U-Net, the ``ml_guided`` forests and
-    ``auto``'s route margin (:mod:`.train_guided`, with the new U-Net), the damage-mask detector
-    (:mod:`.train_damage_mask`) and the LB-CLAHE predictor.
+    """Retrain every shipped model from scratch: hybrid predictor, the damage-mask detector
+    (:mod:`.train_damage_mask`), the inpaint gate on its masks (:mod:`.train_inpaint_gate`), the tone
+    prior (:mod:`.train_tone_prior`), hybrid U-Net, calibration of the engine's severity thresholds with
+    the new predictor and U-Net, the ``ml_guided`` forests and ``auto``'s route margin
+    (:mod:`.train_guided`, with the new U-Net, gate and prior) and the LB-CLAHE predictor.
 
     ``quick``: tiny settings that finish in seconds (for tests / smoke runs); never use its output
     as the shipped models.  ``models_dir``: write there instead of the pack's ``models/``.
@@ -260,6 +271,21 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     from ..unet import handle_from_module
 
     pred = Predictor(res["bundle"])
+    if include_damage_mask:  # first: the inpaint gate and the forests read its masks
+        from . import train_damage_mask
+
+        log("[retrain] damage-mask detector")
+        res = train_damage_mask.train(models_dir=models_dir, quick=quick, log=log, report_tests=not quick)
+        results["damage_mask"] = {k: v for k, v in res.items() if k not in ("net", "history")}
+    from . import train_inpaint_gate, train_tone_prior
+
+    log("[retrain] inpaint gate (with the detector above)")
+    res_ig = train_inpaint_gate.train(models_dir=models_dir, quick=quick, log=log,
+                                      detector_models_dir=models_dir if include_damage_mask else None)
+    results["inpaint_gate"] = {k: v for k, v in res_ig.items() if k not in ("gate", "grid")}
+    log("[retrain] tone prior")
+    res_tp = train_tone_prior.train(models_dir=models_dir, quick=quick, log=log)
+    results["tone_prior"] = {k: v for k, v in res_tp.items() if k not in ("prior", "grid")}
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
@@ -270,16 +296,11 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
     from . import train_guided
 
-    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net)")
-    res_g = train_guided.train(models_dir=models_dir, quick=quick, unet=handle_from_module(res["model"]), log=log)
+    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net, gate and tone prior)")
+    res_g = train_guided.train(models_dir=models_dir, quick=quick, unet=handle_from_module(res["model"]), log=log,
+                               tone_prior=res_tp["prior"], inpaint_gate=res_ig["gate"])
     results["guided"] = {"sha256": res_g["sha256"], "validation": res_g["validation"], "seconds": res_g["seconds"],
                          "route_margin_db": res_g["route"]["route_margin_db"]}
-    if include_damage_mask:
-        from . import train_damage_mask
-
-        log("[retrain] damage-mask detector")
-        res = train_damage_mask.train(models_dir=models_dir, quick=quick, log=log, report_tests=not quick)
-        results["damage_mask"] = {k: v for k, v in res.items() if k not in ("net", "history")}
     if include_lbclahe:
         try:
             from ...scripts import lbclahe_train

@@ -176,14 +176,16 @@ ROUTE_MARGIN_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 100.0)
 
 
 def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str = "wiener",
-               log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+               log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None) -> List[Dict[str, object]]:
     """For each pair: input PSNR, PSNR after ``ml_guided``, ``deep_learning`` and ``classical``, and the
     forests' predicted gains of the plan and of the U-Net path (what ``auto`` compares).  ``denoiser``:
-    the plan's denoiser here (the DFT Wiener filter by default: BM3D would cost minutes per pair set)."""
+    the plan's denoiser here (the DFT Wiener filter by default: BM3D would cost minutes per pair set);
+    ``tone_prior`` / ``inpaint_gate``: the engine's (default: the shipped ones)."""
     from ..engine import HybridRestorer
     from ...scripts.metrics import psnr
 
-    r = HybridRestorer(guide=guide, unet=unet, device="cpu", denoiser=denoiser)
+    r = HybridRestorer(guide=guide, unet=unet, device="cpu", denoiser=denoiser, tone_prior=tone_prior,
+                       inpaint_gate=inpaint_gate)
     rows = []
     t0 = time.perf_counter()
     for i, p in enumerate(pairs):
@@ -192,9 +194,9 @@ def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
             out, info = r.restore(p["damaged"], m)
             row[m] = psnr(out, p["clean"])
         rep = _defects.measure(p["damaged"])
-        masked = r._mask(p["damaged"], None, gated=False)
+        masked = r._masks(p["damaged"], rep, None)
         row["pred_plan"] = r._guided_plan(rep, masked)[1]
-        row["pred_deep"] = guide.deep_gain(rep, 0.0 if masked[0] is None else float(masked[0].mean()))
+        row["pred_deep"] = guide.deep_gain(rep, masked.plain_fraction)
         rows.append(row)
         if (i + 1) % 10 == 0:
             log(f"[guided] route calibration {i + 1}/{len(pairs)} ({time.perf_counter() - t0:.0f} s)")
@@ -220,7 +222,7 @@ def choose_route(rows: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, limit: Optional[int] = None,
-                    log: Callable[[str], None] = print) -> Dict[str, object]:
+                    log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None) -> Dict[str, object]:
     """The route margin of ``auto`` chosen on the validation split: every pair (registry split ``val``,
     recipe v2) is restored by ``ml_guided``, ``deep_learning`` and ``classical`` (:func:`route_rows`);
     for each margin of :data:`ROUTE_MARGIN_GRID` (U-Net path when its predicted gain exceeds the plan's
@@ -230,7 +232,7 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
     from . import sources
 
     pairs = sources.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
-    res = choose_route(route_rows(guide, pairs, unet, log=log))
+    res = choose_route(route_rows(guide, pairs, unet, log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate))
     best, m = res["route_margin_db"], res["means"]
     log(f"[guided] route margin {best:+.2f} dB: auto {res['by_margin'][str(best)]['psnr_db']:.2f} dB on {res['n']} "
         f"validation pairs (input {m['input']:.2f}, ml_guided {m['ml_guided']:.2f}, U-Net path "
@@ -239,8 +241,10 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
 
 
 def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[str] = None, quick: bool = False,
-          unet=None, log: Callable[[str], None] = print, **overrides) -> Dict[str, object]:
-    """Build the train / validation rows, fit, choose the margins, save; returns the bundle and scores."""
+          unet=None, log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None,
+          **overrides) -> Dict[str, object]:
+    """Build the train / validation rows, fit, choose the margins, save; returns the bundle and scores.
+    ``tone_prior`` / ``inpaint_gate``: what the engine runs during the route calibration (default: shipped)."""
     cfg = dict(DEFAULTS)
     if quick:
         cfg.update(QUICK)
@@ -266,7 +270,7 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         log(f"[guided] {s}: margin {v['margin']:+.2f} dB, validation gain {v['gain_db']:+.3f} dB "
             f"(oracle {v['oracle_db']:+.3f}) over {v['n']} rows")
     route = calibrate_route(_guided.Guide(bundle), unet, per_level=1, max_side=96 if quick else 256,
-                            limit=cfg["route_limit"], log=log)
+                            limit=cfg["route_limit"], log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate)
     bundle["route_margin_db"] = route["route_margin_db"]
     bundle["route_validation"] = route
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None

@@ -20,7 +20,7 @@ keeps the model).  Every measurement runs in its own subprocess (peak RSS is tha
 "+RSS" is the peak above the RSS once the model and the input exist); ours and core alternate
 (ours first in even repeats, core first in odd ones).
 
-Ours runs with an empty cost cache (``RESTOREKIT_CACHE_DIR``: a new folder per process) unless
+Ours runs with an empty cost cache (``RESTOREKIT_COST_CACHE_DIR``: a new folder per process) unless
 ``--fresh``: then every process runs the job once, and ours runs both with an empty cache (a
 first-ever run) and with the cache an earlier process filled (a restarted ComfyUI).
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         """One measurement in its own process; ``cache``: the cost-cache folder (None: a new empty one)."""
         cmd = [sys.executable, os.path.abspath(__file__), "--one", method, arch, str(mp), "--folder", folder,
                "--runs", str(runs)]
-        env = dict(os.environ, RESTOREKIT_CACHE_DIR=cache or tempfile.mkdtemp(prefix="cold_", dir=folder))
+        env = dict(os.environ, RESTOREKIT_COST_CACHE_DIR=cache or tempfile.mkdtemp(prefix="cold_", dir=folder))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(res.stderr[-3000:])

@@ -107,7 +107,7 @@ class ComfyRuntime(PlainRuntime):
         return not bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
 
     def cache_dir(self):
-        """``$RESTOREKIT_CACHE_DIR`` when set, else ``<ComfyUI user directory>/restorekit/cache``
+        """``$RESTOREKIT_COST_CACHE_DIR`` / ``$RESTOREKIT_CACHE_DIR`` when set, else ``<ComfyUI user directory>/restorekit/cache``
         (``folder_paths.get_user_directory()``), else the platform's cache folder."""
         fp = self.folder_paths
         if cache_dir_override() is None and fp is not None and hasattr(fp, "get_user_directory"):

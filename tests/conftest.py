@@ -11,7 +11,7 @@ from _repo import load_pack
 
 # measured model costs persist across processes in a user cache folder (scripts/inference/cost_cache.py);
 # tests must not read what an earlier run (or the user) measured: off unless a test points it elsewhere
-os.environ["RESTOREKIT_CACHE_DIR"] = "off"
+os.environ["RESTOREKIT_COST_CACHE_DIR"] = "off"
 
 load_pack("restorekit")
 

@@ -25,7 +25,7 @@ def _image(h=96, w=112, seed=0):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESTOREKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RESTOREKIT_COST_CACHE_DIR", str(tmp_path))
     return tmp_path
 
 
@@ -94,10 +94,13 @@ def test_another_models_file_is_ignored(cache):
 
 
 def test_cache_folder_rules(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESTOREKIT_CACHE_DIR", "off")
+    monkeypatch.setenv("RESTOREKIT_COST_CACHE_DIR", "off")
+    monkeypatch.setenv("RESTOREKIT_CACHE_DIR", str(tmp_path / "pack"))
     assert PlainRuntime().cache_dir() is None
     _o, rep = run_model(_handle(), _image(40, 40), device="cpu", progress=False, measure=False)
     assert rep.cache == "cost cache off"
+    monkeypatch.delenv("RESTOREKIT_COST_CACHE_DIR")
+    assert PlainRuntime().cache_dir() == str(tmp_path / "pack")  # the pack's cache folder
     monkeypatch.delenv("RESTOREKIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr("sys.platform", "linux")
@@ -115,7 +118,8 @@ def test_comfyui_user_directory(tmp_path, monkeypatch):
 
     rt = ComfyRuntime()
     rt.folder_paths = FakeFolderPaths()
-    monkeypatch.delenv("RESTOREKIT_CACHE_DIR")
+    monkeypatch.delenv("RESTOREKIT_COST_CACHE_DIR")
+    monkeypatch.delenv("RESTOREKIT_CACHE_DIR", raising=False)
     assert rt.cache_dir() == os.path.join(str(tmp_path / "user"), "restorekit", "cache")
-    monkeypatch.setenv("RESTOREKIT_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("RESTOREKIT_COST_CACHE_DIR", str(tmp_path / "mine"))
     assert rt.cache_dir() == str(tmp_path / "mine")

@@ -9,8 +9,9 @@ tile costs of a model again before every first job: seconds that a small job can
 
 * **Where**: ``<cache folder>/costs-v1/<model hash>.json``; the folder comes from the host
   (:meth:`PlainRuntime.cache_dir <scripts.inference.runtime.PlainRuntime.cache_dir>`: inside ComfyUI
-  ``<user directory>/restorekit/cache``, else the platform's cache folder; ``RESTOREKIT_CACHE_DIR``
-  names another, ``off`` turns caching off).
+  ``<user directory>/restorekit/cache``, else the platform's cache folder;
+  ``RESTOREKIT_COST_CACHE_DIR`` names another, ``off`` turns caching off; else ``RESTOREKIT_CACHE_DIR``,
+  the pack's cache folder, when set).
 * **Keys**: the file is named by a hash of the network's weights (names, dtypes, shapes and bytes)
   and its architecture; inside it, entries are keyed by the environment measurements depend on —
   torch version, device (and the CPU's or GPU's name), torch's thread count and whether the CPU has

@@ -132,7 +132,8 @@ class PlainRuntime:
     def cache_dir(self) -> Optional[str]:
         """A per-user folder for small caches (measured model costs), or None when caching is off.
 
-        ``$RESTOREKIT_CACHE_DIR`` wins (``off`` or ``0`` turns caching off); else the platform's
+        ``$RESTOREKIT_COST_CACHE_DIR`` wins (``off`` or ``0`` turns caching off), then
+        ``$RESTOREKIT_CACHE_DIR`` (the pack's cache folder, shared with ncnn conversions); else the platform's
         cache folder: ``%LOCALAPPDATA%\\restorekit`` on Windows, ``~/Library/Caches/restorekit`` on
         macOS, ``$XDG_CACHE_HOME/restorekit`` (default ``~/.cache/restorekit``) elsewhere.
         """
@@ -221,17 +222,21 @@ def resolve_inside(folders: List[str], name: str, kind: str) -> str:
     )
 
 
-#: environment variable naming the cache folder (``off`` / ``0`` / empty: no cache)
+#: environment variable naming the cost cache's folder (``off`` / ``0`` / empty: no cost cache)
+COST_CACHE_ENV = "RESTOREKIT_COST_CACHE_DIR"
+#: the pack's general cache folder (also where first-use ncnn conversions go: scripts/inference/ncnn.py)
 CACHE_DIR_ENV = "RESTOREKIT_CACHE_DIR"
 
 
 def cache_dir_override() -> Optional[str]:
-    """``$RESTOREKIT_CACHE_DIR``: None when unset, ``""`` when caching is turned off, else the folder."""
+    """The cost cache's folder from the environment: None when neither variable is set, ``""`` when
+    ``$RESTOREKIT_COST_CACHE_DIR`` turns it off, else that folder or ``$RESTOREKIT_CACHE_DIR``."""
+    value = os.environ.get(COST_CACHE_ENV)
+    if value is not None:
+        value = value.strip()
+        return "" if value.lower() in ("", "0", "off", "none", "false") else os.path.abspath(value)
     value = os.environ.get(CACHE_DIR_ENV)
-    if value is None:
-        return None
-    value = value.strip()
-    return "" if value.lower() in ("", "0", "off", "none", "false") else os.path.abspath(value)
+    return os.path.abspath(value) if value else None
 
 
 def _available_ram() -> int:

@@ -20,8 +20,12 @@ keeps the model).  Every measurement runs in its own subprocess (peak RSS is tha
 "+RSS" is the peak above the RSS once the model and the input exist); ours and core alternate
 (ours first in even repeats, core first in odd ones).
 
+Ours runs with an empty cost cache (``RESTOREKIT_COST_CACHE_DIR``: a new folder per process) unless
+``--fresh``: then every process runs the job once, and ours runs both with an empty cache (a
+first-ever run) and with the cache an earlier process filled (a restarted ComfyUI).
+
 Run: ``nice -n 10 python benchmarks/bench_core.py [--repeat 2] [--sizes 0.5 1 4 16] [--archs ESRGAN
-Compact SCUNet] [--max-seconds 300]``.  A size is skipped for an architecture once core's method took
+Compact SCUNet] [--max-seconds 300] [--fresh]``.  A size is skipped for an architecture once core's method took
 longer than ``--max-seconds`` at the previous size times the size ratio (16 MP SCUNet on 2 cores).
 """
 from __future__ import annotations
@@ -130,7 +134,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_one(method: str, arch: str, mp_out: float, folder: str) -> dict:
+def run_one(method: str, arch: str, mp_out: float, folder: str, runs: int = 2) -> dict:
     import torch
 
     import _pack
@@ -149,12 +153,12 @@ def run_one(method: str, arch: str, mp_out: float, folder: str) -> dict:
     base = _rss()
     info, seconds = {}, []
     with mu.MemoryMonitor(interval_s=0.002) as mon:
-        for _run in range(2):  # a first run on a fresh process, then the same job with the model loaded
+        for _run in range(runs):  # a first run on a fresh process, then the same job with the model loaded
             t0 = time.perf_counter()
             if method == "ours":
                 out, rep = run_model(handle, image, device="cpu", progress=False)
                 info = info or {"plan": rep.plan, "tile": rep.tile, "tiles": rep.tiles, "precision": rep.precision,
-                                "layout": rep.layout, "measuring_s": rep.probe_seconds}
+                                "layout": rep.layout, "measuring_s": rep.probe_seconds, "cache": rep.cache}
             else:
                 with torch.inference_mode():
                     out = core_method(handle.module, image, scale=handle.scale)
@@ -164,7 +168,7 @@ def run_one(method: str, arch: str, mp_out: float, folder: str) -> dict:
             del out
     peak = max(mon.peak_ram_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"method": method, "arch": arch, "mp_out": mp_out, "h": h, "w": w, "seconds": seconds[0],
-            "seconds2": seconds[1],
+            "seconds2": seconds[-1],
             "peak_rss": peak, "rss_delta": max(0, peak - base), "cpu_s": time.process_time(), **info}
 
 
@@ -175,25 +179,34 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="skip a size whose core run is predicted to take longer")
+    ap.add_argument("--fresh", action="store_true",
+                    help="one run per process: ours with an empty cost cache (cold), ours with the cache a "
+                         "previous process filled (warm), and core, alternating")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "ARCH", "MP"), help=argparse.SUPPRESS)
+    ap.add_argument("--runs", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         m, a, mp = args.one
-        print(json.dumps(run_one(m, a, float(mp), args.folder)))
+        print(json.dumps(run_one(m, a, float(mp), args.folder, runs=args.runs)))
         return 0
 
     folder = tempfile.mkdtemp(prefix="bench_core_")
 
-    def sub(method, arch, mp):
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", method, arch, str(mp), "--folder", folder]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+    def sub(method, arch, mp, runs=2, cache=None):
+        """One measurement in its own process; ``cache``: the cost-cache folder (None: a new empty one)."""
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", method, arch, str(mp), "--folder", folder,
+               "--runs", str(runs)]
+        env = dict(os.environ, RESTOREKIT_COST_CACHE_DIR=cache or tempfile.mkdtemp(prefix="cold_", dir=folder))
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(res.stderr[-3000:])
             raise SystemExit(f"{method} {arch} {mp} MP failed")
         return json.loads(res.stdout.strip().splitlines()[-1])
 
+    if args.fresh:
+        return fresh(args, sub)
     gib = 1 << 30
     rows, every = [], []
     print(f"cpu threads {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; random weights; ratio = ours / core")
@@ -223,8 +236,7 @@ def main(argv=None) -> int:
     print("\n| network | output | time ours/core, 1st run | 2nd run | peak RSS ours/core | +RSS ours/core | ours s (1st/2nd) | core s (1st/2nd) | ours ran |")
     print("|---|---|---|---|---|---|---|---|---|")
 
-    def span(v):
-        return f"{min(v):.2f}–{max(v):.2f}" if len(v) > 1 and max(v) - min(v) >= 0.005 else f"{v[0]:.2f}"
+    span = _span
 
     for arch, mp, tr, tr2, mr, dr, pairs in rows:
         o = [p["ours"] for p in pairs]
@@ -237,6 +249,48 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(every, f, indent=1)
     return 0
+
+
+def fresh(args, sub) -> int:
+    """``--fresh``: every process runs the job once.  Per repeat: ours with an empty cost cache (a
+    first-ever run), ours with the cache an earlier, untimed process of ours filled (a restarted
+    ComfyUI), and core, in alternating order.  Ratios are ours / core of the same repeat."""
+    gib = 1 << 30
+    print(f"--fresh: cpu threads {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; ratio = ours / core")
+    rows = []
+    for arch in args.archs:
+        for mp in args.sizes:
+            warm = tempfile.mkdtemp(prefix="warm_")
+            sub("ours", arch, mp, runs=1, cache=warm)  # fills the cache (not timed)
+            cold_r, warm_r, mem_r, loads = [], [], [], []
+            for r in range(args.repeat):
+                order = ("cold", "warm", "core") if r % 2 == 0 else ("core", "warm", "cold")
+                res = {}
+                for k in order:
+                    res[k] = sub("core" if k == "core" else "ours", arch, mp, runs=1,
+                                 cache=warm if k == "warm" else None)
+                loads.append(os.getloadavg()[0])
+                c = res["core"]["seconds"]
+                cold_r.append(res["cold"]["seconds"] / c)
+                warm_r.append(res["warm"]["seconds"] / c)
+                mem_r.append(res["warm"]["peak_rss"] / res["core"]["peak_rss"])
+                print(f"  {arch} {mp:g} MP rep {r}: cold {res['cold']['seconds']:.2f} s (measuring "
+                      f"{res['cold']['measuring_s']:.2f} s; {res['cold']['precision']} {res['cold']['layout']}), "
+                      f"warm {res['warm']['seconds']:.2f} s ({res['warm']['precision']} {res['warm']['layout']}; "
+                      f"{res['warm']['plan'][:90]}), core {c:.2f} s; peak RSS warm {res['warm']['peak_rss'] / gib:.2f} "
+                      f"vs core {res['core']['peak_rss'] / gib:.2f} GiB; load {loads[-1]:.1f}", flush=True)
+            rows.append((arch, mp, cold_r, warm_r, mem_r, loads))
+    print("\n| network | output | fresh process, empty cache: ours/core | fresh process, cache filled: ours/core "
+          "| peak RSS (cache filled) ours/core | load |")
+    print("|---|---|---|---|---|---|")
+    for arch, mp, cr, wr, mr, ld in rows:
+        print(f"| {arch} ×{SCALE[arch]} | {mp:g} MP | {_span(cr)}× | {_span(wr)}× | {_span(mr)}× | "
+              f"{min(ld):.1f}–{max(ld):.1f} |")
+    return 0
+
+
+def _span(v):
+    return f"{min(v):.2f}–{max(v):.2f}" if len(v) > 1 and max(v) - min(v) >= 0.005 else f"{v[0]:.2f}"
 
 
 if __name__ == "__main__":

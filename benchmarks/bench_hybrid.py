@@ -40,6 +40,20 @@ def main():
         tu = best_of(lambda: unet.run(h, img, device="cpu"), 2)[0]
         print(f"U-Net ({threads} thread(s)): {tu / mp:.3f} s/MP  ({tu / ref:.0f}x a 5x5 Gaussian blur) "
               f"goal <= 1 s/MP: {'met' if tu / mp <= 1 else 'MISSED'}")
+    # the fast path (issue 18 item 3): auto (bf16 copy where native and within unet.REDUCED_TOLERANCE)
+    # against fp32 (the path before it), alternating, same run
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    unet.run(h, img, device="cpu", precision="fp32")
+    ratios = []
+    for r in range(4):
+        order = ("auto", "fp32") if r % 2 == 0 else ("fp32", "auto")
+        t = {p: best_of(lambda: unet.run(h, img, device="cpu", precision=p), 1) for p in order}
+        ratios.append(t["auto"][0] / t["fp32"][0])
+    (out, rep), out_fp32 = t["auto"][1], t["fp32"][1][0]
+    d = np.abs(out - out_fp32)
+    print(f"U-Net fast path: auto ran {rep.precision} {rep.layout}; time auto/fp32 {min(ratios):.2f}–{max(ratios):.2f}x; "
+          f"|diff| mean {d.mean():.1e}, max {d.max():.1e} (bound mean {unet.REDUCED_TOLERANCE[0]:.0e}, "
+          f"p99.9 {unet.REDUCED_TOLERANCE[1]:.0e}); load {os.getloadavg()[0]:.1f}")
     from restorekit.hybrid.engine import HybridRestorer
 
     r = HybridRestorer(unet=h, device="cpu")

@@ -10,7 +10,11 @@ libraries timed in the same run.
    per-plane interpolation).  Goal: not slower on a first call (ratio ≥ 1) with correlation
    ≥ 0.999; the time with the basis cached (repeated calls) is printed too.  Best of 3 runs each.  psfmodels' C++ scalar PSF is timed for information.
 
-Run: ``python benchmarks/bench_optics.py`` (add ``--quick`` for a 1920×1080 RL run).
+3. (``--fastpath``) RL 30 iterations on an RGB image: the FFT fast path against the previous
+   convolution (torch.fft, out-of-place product), alternating in one run, with the max difference.
+
+Run: ``python benchmarks/bench_optics.py`` (add ``--quick`` for a 1920×1080 RL run; ``--fastpath``
+for item 3 only).
 """
 import os
 import sys
@@ -78,6 +82,59 @@ def bench_rl(width, height, results):
         print("  (no CUDA device: GPU timing skipped)")
 
 
+def _previous_convolver_call(self, x, adjoint=False):
+    """The convolution before issue 18's fast path: torch.fft, a new buffer for the product and the
+    conjugate formed on every adjoint call."""
+    import torch
+
+    f = torch.fft.rfft2(x)
+    f = f * (self.otf.conj() if adjoint else self.otf)
+    return torch.fft.irfft2(f, s=self.shape)
+
+
+def bench_rl_fastpath(width, height, repeat=2):
+    """RL 30 iterations, RGB: the FFT fast path (in-place spectrum product, the PSF's transform and
+    its conjugate reused, torch.fft or scipy.fft by measurement) against the previous convolution,
+    alternating in one run; max |difference| of the outputs."""
+    import torch
+    from scipy import ndimage
+    from skimage import data
+
+    from restorekit.scripts import deconvolution as D
+    from restorekit.scripts import kernels as K
+
+    img = data.astronaut().astype(np.float32) / 255.0
+    img = np.pad(img, ((0, max(0, height - 512)), (0, max(0, width - 512)), (0, 0)), mode="symmetric")[:height, :width]
+    blurred = np.stack([ndimage.gaussian_filter(img[..., i], 1.6) for i in range(3)], -1).astype(np.float32)
+    k = K.gaussian_kernel(1.6)
+    fast = lambda: D.deconvolve(blurred, k, iterations=30, device="cpu")  # noqa: E731
+    new_call = D._Convolver.__call__
+
+    def previous():
+        D._Convolver.__call__ = _previous_convolver_call
+        try:
+            return D.deconvolve(blurred, k, iterations=30, device="cpu", fft="torch")
+        finally:
+            D._Convolver.__call__ = new_call
+
+    fast()  # the backend measurement for this grid happens once per process: not timed
+    ratios = []
+    for r in range(repeat):
+        pair = [("new", fast), ("previous", previous)] if r % 2 == 0 else [("previous", previous), ("new", fast)]
+        t = {}
+        for name, fn in pair:
+            t[name], out = best_of(fn, 1)
+            if name == "new":
+                ours, rep = out
+            else:
+                ref = out[0]
+        ratios.append(t["new"] / t["previous"])
+        print(f"  RL fast path {width}x{height} RGB rep {r}: {t['new']:.2f} s vs previous {t['previous']:.2f} s")
+    err = float(np.abs(ours - ref).max())
+    print(f"[RL fast path, 30 it, {width}x{height} RGB] time new/previous {min(ratios):.2f}–{max(ratios):.2f}x, "
+          f"max |diff| {err:.1e}; {rep.fft}; load {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}")
+
+
 def bench_psf(results):
     import microscPSF.microscPSF as msPSF
     import psfmodels
@@ -113,6 +170,9 @@ def bench_psf(results):
 def main():
     _pack.load()
     quick = "--quick" in sys.argv
+    if "--fastpath" in sys.argv:  # only the FFT fast path against the previous convolution
+        bench_rl_fastpath(1920 if quick else 3840, 1080 if quick else 2160)
+        return
     results = {}
     bench_psf(results)
     bench_rl(1920 if quick else 3840, 1080 if quick else 2160, results)

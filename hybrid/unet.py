@@ -145,10 +145,18 @@ def _handle(module: nn.Module, arch: str, source: str, description: str, size_mu
                        clamp=True, source=source, description=description)
 
 
+#: the bound a reduced-precision (bf16/fp16) copy of the U-Net must meet against fp32 to be chosen
+#: under ``precision="auto"``: (mean, 99.9th percentile) |difference| on the probe tile, 0..1 units.
+#: The shipped U-Net in bf16 on a 384x512 photograph: mean 1.1e-3, max 7.7e-3 (1.4x faster on AMX)
+REDUCED_TOLERANCE = (2e-3, 2e-2)
+
+
 def handle_from_module(model: RestoreUNet, source: str = "") -> "ModelHandle":  # noqa: F821
     """Wrap a :class:`RestoreUNet` in a ModelHandle for the memory-safe runner."""
-    return _handle(model, ARCH, source, f"RestoreKit hybrid U-Net, base {model.base}",
-                   size_multiple=RestoreUNet.size_multiple, supports_half=True)
+    handle = _handle(model, ARCH, source, f"RestoreKit hybrid U-Net, base {model.base}",
+                     size_multiple=RestoreUNet.size_multiple, supports_half=True)
+    handle.reduced_tolerance = REDUCED_TOLERANCE
+    return handle
 
 
 def base_from_state_dict(sd: Dict[str, torch.Tensor]) -> int:
@@ -187,11 +195,12 @@ def load_unet_file(path: str) -> "ModelHandle":  # noqa: F821
 
 
 # --- inference ----------------------------------------------------------------------------------
-def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = False):
+def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = False, precision: str = "auto"):
     """Run a U-Net handle on ``image`` (numpy ``[H,W,3]`` or ``[B,H,W,3]`` float 0..1).
 
-    Uses the memory-safe runner ``scripts.inference.runner.run_model`` (tiling, OOM fallback); returns
-    ``(numpy image of the input's rank, RunReport)``.
+    Uses the memory-safe runner ``scripts.inference.runner.run_model`` (tiling, OOM fallback, and the
+    fast paths: channels-last, and under ``precision="auto"`` a bf16/fp16 copy where it is native and
+    within :data:`REDUCED_TOLERANCE` of fp32); returns ``(numpy image of the input's rank, RunReport)``.
     """
     import numpy as np
 
@@ -200,6 +209,6 @@ def run(handle, image, device: str = "auto", tile: int = 0, progress: bool = Fal
     batch = torch.from_numpy(np.ascontiguousarray(arr[None] if single else arr))
     from ..scripts.inference.runner import run_model
 
-    out, report = run_model(handle, batch, device=device, tile=tile, progress=progress)
+    out, report = run_model(handle, batch, device=device, tile=tile, progress=progress, precision=precision)
     res = out.detach().cpu().numpy().astype(np.float32)
     return (res[0] if single else res), report

@@ -12,8 +12,8 @@ import contextlib
 import importlib
 import os
 
-from ..scripts.inference.runtime import (SHIPPED_MODEL_FOLDERS, PlainRuntime, get_runtime, resolve_inside,
-                                         set_runtime)
+from ..scripts.inference.runtime import (SHIPPED_MODEL_FOLDERS, PlainRuntime, cache_dir_override, get_runtime,
+                                         resolve_inside, set_runtime)
 
 
 def _optional(module: str):
@@ -105,6 +105,17 @@ class ComfyRuntime(PlainRuntime):
         """False when ComfyUI runs with ``--disable-metadata`` (no prompt/workflow in saved files)."""
         cli_args = _optional("comfy.cli_args")
         return not bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
+
+    def cache_dir(self):
+        """``$RESTOREKIT_COST_CACHE_DIR`` / ``$RESTOREKIT_CACHE_DIR`` when set, else ``<ComfyUI user directory>/restorekit/cache``
+        (``folder_paths.get_user_directory()``), else the platform's cache folder."""
+        fp = self.folder_paths
+        if cache_dir_override() is None and fp is not None and hasattr(fp, "get_user_directory"):
+            try:
+                return os.path.join(fp.get_user_directory(), "restorekit", "cache")
+            except Exception:
+                pass
+        return super().cache_dir()
 
     def default_device(self):
         if self.mm is not None:

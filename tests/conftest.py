@@ -3,9 +3,15 @@
 The tests import it as ``restorekit`` (``from restorekit.scripts.inference import tiling``); one test in
 test_pack_schema.py loads it again under a random name to prove the imports are relative only.
 """
+import os
+
 import pytest
 
 from _repo import load_pack
+
+# measured model costs persist across processes in a user cache folder (scripts/inference/cost_cache.py);
+# tests must not read what an earlier run (or the user) measured: off unless a test points it elsewhere
+os.environ["RESTOREKIT_COST_CACHE_DIR"] = "off"
 
 load_pack("restorekit")
 

@@ -120,12 +120,20 @@ def test_plan_tiles_on_a_synthetic_table():
     flat = _table(lambda s: 1e-6, 4000)
     plan = plan_tiles(handle, 1536, 2048, "cpu", costs=flat, free_bytes=64 << 30)
     assert plan.tile is not None and plan.predicted_bytes < flat.bytes(1536 * 2048) / 2, plan.reason
-    whole = next(o for o in plan.options if o.tile is None)
-    assert plan.predicted_seconds <= 1.05 * min(o.seconds for o in plan.options) <= whole.seconds * 1.05
-    # small tiles are much slower per pixel (overheads): the plan moves to large tiles or the whole image
+    assert plan.predicted_seconds <= 1.05 * min(o.seconds for o in plan.options)
+    # above MAX_TILE the whole image is no plan (its time would be extrapolated past the probes)
+    assert all(o.tile is not None for o in plan.options) and "not a plan above" in plan.reason
+    # small tiles are much slower per pixel (overheads): the plan moves to large tiles
     slow_small = _table(lambda s: 1e-6 * (1 + 4096 / (s * s) * 8), 4000)
     plan2 = plan_tiles(handle, 1536, 2048, "cpu", costs=slow_small, free_bytes=64 << 30)
-    assert plan2.tile is None or plan2.tile >= 512, plan2.reason
+    assert plan2.tile is not None and plan2.tile >= 512, plan2.reason
+    # a table where bigger calls are ever faster per pixel still gives tiles of at most MAX_TILE
+    faster_big = _table(lambda s: 1e-6 * 512 / s, 4000)
+    plan4 = plan_tiles(handle, 1536, 2048, "cpu", costs=faster_big, free_bytes=64 << 30)
+    assert plan4.tile is not None and plan4.tile <= planning.MAX_TILE["cpu"], plan4.reason
+    # ... and the whole image when it is no larger than MAX_TILE
+    plan5 = plan_tiles(handle, 600, 700, "cpu", costs=faster_big, free_bytes=64 << 30)
+    assert plan5.tile is None, plan5.reason
     # a tight budget: never above it, even if slower
     budget_free = int(flat.bytes(300 * 300) / (1 - planning.SAFETY_MARGIN["cpu"]))
     plan3 = plan_tiles(handle, 1536, 2048, "cpu", costs=flat, free_bytes=budget_free)

@@ -19,7 +19,8 @@ handle per device and precision.  Reduced precision always runs on a copy of the
 (:meth:`ModelHandle.variant`), never by converting the loaded one.
 
 Measuring costs a few calls on a 64 px tile; images too small for that to pay off run the default
-path (fp32 channels-last, or the user's precision) without measuring.
+path (fp32 channels-last, or the user's precision) without measuring.  What was measured persists
+across processes (:mod:`scripts.inference.cost_cache`), so a restarted host does not measure again.
 """
 from __future__ import annotations
 
@@ -43,8 +44,10 @@ MIN_GAIN = 0.05
 MEASURE_MIN_TILES = 200
 #: below that, a job of at least this many probe tiles still checks a native reduced precision's
 #: accuracy against fp32 (one call each) and uses it when within the tolerance (not timed: native
-#: bf16/fp16 arithmetic is assumed faster, as measured on AMX/AVX512-BF16 CPUs and CUDA)
-CHECK_MIN_TILES = 12
+#: bf16/fp16 arithmetic is assumed faster, as measured on AMX/AVX512-BF16 CPUs and CUDA).  The check
+#: costs two probe calls once per model and machine (its result persists in the cost cache,
+#: :mod:`scripts.inference.cost_cache`) and saves ~40 % of every later job's time
+CHECK_MIN_TILES = 6
 #: timed rounds per candidate (alternating)
 ROUNDS = 2
 

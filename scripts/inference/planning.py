@@ -152,8 +152,8 @@ def _sizes(length: int, tile: int, rule: TileRule, multiple: int, min_size: int)
 def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
     """The plan to run and why: among ``options`` within ``budget`` bytes (and, when timed, computing at
     most :data:`MAX_OVERLAP_AREA` more pixels than the leanest of them, unless none does), the least
-    memory among those within ``slack`` of the fastest (without times: the whole image when it fits,
-    else the largest tile that fits).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
+    memory among those within ``slack`` of the fastest (without times, time is taken as proportional
+    to the pixels computed: the least memory among plans within ``slack`` of the fewest pixels).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
     fits = [o for o in options if o.bytes <= budget]
     if not fits:
         least = min(options, key=lambda o: o.bytes) if options else None
@@ -161,11 +161,20 @@ def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
                       + (f" (smallest plan: {least.label()})" if least else ""))
     timed = all(o.seconds > 0 for o in fits)
     if not timed:
-        whole = [o for o in fits if o.tile is None]
-        if whole:
-            return whole[0], f"fits: needs ~{format_bytes(whole[0].bytes)} of {format_bytes(budget)} budget"
-        pick = max(fits, key=lambda o: (o.tile or 0))
-        return pick, f"the largest tile within the {format_bytes(budget)} budget"
+        # untimed, the time is taken as proportional to the pixels computed (per-pixel time is about
+        # flat above the floor tile): the least memory among plans within ``slack`` of the fewest pixels
+        least_area = min(o.computed_px for o in fits)
+        near = [o for o in fits if o.computed_px <= least_area * (1.0 + slack)]
+        pick = min(near, key=lambda o: (o.bytes, o.computed_px, o.tiles))
+        others = [o for o in near if o is not pick]
+        if pick.tile is None:
+            why = f"fits: needs ~{format_bytes(pick.bytes)} of {format_bytes(budget)} budget"
+        else:
+            why = f"the least memory within the {format_bytes(budget)} budget"
+        if others or pick.computed_px > least_area:
+            why += (f"; untimed: least memory among plans computing within {slack:.0%} of the fewest pixels "
+                    f"(+{pick.computed_px / least_area - 1:.1%})")
+        return pick, why
     # timed probes are noisy (the smallest tile is timed most often and its minimum wins): a plan that
     # computes far more pixels than the least-overlap plan is not trusted to be faster, unless memory
     # leaves nothing else (16 MP ESRGAN picked 64 px tiles, 3x slower than core's 512 px)
@@ -247,10 +256,14 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
     opts = plan_options(height, width, rule, costs, batch=batch, multiple=handle.size_multiple,
                         min_size=handle.min_size, max_tile=MAX_TILE.get(device.type, 512),
                         extra_bytes=extra_bytes, bytes_per_pixel=bpp)
-    if not any(o.seconds for o in opts) and max(height, width) > MAX_TILE.get(device.type, 512):
-        # untimed: the whole image only up to MAX_TILE (a large image in one call holds activations for
-        # all of it with no measured gain); the largest tile that fits otherwise
-        opts = [o for o in opts if o.tile is not None] or opts
+    note = ""
+    if max(height, width) > MAX_TILE.get(device.type, 512) and any(o.tile is not None for o in opts):
+        # the whole image only up to MAX_TILE: costs are measured on probes up to MAX_TILE, so a larger
+        # whole image's time is an extrapolation, while its memory (activations for all of it) is
+        # certain (4 MP SCUNet: predicted 30 % faster whole, ran no faster than 448 px tiles, 18x the memory)
+        opts = [o for o in opts if o.tile is not None]
+        note = f"; the whole image is not a plan above {MAX_TILE.get(device.type, 512)} px (not measured there)"
+
     if budget <= 0:
         raise OutOfMemoryError(
             f"not enough free memory on {device}: {format_bytes(free)} free, "
@@ -259,6 +272,7 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
     if pick is None:  # nothing predicted to fit: the smallest tile, and the out-of-memory chain after it
         pick = min(opts, key=lambda o: o.bytes)
         why = f"{why}; trying the smallest plan"
+    why += note
     if handle.tiling == "discouraged" and pick.tile is not None:
         why += "; the architecture discourages tiling, so seams are possible"
     if costs is not None and costs.has_memory and pick.max_px:

@@ -36,7 +36,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from . import fastpath
+from . import cost_cache, fastpath
 from . import memory_utils as mu
 from .costs import table_for
 from .handle import ModelHandle
@@ -162,6 +162,7 @@ class RunReport:
     input_note: str = ""
     seconds: float = 0.0
     probe_seconds: float = 0.0
+    cache: str = ""
     planned_bytes: float = 0.0
     peak_ram_bytes: int = 0
     ram_delta_bytes: int = 0
@@ -179,6 +180,7 @@ class RunReport:
             "precision": self.precision + (f", {self.layout}" if self.layout else ""),
             "fast path": self.fast_path or None,
             "plan": self.plan,
+            "cost cache": self.cache or None,
             "input": self.input_note or None,
             "out-of-memory steps": "; ".join(self.steps) if self.steps else "none",
             "runner time": f"{self.seconds:.2f} s" + (f" (measuring {self.probe_seconds:.2f} s)" if self.probe_seconds >= 0.01 else ""),
@@ -290,9 +292,11 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
     measuring = measure if measure is not None else b * h * w >= fastpath.MEASURE_MIN_TILES * probe_px
     small = not measuring and h * w <= 4 * probe_px  # too small to be worth even a memory probe
     t0 = time.perf_counter()
+    cache_notes: List[str] = []
     with mu.MemoryMonitor(device=job.device) as mon:
         while True:
             dev = job.device
+            cache_notes.append(cost_cache.load(handle, dev))  # once per handle and device
             cur_tile = forced_tile or None  # what this attempt runs at, should planning itself fail
             module = None
             try:
@@ -382,6 +386,8 @@ def run_model(handle: ModelHandle, image: torch.Tensor, *, device: str = "auto",
                 forced_tile, oom_tile = requested_tile, False
         if c == 4:
             out[..., 3:4] = fit_alpha(image[..., 3:4], h * s, w * s)
+    cache_notes.append(cost_cache.save(handle, job.device))
+    report.cache = "; ".join(n for n in cache_notes if n)
     mu.cleanup(job.device)
     report.seconds = time.perf_counter() - t0
     report.peak_ram_bytes, report.ram_delta_bytes = mon.peak_ram_bytes, mon.ram_delta_bytes

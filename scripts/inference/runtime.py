@@ -128,6 +128,29 @@ class PlainRuntime:
             pass
         return tuple(types)
 
+    # --- a folder for measured costs ----------------------------------------------------------
+    def cache_dir(self) -> Optional[str]:
+        """A per-user folder for small caches (measured model costs), or None when caching is off.
+
+        ``$RESTOREKIT_COST_CACHE_DIR`` wins (``off`` or ``0`` turns caching off), then
+        ``$RESTOREKIT_CACHE_DIR`` (the pack's cache folder, shared with ncnn conversions); else the platform's
+        cache folder: ``%LOCALAPPDATA%\\restorekit`` on Windows, ``~/Library/Caches/restorekit`` on
+        macOS, ``$XDG_CACHE_HOME/restorekit`` (default ``~/.cache/restorekit``) elsewhere.
+        """
+        env = cache_dir_override()
+        if env is not None:
+            return env or None
+        import sys
+
+        home = os.path.expanduser("~")
+        if sys.platform.startswith("win"):
+            base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        elif sys.platform == "darwin":
+            base = os.path.join(home, "Library", "Caches")
+        else:
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+        return os.path.join(base, "restorekit")
+
     # --- progress and interruption ----------------------------------------------------------
     def progress(self, total: int, desc: str = "RestoreKit"):
         """An object with ``update(n)`` and ``close()``."""
@@ -197,6 +220,23 @@ def resolve_inside(folders: List[str], name: str, kind: str) -> str:
         f"model file '{name}' was not found in the '{kind}' model folder(s): "
         + ", ".join(folders or ["(none registered)"])
     )
+
+
+#: environment variable naming the cost cache's folder (``off`` / ``0`` / empty: no cost cache)
+COST_CACHE_ENV = "RESTOREKIT_COST_CACHE_DIR"
+#: the pack's general cache folder (also where first-use ncnn conversions go: scripts/inference/ncnn.py)
+CACHE_DIR_ENV = "RESTOREKIT_CACHE_DIR"
+
+
+def cache_dir_override() -> Optional[str]:
+    """The cost cache's folder from the environment: None when neither variable is set, ``""`` when
+    ``$RESTOREKIT_COST_CACHE_DIR`` turns it off, else that folder or ``$RESTOREKIT_CACHE_DIR``."""
+    value = os.environ.get(COST_CACHE_ENV)
+    if value is not None:
+        value = value.strip()
+        return "" if value.lower() in ("", "0", "off", "none", "false") else os.path.abspath(value)
+    value = os.environ.get(CACHE_DIR_ENV)
+    return os.path.abspath(value) if value else None
 
 
 def _available_ram() -> int:

@@ -17,7 +17,6 @@ one with the fewest light images below it (then the best mean).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -159,12 +158,9 @@ def train(out_relpath: Optional[str] = _gate.RELPATH, *, models_dir: Optional[st
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="seconds-long smoke run (do not ship its output)")
-    ap.add_argument("--models-dir", default=None, help="write there instead of the pack's models/")
-    args = ap.parse_args(argv)
-    train(models_dir=args.models_dir, quick=args.quick)
-    return 0
+    from .trainer_cli import run
+
+    return run(train, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -295,15 +295,12 @@ class HybridRestorer:
         held-out photo; MODEL_CARD.md) — else None: the plans' own tone and colour stages decide."""
         if self._tone_prior is None and not self._tone_prior_tried:
             self._tone_prior_tried = True
-            from .tone_prior import TonePrior
-
             from ..scripts.shipped_models import model_path
-            from .tone_prior import RELPATH
 
-            if not os.path.isfile(model_path(RELPATH)):
+            if not os.path.isfile(model_path(_tone_prior.RELPATH)):
                 return None  # an optional model, not shipped (MODEL_CARD.md): the plans' own stages decide
             try:
-                self._tone_prior = TonePrior.load()
+                self._tone_prior = _tone_prior.TonePrior.load()
             except Exception as exc:
                 self.notes.append(f"tone prior unavailable ({exc}); the plans' own tone and colour stages decide")
         return self._tone_prior
@@ -405,10 +402,10 @@ class HybridRestorer:
             return None, 0.0
         p, gain = g.plan(report, masked.plain if masked.detected else masked.inpaint, self.denoiser, self.rules,
                          mask_source=masked.source)
-        if not masked.detected and masked.inpaint is not None and masked.inpaint.any():
-            p = _inpaint_gate.amend(p, masked, self.rules)  # a mask the caller drew is always inpainted
-        elif masked.detected and self.inpaint_gate is not None:
-            p = _inpaint_gate.amend(p, masked, self.rules)  # the gate, not the forest, decides inpainting
+        given = not masked.detected and masked.inpaint is not None and masked.inpaint.any()
+        if given or (masked.detected and self.inpaint_gate is not None):
+            # a mask the caller drew is always inpainted; with the gate, it (not the forest) decides inpainting
+            p = _inpaint_gate.amend(p, masked, self.rules)
         return p, gain
 
     def _ml_guided(self, img, report, masked, progress=None, planned=None) -> Tuple[np.ndarray, Dict[str, object]]:

@@ -92,8 +92,7 @@ def candidates(stage: str, report: "_defects.DefectReport", mask: Optional[np.nd
     n, b, mo, t = report.noise, report.blur, report.motion, report.tone
     if stage == "inpaint":
         if mask is not None and np.any(mask):
-            out["telea"] = ({"mask": np.asarray(mask, bool), "method": "telea", "radius": rules.inpaint_radius,
-                             "dilate": rules.inpaint_dilate}, f"{100 * float(np.mean(mask)):.2f} % of the pixels marked")
+            out["telea"] = (_plan.inpaint_params(mask, rules), f"{100 * float(np.mean(mask)):.2f} % of the pixels marked")
     elif stage == "denoise":
         if n.sigma >= MIN_NOISE_SIGMA and n.acf is not None:
             for s in (0.7, 1.0):

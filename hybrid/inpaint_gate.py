@@ -177,12 +177,10 @@ def amend(plan, masks: MaskChoice, rules=None):
     the rules' radius and dilation), or a skip saying why not."""
     from . import plan as _plan
 
-    rules = rules or _plan.RULES
     steps = [s for s in plan.steps if s.stage != "inpaint"]
     skipped = [s for s in plan.skipped if s.stage != "inpaint"]
     if masks.inpaint is not None and masks.inpaint.any():
-        steps.insert(0, _plan.Step("inpaint", {"mask": masks.inpaint, "method": "telea", "radius": rules.inpaint_radius,
-                                               "dilate": rules.inpaint_dilate},
+        steps.insert(0, _plan.Step("inpaint", _plan.inpaint_params(masks.inpaint, rules),
                                    f"{100 * masks.inpaint.mean():.2f} % of the pixels marked by {masks.why}"))
     else:
         skipped.insert(0, _plan.Skip("inpaint", masks.why or "no damaged pixels marked"))

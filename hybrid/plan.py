@@ -170,6 +170,13 @@ class Plan:
 _jsonable = _defects.jsonable
 
 
+def inpaint_params(mask: np.ndarray, rules: "Rules" = None) -> Dict[str, object]:
+    """The inpaint stage's parameters for ``mask`` (bool ``[H, W]``): Telea with the rules' radius and
+    dilation — what every plan builder (rules, forests, inpaint gate) asks for."""
+    r = rules or RULES
+    return {"mask": np.asarray(mask, bool), "method": "telea", "radius": r.inpaint_radius, "dilate": r.inpaint_dilate}
+
+
 # --- planning by rules -----------------------------------------------------------------------------
 def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] = None,
                     rules: Rules = RULES, denoiser: str = "auto", mask_source: str = "",
@@ -200,7 +207,7 @@ def plan_from_rules(report: "_defects.DefectReport", mask: Optional[np.ndarray] 
         skip("inpaint", f"the {mask_source or 'detector'} marked {100 * m.mean():.2f} % of the pixels, under "
                         f"{100 * r.mask_min_fraction:g} %: too little to tell damage from scene detail")
     elif m is not None and m.any():
-        run("inpaint", {"mask": m, "method": "telea", "radius": r.inpaint_radius, "dilate": r.inpaint_dilate},
+        run("inpaint", inpaint_params(m, r),
             f"{100 * m.mean():.2f} % of the pixels marked damaged{' by ' + mask_source if mask_source else ''}")
     else:
         skip("inpaint", "no damaged pixels marked" + (f" ({mask_source})" if mask_source else ""))

@@ -30,18 +30,19 @@ DEFAULTS = dict(seeds=(0, 1), sides=(192, 256), n_estimators=150, min_samples_le
 QUICK = dict(seeds=(0,), sides=(128,), n_estimators=8, limit=3, val_limit=3)
 LIGHT_WORST_DB = -1.0
 MAX_CLEAN_CHANGED = 0.05
-GAIN_CLIP = (-6.0, 12.0)
+GAIN_CLIP = train_guided.GAIN_CLIP_DB
 CLEAN_PSNR = 60.0
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = max(float(np.mean((np.asarray(a, np.float64) - b) ** 2)), 10 ** (-CLEAN_PSNR / 10))
-    return 10 * np.log10(1.0 / mse)
+    """:func:`scripts.metrics.psnr` capped at :data:`CLEAN_PSNR` (a clean image's own PSNR)."""
+    from ...scripts.metrics import psnr
+
+    return min(psnr(a, b), CLEAN_PSNR)
 
 
 def inpaint(img: np.ndarray, mask: np.ndarray, rules: "_plan.Rules" = _plan.RULES) -> np.ndarray:
-    return _plan.STAGES["inpaint"](img, {"mask": mask, "method": "telea", "radius": rules.inpaint_radius,
-                                         "dilate": rules.inpaint_dilate})[0]
+    return _plan.STAGES["inpaint"](img, _plan.inpaint_params(mask, rules))[0]
 
 
 def build_rows(split: str, seeds: Sequence[int], sides=(192, 256), limit: Optional[int] = None,

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import defects as _defects, plan as _plan, tone_prior as _tp
+from ...scripts.metrics import psnr
 from . import train_guided
 
 DEFAULTS = dict(seeds=(0, 1, 2), sides=(192, 256), n_estimators=80, min_samples_leaf=5, max_features=0.5,
@@ -67,11 +68,6 @@ def fit(X: np.ndarray, Y: np.ndarray, n_estimators: int = 80, min_samples_leaf: 
     return forest, {"components": comps.astype(np.float32).tolist()}
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def score_grid(prior: "_tp.TonePrior", val_pairs, strengths, min_changes, risks=(0.0,)) -> List[Dict[str, object]]:
     """Per (risk, strength, min change): mean gain on damaged pairs, by level, worst light gain, the
     share of clean images changed."""
@@ -94,7 +90,7 @@ def score_grid(prior: "_tp.TonePrior", val_pairs, strengths, min_changes, risks=
                     if p["kind"] == "clean":
                         clean_changed.append(res is not p["damaged"])
                         continue
-                    gains[p["level"]].append(_psnr(res, p["clean"]) - _psnr(p["damaged"], p["clean"]))
+                    gains[p["level"]].append(psnr(res, p["clean"]) - psnr(p["damaged"], p["clean"]))
                 allg = [g for v in gains.values() for g in v]
                 table.append({"risk": k, "strength": s, "min_change": tau, "mean_gain_db": float(np.mean(allg)),
                               **{f"{lv}_gain_db": float(np.mean(v)) for lv, v in gains.items() if v},

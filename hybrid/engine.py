@@ -1,9 +1,10 @@
 """Decision engine: measure the image's defects, then restore it with the method predicted to do best.
 
 Every image is first measured (:func:`.defects.measure`: the 14 FFT features plus noise, blur,
-motion, tone, colour cast, illumination and JPEG blockiness, with units), and its damage mask is
-detected (:func:`.plan.detect_mask`, when the detector is installed and the image is within its size
-limits; a mask passed in is used instead).  Strategies:
+motion, tone, colour cast, illumination and JPEG blockiness, with units), and its damage masks are
+detected (:func:`.inpaint_gate.choose_masks`, when the detector is installed and the image is within
+its size limits: the detector's plain mask for the forests' features, and the inpaint gate's choice of
+what to inpaint, for every strategy; a mask passed in is used instead).  Strategies:
 
 * ``classical``: the plan by fixed rules (:func:`.plan.plan_from_rules`) — inpaint / denoise / deblur /
   tone / colour / sharpen over the pack's own tools, each stage only when its defect is measured above
@@ -375,6 +376,14 @@ class HybridRestorer:
         (:func:`.inpaint_gate.choose_masks`)."""
         return _inpaint_gate.choose_masks(img, report, self.inpaint_gate if mask is None and self.detect_damage else None,
                                           given=mask, detect=self.detect_damage)
+
+    def inpaint_mask(self, rgb: np.ndarray) -> "_inpaint_gate.MaskChoice":
+        """What :meth:`restore` would inpaint in ``rgb`` (``[H, W, C]``, C = 1 or 3, 0..1) by itself: the
+        detector's masks and the inpaint gate's choice among them, with the reason.  Arrays are taken in
+        as :meth:`analyse` takes them."""
+        arr, _kind, _notes = image_io.to_float01(rgb, "inpaint_mask")
+        img = defects.as_image(arr)
+        return self._masks(img, defects.measure(img), None)
 
     def _plan(self, img: np.ndarray, report: "defects.DefectReport", masked, progress=None, learned_tone: bool = False):
         """The ``classical`` strategy: measurements → rules → plan → execution (``learned_tone``: the

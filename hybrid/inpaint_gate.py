@@ -128,6 +128,16 @@ class MaskChoice:
     def plain_fraction(self) -> float:
         return 0.0 if self.plain is None else float(self.plain.mean())
 
+    def report(self, shape) -> "DamageMaskReport":
+        """The inpainted mask as a :class:`.damage_mask.DamageMaskReport` (``shape``: the image's
+        ``(H, W)``; the note says why this mask, or why none)."""
+        from .damage_mask import DamageMaskReport, classify_components
+
+        m = self.inpaint if self.inpaint is not None else np.zeros(tuple(shape), bool)
+        method = "cnn" if "(cnn)" in self.source else ("classical" if "classical" in self.source else "")
+        return DamageMaskReport(fraction=float(m.mean()), method=method, note=self.why,
+                                extra={k: round(v, 3) for k, v in self.gains.items()}, **classify_components(m))
+
 
 def choose_masks(img: np.ndarray, report, gate: Optional[InpaintGate] = None, given=None,
                  detect: bool = True, device: str = "cpu") -> MaskChoice:

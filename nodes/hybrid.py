@@ -27,9 +27,9 @@ MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inp
              "no mask: the detector decides. One mask for the whole batch or one per image; a mask of another "
              "size with the same aspect ratio is resized (nearest), another aspect ratio is an error.")
 MASK_MODES = ("as inpainted", "all detected")
-MASK_MODE_HELP = ("Which damage mask to output. as inpainted: what Hybrid Restore inpaints by itself — pixels the "
-                  "detector is sure of, grown along likely damage, and nothing when too little is sure (the info "
-                  "says why). all detected: every pixel the detector rates more likely damaged than not (more "
+MASK_MODE_HELP = ("Which damage mask to output. as inpainted: what Hybrid Restore inpaints by itself — the inpaint "
+                  "gate's choice among the detector's masks, and nothing when no mask is predicted to gain (the "
+                  "info says why). all detected: every pixel the detector rates above its threshold (more "
                   "scratches found, and more scene detail taken for damage) — a starting point to edit.")
 #: a given mask may differ from the image's aspect ratio by this fraction (rounding of a resized mask)
 MASK_ASPECT_TOLERANCE = 0.02
@@ -145,12 +145,17 @@ class RestoreKitDamageAnalysis:
 
         if mask_mode not in MASK_MODES:
             raise ValueError(f"{self.DISPLAY_NAME}: unknown mask_mode '{mask_mode}' (expected one of {MASK_MODES})")
-        find = damage_mask.detect_for_inpainting if mask_mode == MASK_MODES[0] else damage_mask.detect
         restorer = _restorer(light_min_db, severe_max_db, "auto", estimator)
 
         def run(img):
-            found, mrep = find(img)
-            return found.astype(np.float32), (restorer.analyse(img), mrep)
+            analysis = restorer.analyse(img)  # first: it refuses mis-scaled data with the engine's message
+            if mask_mode == MASK_MODES[0]:  # exactly what Hybrid Restore inpaints by itself
+                choice = restorer.inpaint_mask(img)
+                mrep = choice.report(img.shape[:2])
+                found = choice.inpaint if choice.inpaint is not None else np.zeros(img.shape[:2], bool)
+            else:
+                found, mrep = damage_mask.detect(img)
+            return found.astype(np.float32), (analysis, mrep)
 
         found, report = map_images(image, run, what=self.DISPLAY_NAME, stage="damage mask", values="as_is",
                                    grey="keep", alpha_to=())

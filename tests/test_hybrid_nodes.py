@@ -141,8 +141,9 @@ def _scratched(h=130, w=171, seed=0):
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_damage_analysis_outputs_the_detectors_mask(channels):
-    """The MASK output is hybrid.damage_mask.detect's mask per image ([B,H,W] float32 0/1), for grey,
-    RGB and RGBA (alpha ignored), odd sizes and a batch of two; the drawn scratch is in it."""
+    """The MASK output is hybrid.damage_mask.detect's mask per image ([B,H,W] float32 0/1) — or, by
+    default, the mask Hybrid Restore inpaints — for grey, RGB and RGBA (alpha ignored), odd sizes and a
+    batch of two; the drawn scratch is in it."""
     from restorekit.hybrid import damage_mask
 
     _, img, truth = _scratched()
@@ -156,12 +157,13 @@ def test_damage_analysis_outputs_the_detectors_mask(channels):
     assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
     inpainted = node.analyse(torch.from_numpy(x))["result"][3]  # default: the mask the plan inpaints
     assert inpainted.shape == mask.shape
+    # ... exactly what Hybrid Restore (auto) inpaints by itself: its own mask output
+    _, _, restored_mask = nodes.RestoreKitHybridRestore().restore(torch.from_numpy(x), "auto")
+    np.testing.assert_array_equal(inpainted.numpy() > 0.5, restored_mask.numpy() > 0.5)
     for i in range(2):
         ref, _ = damage_mask.detect(x[i])
         np.testing.assert_array_equal(mask[i].numpy() > 0.5, ref)
-        ref, _ = damage_mask.detect_for_inpainting(x[i])
-        np.testing.assert_array_equal(inpainted[i].numpy() > 0.5, ref)
-        assert not (inpainted[i] > mask[i]).any()  # the confident mask lies inside the full one
+        assert not (inpainted[i] > mask[i]).any()  # every candidate the gate may pick lies inside the full mask
     if channels != 1:  # grey loses the scratch's contrast against the light fur less; RGB is the claim
         assert (mask[0].numpy() > 0.5)[truth].mean() >= 0.8
     assert (mask[1].numpy() > 0.5)[truth[::-1]].mean() >= (0.8 if channels != 1 else 0.0)

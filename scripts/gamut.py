@@ -31,7 +31,7 @@ tabulate it once from dense samples of those edges and interpolate.  Along the l
 channel is a cubic in the line parameter t, and the boundary crossing is found on those cubics
 (bisection, then Illinois regula falsi) keeping the accepted point inside, so every result is in
 gamut to float rounding (no fitted approximations).  Only out-of-gamut
-pixels are processed.
+pixels are processed; pixels outside by float rounding only (:data:`GAMUT_EPS`) count as inside.
 
 Oklab here uses Ottosson's linear-sRGB matrix (neutral grey axis), see :mod:`.colour`.
 Inputs are numpy arrays or torch tensors ``[..., 3]``; torch is used internally (CPU or GPU).
@@ -65,8 +65,12 @@ METHODS = ("adaptive_L0_0.5", "adaptive_L0_cusp", "preserve_lightness", "project
            "css_chroma_reduction", "clip")
 DEFAULT_METHOD = METHODS[0]
 
-#: linear-RGB tolerance of the in-gamut test (float rounding of the conversions)
-GAMUT_EPS = {torch.float64: 1e-9, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+#: default linear-sRGB tolerance of the in-gamut test, per dtype: the float rounding of the Oklab ->
+#: linear sRGB conversion (measured on sRGB colours on the cube's surface: <= 5e-15 in float64,
+#: <= 2.5e-6 in float32).  Colours within it are left alone, never gamut-mapped: next to the primaries
+#: (blue above all) the line towards L0 leaves the gamut before it reaches the colour, so mapping
+#: a colour that is outside by rounding alone would move it far (0.19 in sRGB at pure blue).
+GAMUT_EPS = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 # the six cube edges primary -> secondary, in increasing Oklab hue: R, Y, G, C, B, M, (R)
 _CORNERS = np.array(
@@ -75,16 +79,16 @@ _CORNERS = np.array(
 
 
 def _eps(dtype) -> float:
-    return GAMUT_EPS.get(dtype, 2e-6)
+    return GAMUT_EPS.get(dtype, GAMUT_EPS[torch.float32])
 
 
-def in_gamut_linear(rgb: torch.Tensor, eps: float = None) -> torch.Tensor:
-    """Boolean ``[...]``: all linear-sRGB channels within [-eps, 1 + eps]."""
+def in_gamut_linear(rgb: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """Boolean ``[...]``: all linear-sRGB channels within [-eps, 1 + eps] (default: GAMUT_EPS of the dtype)."""
     eps = _eps(rgb.dtype) if eps is None else eps
     return ((rgb >= -eps) & (rgb <= 1.0 + eps)).all(dim=-1)
 
 
-def in_gamut(lab: torch.Tensor, eps: float = None) -> torch.Tensor:
+def in_gamut(lab: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Boolean ``[...]``: the Oklab colours lie inside the sRGB gamut."""
     return in_gamut_linear(oklab_to_linear_srgb(lab), eps)
 
@@ -292,11 +296,15 @@ def _css_chroma_reduction(lab: torch.Tensor, jnd: float = 0.02, epsilon: float =
     return result
 
 
-def gamut_map_oklab(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05):
+def gamut_map_oklab(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05, eps: float | None = None):
     """Map Oklab colours into the sRGB gamut; in-gamut colours are returned unchanged.
 
     ``lab``: numpy or torch ``[..., 3]``.  Returns the same type.  L outside 0..1 maps to black or
-    white for the Ottosson methods (L0 is clamped to 0..1).
+    white for the Ottosson methods (L0 is clamped to 0..1).  ``eps``: linear-sRGB tolerance
+    (default :data:`GAMUT_EPS` of the dtype; pass more for values rounded in a coarser dtype than
+    the one computed in).  A colour whose linear-sRGB channels all lie within [-eps, 1 + eps] is in
+    gamut to rounding: it is returned unchanged, not mapped with ``method`` (:func:`oklab_to_srgb_in_gamut`
+    then clips it, moving it by at most ``eps`` in linear sRGB).
     """
     if method not in METHODS:
         raise ValueError(f"unknown gamut mapping method {method!r}; expected one of {', '.join(METHODS)}")
@@ -308,7 +316,7 @@ def gamut_map_oklab(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05):
         raise ValueError(f"gamut_map_oklab: expected [..., 3] Oklab values, got shape {tuple(x.shape)}")
     flat = x.reshape(-1, 3)
     lin = oklab_to_linear_srgb(flat)
-    outside = ~in_gamut_linear(lin)
+    outside = ~in_gamut_linear(lin, eps)
     out = flat.clone()
     if bool(outside.any()):
         idx = outside.nonzero(as_tuple=True)[0]
@@ -324,10 +332,10 @@ def gamut_map_oklab(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05):
     return out.numpy() if was_numpy else out
 
 
-def oklab_to_srgb_in_gamut(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05):
-    """Oklab -> sRGB 0..1 through :func:`gamut_map_oklab` (then clamped for float rounding)."""
+def oklab_to_srgb_in_gamut(lab, method: str = DEFAULT_METHOD, alpha: float = 0.05, eps: float | None = None):
+    """Oklab -> sRGB 0..1 through :func:`gamut_map_oklab` (``eps`` as there; then clamped for float rounding)."""
     was_numpy = not isinstance(lab, torch.Tensor)
-    mapped = gamut_map_oklab(torch.as_tensor(np.asarray(lab)) if was_numpy else lab, method, alpha)
+    mapped = gamut_map_oklab(torch.as_tensor(np.asarray(lab)) if was_numpy else lab, method, alpha, eps)
     srgb = linear_to_srgb(oklab_to_linear_srgb(mapped).clamp(0.0, 1.0)).clamp(0.0, 1.0)
     return srgb.numpy() if was_numpy else srgb
 

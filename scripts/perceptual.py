@@ -167,11 +167,19 @@ def decode_channels(enc, space: str = "oklab", white_luminance: float = jzazbz.D
     raise ValueError(f"unknown split space {space!r}; expected one of {tuple(CHANNELS)}")
 
 
+#: linear-sRGB tolerance of :func:`join_channels`' in-gamut test, by the dtype it computes in: the
+#: channels went through a float32 IMAGE, and its rounding puts sRGB colours on the cube's surface up
+#: to 3e-7 outside 0..1 computed in float64 (1.4e-6 from Oklab, 1.4e-5 from Jzazbz in float32; measured).
+#: Colours within it are clipped to 0..1, not gamut-mapped (see :func:`.gamut.gamut_map_oklab`), nor counted.
+JOIN_EPS = {torch.float64: 1e-6, torch.float32: 5e-5}
+
+
 def join_channels(enc, space: str = "oklab", white_luminance: float = jzazbz.DEFAULT_WHITE_LUMINANCE,
                   gamut_method: str = gamut.DEFAULT_METHOD, alpha: float = 0.05):
     """Encoded channels ``[..., 3]`` (see :func:`split_channels`) -> sRGB in [0, 1], gamut-mapped.
 
-    Returns (sRGB, fraction of pixels that were out of gamut and were mapped back).
+    Returns (sRGB, fraction of pixels that were out of gamut by more than :data:`JOIN_EPS` and were
+    mapped back).
     """
     lab = decode_channels(enc, space, white_luminance)
     if space == "jzazbz":
@@ -180,9 +188,9 @@ def join_channels(enc, space: str = "oklab", white_luminance: float = jzazbz.DEF
     else:
         lin = ok.oklab_to_linear_srgb(lab)
     t = lin if isinstance(lin, torch.Tensor) else torch.as_tensor(lin)
-    # count only real excursions, not float32 rounding of channels that went through an IMAGE
-    frac = float((~gamut.in_gamut_linear(t, 1e-5)).float().mean()) if t.numel() else 0.0
-    return gamut.oklab_to_srgb_in_gamut(lab, gamut_method, alpha), frac
+    eps = JOIN_EPS.get(t.dtype, JOIN_EPS[torch.float32])
+    frac = float((~gamut.in_gamut_linear(t, eps)).float().mean()) if t.numel() else 0.0
+    return gamut.oklab_to_srgb_in_gamut(lab, gamut_method, alpha, eps), frac
 
 
 def _offset(like, values):
@@ -199,9 +207,9 @@ _scale = _offset
 CHUNK = 1 << 16
 #: the float32 fast path's bound against the float64 reference: max |difference| of the outputs
 #: (sRGB 0..1, or the encoded channels of :func:`split_channels`).  Gamut mapping is not reliable in
-#: float32 (its cusp search rounds differently: up to 3e-3 for primaries pushed just outside the gamut,
-#: 0.19 at pure blue after a split and join), so every pixel whose float32 result lies within
-#: :data:`EDGE` of the sRGB cube's surface -- where mapped pixels land -- is computed again in float64.
+#: float32 (its cusp search rounds differently: up to 3e-3 for primaries pushed just outside the gamut),
+#: so every pixel whose float32 result lies within :data:`EDGE` of the sRGB cube's surface -- where
+#: mapped pixels land -- is computed again in float64.
 #: The rest measured <= 4e-5 on photographs with saturated patches
 FLOAT32_TOLERANCE = 1e-4
 #: distance from 0 or 1 (output units) within which a float32 result is recomputed in float64

@@ -205,3 +205,63 @@ def test_bad_method():
         gamut.gamut_map_oklab(torch.zeros(1, 3), "nearest")
     with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
         gamut.gamut_map_oklab(torch.zeros(1, 4))
+
+
+# --- in-gamut colours are never moved (issue #18 follow-up) ------------------------------------------
+CORNERS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "cyan": (0, 1, 1),
+           "magenta": (1, 0, 1), "yellow": (1, 1, 0), "white": (1, 1, 1), "black": (0, 0, 0)}
+
+
+def _in_gamut_srgb(n=3000, seed=5):
+    """sRGB ``[8 + n, 3]`` float64: the cube's corners, then random colours, half of their channels
+    snapped to 0 or 1 (the surface, where rounding can push a colour outside)."""
+    r = np.random.default_rng(seed)
+    x = r.uniform(0.0, 1.0, (n, 3))
+    x = np.where(r.uniform(size=(n, 3)) < 0.5, np.round(r.uniform(size=(n, 3))), x)
+    return torch.tensor(np.concatenate([np.array(list(CORNERS.values()), dtype=np.float64), x]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("method", gamut.METHODS)
+def test_in_gamut_colours_come_back_unchanged(method, dtype):
+    from restorekit.scripts import perceptual
+
+    x = _in_gamut_srgb()
+    out = gamut.oklab_to_srgb_in_gamut(ck.srgb_to_oklab(x.to(dtype)), method)
+    assert (out.double() - x).abs().max() <= 1e-4
+    # the join's path: channels rounded to float32 (an IMAGE), computed in `dtype` (pure blue was
+    # 0.19 off: outside by 4e-8 after the rounding, and the line to L0 leaves the gamut before blue)
+    enc = perceptual.split_channels(x, "oklab").float().to(dtype)
+    out, mapped = perceptual.join_channels(enc, "oklab", gamut_method=method)
+    assert (out.double() - x).abs().max() <= 1e-4 and mapped == 0.0
+
+
+@pytest.mark.parametrize("space", ["oklab", "jzazbz"])
+@pytest.mark.parametrize("method", gamut.METHODS)
+def test_in_gamut_colours_survive_split_and_join_nodes(method, space):
+    from restorekit.nodes import colour as nodes
+
+    image = _in_gamut_srgb(n=1016).float().reshape(1, 32, 32, 3)
+    L, a, b, _ = nodes.RestoreKitColourSplit().split(image, space=space)
+    out, _ = nodes.RestoreKitColourJoin().join(L, a, b, space=space, gamut_mapping=method)
+    err = (out - image).abs().amax(-1)[0].flatten()
+    assert err[:8].max() <= 1e-4, dict(zip(CORNERS, err[:8].tolist()))
+    assert err.max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("method", OTTOSSON)
+def test_out_of_gamut_colour_still_mapped_with_hue_kept(method, dtype):
+    from restorekit.scripts import perceptual
+
+    h = math.radians(150.0)
+    lab = torch.tensor([[0.6, 0.35 * math.cos(h), 0.35 * math.sin(h)]], dtype=dtype)
+    assert not gamut.in_gamut(lab).any()
+    out = gamut.oklab_to_srgb_in_gamut(lab, method)
+    assert out.min() >= 0 and out.max() <= 1
+    dh, c_out = _hue_error(lab.double(), out)
+    assert c_out[0] > 0.05 and dh.abs().max() <= 1e-3
+    # the join's larger tolerance does not change how a real excursion is mapped
+    enc = (lab + torch.tensor([0.0, 0.5, 0.5], dtype=dtype)).float().to(dtype)
+    joined, mapped = perceptual.join_channels(enc, "oklab", gamut_method=method)
+    assert mapped == 1.0 and (joined - out).abs().max() <= 1e-4

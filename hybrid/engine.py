@@ -15,12 +15,17 @@ what to inpaint, for every strategy; a mask passed in is used instead).  Strateg
   fixed thresholds could not do without harming clean images.
 * ``deep_learning``: the stages the U-Net cannot do — inpainting of the mask and denoising of heavy
   noise (:func:`.guided.deep_plan`) — then the shipped U-Net.
-* ``auto``: the forest predicts the PSNR gain of the ``deep_learning`` path and of the ``ml_guided``
-  plan; the U-Net path runs when its predicted gain exceeds the plan's by the bundle's route margin
-  (chosen on the validation split), else the ``ml_guided`` plan — or, when the forests' plan has no
-  step, the ``classical`` rule plan (the forests are cautious on damage unlike their training mix,
-  such as one clean-cut blur or grain; the rules were chosen on such pairs).  No network runs just to
-  decide.  Without the ``ml_guided`` bundle, the older severity routing below is used.
+* ``auto``: the route forest of the ``ml_guided`` bundle predicts the U-Net path's PSNR advantage over
+  the ``ml_guided`` plan from the measurements, the forests' predicted gains of both paths and how much
+  the U-Net changes the image's ≤ 256-px area-downscaled copy (:meth:`HybridRestorer.unet_residuals`:
+  one U-Net run on at most 256 × 256 px, whatever the image size); the U-Net path runs when that
+  advantage, less the bundle's risk × the trees' spread, exceeds its margin (both chosen on the
+  validation split so that no light validation image loses more than 1 dB and no undamaged one is
+  sent to the U-Net).  Bundles without a route forest compare the deep forest's predicted gain with
+  the plan's (route margin) and the U-Net residual with a threshold.  Otherwise the ``ml_guided`` plan
+  — or, when the forests' plan has no step, the ``classical`` rule plan (the forests are cautious on
+  damage unlike their training mix, such as one clean-cut blur or grain; the rules were chosen on such
+  pairs).  Without the ``ml_guided`` bundle, the older severity routing below is used.
 
 An image for which every stage is skipped comes back unchanged (bit-identical), with the reason.
 
@@ -57,9 +62,11 @@ from ..scripts.finite import check_finite
 STRATEGIES = ("auto", "classical", "ml_guided", "deep_learning")
 #: what each strategy does, for the node's tooltip and the CLI's --strategy help (one text, two places)
 STRATEGY_HELP = (
-    "auto (default): measure each image's defects; random forests predict the PSNR gain of the ml_guided plan "
-    "and of the U-Net path, and the better one runs; when the forests' plan has no step, the classical rules "
-    "decide (no network runs to decide). classical: the plan over the "
+    "auto (default): measure each image's defects; a route forest predicts whether the U-Net path beats the "
+    "ml_guided plan, from the measurements, the forests' predicted gains and how much the U-Net changes a 256-px "
+    "copy of the image (its margin chosen on validation images so that light damage and clean images are not "
+    "harmed), and the better one runs; when the forests' plan has no step, the classical rules decide. "
+    "classical: the plan over the "
     "pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen) with fixed thresholds. ml_guided: the "
     "same plan, each stage and its parameters chosen by random forests (a stage runs only when its predicted "
     "gain is above a margin). deep_learning: inpainting and heavy-noise denoising from the plan, then the "
@@ -457,13 +464,44 @@ class HybridRestorer:
         params.update(u)
         return out, params
 
-    def _route(self, report: "defects.DefectReport", masked, severity: str):
-        """``auto``: ``(method, the ml_guided plan or None, why)``.  With the forests: the U-Net path when
-        its predicted gain exceeds the plan's by the route margin, else the forests' plan, or the rule
-        plan when the forests' plan has no step; without them the severity routing."""
+    def unet_residuals(self, img: np.ndarray) -> Tuple[Dict[str, float], Optional[Tuple[np.ndarray, Dict[str, object]]]]:
+        """How much the U-Net changes the image.  The U-Net runs on the area-downscaled copy (longer
+        side ≤ :data:`.guided.ROUTE_SIDE`); ``fine_db`` is the PSNR (dB, :func:`residual_quality_db`) of
+        that copy against the output, ``coarse_db`` the same after both are area-downscaled again to ≤
+        :data:`.guided.ROUTE_RESIDUAL_SIDE` px — large-scale tone and colour only.  ``coarse_db`` is low
+        for damage the U-Net undoes (fading, casts, stains, uneven light) and high for an image it leaves
+        nearly as it is — and for texture it only smooths (brick, grass: a fine-scale change the coarse
+        copies average out; ``fine_db`` counts it).  One U-Net run on ≤ 256 × 256 px whatever the image
+        size.  Returns ``({"coarse_db", "fine_db"}, (output, parameters))``; the output is that of the
+        image itself when it was not downscaled (then reused by the U-Net path), else ``None``."""
+        from .guided import ROUTE_RESIDUAL_SIDE, ROUTE_SIDE
+
+        small = defects.downscale(img, ROUTE_SIDE)
+        out = self._unet_run(small)
+        res = np.asarray(out[0], np.float32)
+        q = {"coarse_db": residual_quality_db(defects.downscale(small, ROUTE_RESIDUAL_SIDE),
+                                              defects.downscale(res, ROUTE_RESIDUAL_SIDE)),
+             "fine_db": residual_quality_db(small, res)}
+        return q, (out if small.shape == img.shape else None)
+
+    def unet_residual_db(self, img: np.ndarray) -> Tuple[float, Optional[Tuple[np.ndarray, Dict[str, object]]]]:
+        """``coarse_db`` of :meth:`unet_residuals` (what :attr:`.guided.Guide.route_residual_db` is
+        compared with) and the reusable output."""
+        q, out = self.unet_residuals(img)
+        return q["coarse_db"], out
+
+    def _route(self, img: np.ndarray, report: "defects.DefectReport", masked, severity: str):
+        """``auto``: ``(method, the ml_guided plan or None, why, U-Net output to reuse or None)``.  With
+        the forests: when the bundle has a route forest, the U-Net path when its predicted advantage over
+        the plan (from the measurements, both predicted gains and :meth:`unet_residuals`), less the
+        trees' spread × risk, exceeds its margin; in older bundles, when the deep forest's predicted gain
+        exceeds the plan's by the route margin or the U-Net changes the image more than the residual
+        threshold allows (:meth:`unet_residual_db` below :attr:`.guided.Guide.route_residual_db`).
+        Otherwise the forests' plan, or the rule plan when the forests' plan has no step.  Without the
+        forests the severity routing."""
         g = self.guide
         if g is None:
-            return METHOD_FOR_SEVERITY[severity], None, {"by": "severity", "severity": severity}
+            return METHOD_FOR_SEVERITY[severity], None, {"by": "severity", "severity": severity}, None
         planned = self._guided_plan(report, masked)
         deep_gain = g.deep_gain(report, masked.plain_fraction)
         plan_gain = planned[1]
@@ -472,8 +510,36 @@ class HybridRestorer:
                "ml_guided_gain_db": round(plan_gain, 3), "route_margin_db": g.route_margin,
                "route_risk": g.route_risk,
                "chosen": "deep_learning" if use_deep else "ml_guided"}
+        unet_out = None
+        if g.route_forest is not None and self.unet is not None:
+            from .guided import feature_vector, route_vector
+
+            q, unet_out = self.unet_residuals(img)
+            mean, std = g.deep_gain_spread(report, masked.plain_fraction)
+            v = route_vector(feature_vector(report, masked.plain_fraction), plan_gain, mean, std,
+                             q["coarse_db"], q["fine_db"])
+            adv, spread = g.route_advantage(v)
+            use_deep = adv - g.route_forest_risk * spread > g.route_forest_margin
+            why.update({"by": "route forest", "unet_residual_db": round(q["coarse_db"], 3),
+                        "unet_fine_residual_db": round(q["fine_db"], 3),
+                        "predicted_advantage_db": round(adv, 3), "advantage_spread_db": round(spread, 3),
+                        "route_forest_risk": g.route_forest_risk, "route_forest_margin_db": g.route_forest_margin,
+                        "chosen": "deep_learning" if use_deep else "ml_guided"})
+            if use_deep:
+                why["because"] = (f"the route forest predicts the U-Net path {adv:+.2f} dB over the plan "
+                                  f"(less {g.route_forest_risk:g} × spread {spread:.2f} > {g.route_forest_margin:g} dB)")
+        elif not use_deep and np.isfinite(g.route_residual_db) and self.unet is not None:
+            q, unet_out = self.unet_residual_db(img)
+            why["unet_residual_db"] = round(q, 3)
+            why["route_residual_db"] = g.route_residual_db
+            if q < g.route_residual_db:
+                use_deep = True
+                why["by"] = "U-Net residual"
+                why["chosen"] = "deep_learning"
+                why["because"] = (f"the U-Net changes the image's tone and colour a lot (PSNR {q:.1f} dB of "
+                                  f"the coarse copies, below {g.route_residual_db:g} dB): damage it undoes")
         if use_deep:
-            return "deep_learning", None, why
+            return "deep_learning", None, why, unet_out
         if planned[0] is not None and planned[0].unchanged:
             # the forests are cautious far from their training damage (a single clean-cut defect: the
             # shipped examples' motion blur, defocus, grain); the rules were chosen on exactly such
@@ -482,8 +548,8 @@ class HybridRestorer:
             # with no light image more than 0.9 dB worse
             why["chosen"] = "classical"
             why["because"] = "the forests' plan has no step: the rule plan decides"
-            return "classical", None, why
-        return "ml_guided", planned, why
+            return "classical", None, why, None
+        return "ml_guided", planned, why, None
 
     # --- API ----------------------------------------------------------------------------------
     def restore(self, image_or_path, strategy: str = "auto", mask: Optional[np.ndarray] = None,
@@ -527,7 +593,8 @@ class HybridRestorer:
         masked = self._masks(img, report, mask)
         planned = route = None
         if strategy == "auto":
-            method, planned, route = self._route(report, masked, severity)
+            method, planned, route, routed_out = self._route(img, report, masked, severity)
+            unet_out = unet_out or routed_out
         else:
             method = strategy
         if method == "classical":

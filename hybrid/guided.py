@@ -10,7 +10,9 @@ validation split, :mod:`.tools.train_guided`); otherwise it is skipped, with the
 reason.  An image for which every stage is skipped comes back unchanged (bit-identical).
 
 A further forest predicts the gain of the ``deep_learning`` path (:func:`deep_plan` then the U-Net),
-which ``auto`` compares with the plan's predicted gain (:func:`route`) — no network runs to decide.
+which ``auto`` compares with the plan's predicted gain; ``auto`` also takes the U-Net path when the U-Net
+changes the image's :data:`ROUTE_SIDE`-px copy by more than :attr:`Guide.route_residual_db` (one small
+U-Net run; both chosen on validation by :func:`.tools.train_guided.calibrate_route`).
 
 Training (:mod:`.tools.train_guided`): damaged / clean pairs of the training split (damage generator v2:
 several defects at once, every level, plus single-defect pairs, clean images and tone-varied clean
@@ -148,6 +150,28 @@ def residual_after(stage_ran: Dict[str, bool], report: "_defects.DefectReport") 
     return 0.25 * report.noise.sigma if stage_ran.get("denoise") else report.noise.sigma
 
 
+#: the longer side (px) of the area-downscaled copy on which ``auto`` measures the U-Net's residual for
+#: :attr:`Guide.route_residual_db` (the size of the pairs it was calibrated on)
+ROUTE_SIDE = 256
+#: ... and the longer side (px) of the coarse copies (of that copy and of its U-Net output) whose PSNR
+#: is the residual: large-scale tone and colour only, so texture the U-Net smooths does not count
+ROUTE_RESIDUAL_SIDE = 64
+
+
+#: the route forest's inputs: :data:`FEATURE_NAMES` and these
+ROUTE_EXTRA_FEATURES = ("pred_plan_gain_db", "pred_deep_gain_db", "pred_deep_spread_db", "unet_coarse_residual_db",
+                        "unet_fine_residual_db")
+
+
+def route_vector(x: np.ndarray, pred_plan: float, pred_deep: float, pred_deep_std: float, coarse_db: float,
+                 fine_db: float) -> np.ndarray:
+    """The route forest's input: the forests' feature vector ``x`` (:func:`feature_vector`), their
+    predicted gains (dB) of the plan and of the U-Net path with the deep trees' spread, and the U-Net
+    residuals (dB, :meth:`..engine.HybridRestorer.unet_residuals`)."""
+    return np.concatenate([np.asarray(x, np.float64).ravel(),
+                           [pred_plan, pred_deep, pred_deep_std, coarse_db, fine_db]])
+
+
 # --- the bundle --------------------------------------------------------------------------------------------
 class Guide:
     """The trained forests with the questions the engine asks (:meth:`plan`, :meth:`deep_gain`)."""
@@ -166,6 +190,18 @@ class Guide:
         #: the U-Net path's predicted gain is taken less this many times the spread of the deep forest's
         #: trees (a cautious estimate; 0 in bundles from before it existed)
         self.route_risk = float(bundle.get("route_risk", 0.0))
+        #: ``auto`` also takes the U-Net path when the U-Net changes the image's :data:`ROUTE_SIDE`-px
+        #: copy by more than this: the PSNR (dB) of its :data:`ROUTE_RESIDUAL_SIDE`-px coarse copy
+        #: against that of the U-Net's output is below it (−inf: off, as in bundles from before it
+        #: existed).  Chosen on validation.
+        self.route_residual_db = float(bundle.get("route_residual_db", float("-inf")))
+        #: the route forest (when the bundle has one: it then decides ``auto``'s route alone): the
+        #: advantage (dB) of the U-Net path over the ``ml_guided`` plan, predicted from
+        #: :func:`route_vector`; the U-Net path runs when the prediction less ``route_forest_risk`` × the
+        #: trees' spread exceeds ``route_forest_margin_db`` (both chosen on validation)
+        self.route_forest = bundle.get("route_forest")
+        self.route_forest_risk = float(bundle.get("route_forest_risk", 0.0))
+        self.route_forest_margin = float(bundle.get("route_forest_margin_db", 0.0))
 
     @classmethod
     def load(cls, relpath: str = RELPATH, models_dir: Optional[str] = None) -> "Guide":
@@ -200,6 +236,14 @@ class Guide:
         if model is None:
             return 0.0, 0.0
         mean, std = predict_spread(model, feature_vector(report, mask_fraction)[None])
+        return float(mean[0, 0]), float(std[0, 0])
+
+    def route_advantage(self, v: np.ndarray) -> Tuple[float, float]:
+        """``(mean, std)`` over the route forest's trees of the U-Net path's predicted advantage (dB)
+        over the plan, for a :func:`route_vector` ``v``."""
+        from ..scripts.forest import predict_spread
+
+        mean, std = predict_spread(self.route_forest, np.asarray(v, np.float64)[None])
         return float(mean[0, 0]), float(std[0, 0])
 
     def plan(self, report: "_defects.DefectReport", mask: Optional[np.ndarray] = None, denoiser: str = "auto",

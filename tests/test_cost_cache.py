@@ -50,7 +50,11 @@ def test_a_fresh_handle_reuses_the_measurements(cache):
     sel1 = fastpath.cached(first, "cpu", "auto")
     sel2 = fastpath.cached(second, "cpu", "auto")
     assert sel2.variant == sel1.variant and sel2.seconds == pytest.approx(sel1.seconds)
-    assert torch.equal(out1, out2)
+    # the first run's own timing joins the table it saves, so the plan may move after it (whole image vs
+    # tiles: a 3e-7 difference); from the same table both handles plan alike and give the same output
+    out1b, rep1b = run_model(first, _image(), device="cpu", progress=False, measure=True)
+    assert rep2.plan == rep1b.plan and torch.equal(out1b, out2)
+    assert torch.allclose(out1, out2, atol=1e-5)
     assert [p.name for p in _files(cache)] == [path.name]  # no temporary files left
 
 

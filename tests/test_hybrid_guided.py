@@ -166,3 +166,109 @@ def test_auto_lets_the_rules_decide_when_the_forests_plan_is_empty():
     ref, cl = r.restore(img, "classical")
     assert rep.method == "classical" and rep.parameters["route"]["chosen"] == "classical"
     assert "deblur" in rep.stages and not rep.unchanged and np.array_equal(out, ref)
+
+
+def test_auto_routes_to_the_unet_when_it_changes_the_image_a_lot(identity_unet):
+    """The residual route: the U-Net's change to the ≤ ROUTE_SIDE copy decides when the forests do not."""
+    img = damage.load_source("astronaut", 128)
+    guide = toy_guide({"sharpen": [0.2, 1.0]}, deep=-5.0)
+    guide.route_residual_db = 20.0
+    r = HybridRestorer(unet=identity_unet, guide=guide)
+    _, info = r.restore(img, "auto")  # the identity U-Net changes nothing: residual capped at 60 dB
+    assert info.method == "ml_guided" and info.parameters["route"]["unet_residual_db"] == 60.0
+    calls = []
+
+    def darkening_unet(x):
+        calls.append(x.shape)
+        return x * 0.5, {"model": "halves the image"}
+
+    r._unet_run = darkening_unet
+    out, info = r.restore(img, "auto")
+    route = info.parameters["route"]
+    assert info.method == "deep_learning" and route["by"] == "U-Net residual"
+    assert route["unet_residual_db"] < 20.0 and "below 20 dB" in route["because"]
+    assert len(calls) == 1 and np.allclose(out, np.clip(img * 0.5, 0, 1))  # the routing run is reused
+    # a large image: the residual is measured on its ≤ 256 px copy, then the U-Net runs on the image
+    big = np.ascontiguousarray(np.tile(img, (3, 3, 1)))
+    calls.clear()
+    out, info = r.restore(big, "auto")
+    assert info.method == "deep_learning" and calls[0] == (guided.ROUTE_SIDE, guided.ROUTE_SIDE, 3)
+    assert calls[-1] == big.shape and out.shape == big.shape
+    # without the threshold (bundles from before it) nothing changes and no U-Net runs to decide
+    guide.route_residual_db = float("-inf")
+    calls.clear()
+    _, info = r.restore(img, "auto")
+    assert info.method == "ml_guided" and calls == [] and "unet_residual_db" not in info.parameters["route"]
+
+
+def test_route_calibration_keeps_light_and_clean_images_off_the_unet():
+    """choose_route on synthetic rows: heavy damage has a low U-Net residual and gains on the U-Net; a
+    light image and an undamaged one with a lowish residual lose there.  The chosen threshold takes the
+    heavy rows and neither of the others."""
+    from restorekit.hybrid.tools.train_guided import choose_route
+
+    def row(level, resid, inp, deep, ml):
+        return {"level": level, "input": inp, "deep_learning": deep, "ml_guided": ml, "classical": ml,
+                "pred_plan": 0.0, "pred_deep": -10.0, "pred_deep_std": 0.0, "unet_residual_db": resid}
+
+    rows = [row("severe", 17.5, 14.0, 17.0, 14.5), row("moderate", 19.5, 18.0, 20.0, 18.5),
+            row("light", 21.2, 27.0, 24.0, 27.0), row("light", 28.0, 28.0, 27.0, 28.2),
+            row("clean", 22.3, float("inf"), float("inf"), float("inf"))]
+    res = choose_route(rows)
+    # the threshold stays 1 dB below the harmed light image's residual (21.2) and the undamaged one's (22.3)
+    assert res["residual_cap_db"] == pytest.approx(21.2 - 1.0)
+    assert 19.5 < res["route_residual_db"] <= 20.2
+    chosen = res["by_margin"][f"{res['route_risk']}/{res['route_margin_db']}/{res['route_residual_db']}"]
+    assert chosen["light_ok"] and chosen["clean_ok"] and chosen["deep_fraction"] == 0.5
+    # the undamaged image with the lowest residual bounds the threshold even when light rows allow more
+    rows[2] = row("light", 21.2, 27.0, 27.5, 27.0)
+    rows[4]["unet_residual_db"] = 19.8
+    res = choose_route(rows)
+    assert res["residual_cap_db"] == pytest.approx(19.8 - 1.0)
+    assert 17.5 < res["route_residual_db"] <= 18.8  # the severe row only
+    assert res["by_margin"][f"{res['route_risk']}/{res['route_margin_db']}/{res['route_residual_db']}"]["clean_ok"]
+
+
+def _route_row(level, inp, deep, ml, resid=30.0, x=None):
+    return {"level": level, "input": inp, "deep_learning": deep, "ml_guided": ml, "pred_plan": 0.0,
+            "pred_deep": 0.0, "pred_deep_std": 0.0, "unet_residual_db": resid, "unet_fine_db": resid + 3.0,
+            "x": np.zeros(len(guided.FEATURE_NAMES)) if x is None else x}
+
+
+class ResidualModel:
+    """A stand-in route forest: predicts the U-Net path's advantage as 25 − the coarse residual (dB)."""
+
+    def predict(self, X):
+        return 25.0 - np.asarray(X)[:, len(guided.FEATURE_NAMES) + 3]
+
+
+def test_route_forest_advantage_and_calibration_keep_light_and_clean_images_off_the_unet():
+    from restorekit.hybrid.tools.train_guided import choose_route_forest, route_xy
+
+    rows = [_route_row("severe", 14.0, 17.0, 14.5, resid=18.0), _route_row("moderate", 18.0, 20.0, 18.5, resid=21.0),
+            _route_row("light", 27.0, 24.0, 27.0, resid=23.5), _route_row("light", 28.0, 27.0, 28.2, resid=28.0),
+            _route_row("clean", np.inf, 40.0, np.inf, resid=24.5)]
+    X, y = route_xy(rows)
+    assert X.shape == (5, len(guided.FEATURE_NAMES) + len(guided.ROUTE_EXTRA_FEATURES))
+    # the advantage: U-Net path minus ml_guided, PSNRs capped at 60 dB, clipped to the gain range
+    assert y[0] == pytest.approx(2.5) and y[2] == pytest.approx(-3.0) and y[4] == pytest.approx(-6.0)
+    res = choose_route_forest(ResidualModel(), rows)
+    # predicted advantages +7, +4, +1.5, -3, +0.5: the margin must keep the light row (+1.5) and the
+    # undamaged one (+0.5) off the U-Net while taking both heavy rows
+    assert 1.5 <= res["route_forest_margin_db"] < 4.0
+    assert res["chosen"]["light_ok"] and res["chosen"]["clean_ok"] and res["chosen"]["deep_fraction"] == 0.5
+
+
+def test_auto_follows_the_route_forest_when_the_bundle_has_one(identity_unet):
+    img = damage.load_source("astronaut", 128)
+    guide = toy_guide({"sharpen": [0.2, 1.0]}, deep=5.0, route_margin=0.0)  # the old route would say U-Net
+    guide.route_forest = ConstModel([-2.0])
+    r = HybridRestorer(unet=identity_unet, guide=guide)
+    _, info = r.restore(img, "auto")
+    route = info.parameters["route"]
+    assert info.method == "ml_guided" and route["by"] == "route forest"
+    assert route["predicted_advantage_db"] == -2.0 and route["unet_residual_db"] == 60.0
+    guide.route_forest = ConstModel([2.0])
+    guide.route_forest_margin = 1.0
+    _, info = r.restore(img, "auto")
+    assert info.method == "deep_learning" and "+2.00 dB over the plan" in info.parameters["route"]["because"]

@@ -74,6 +74,10 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
     g = guided.Guide.load(models_dir=md)  # the ml_guided forests, margins chosen on validation rows
     assert set(g.margins) == set(guided.STAGES) and np.isfinite(g.route_margin)
     assert "denoise" in g.bundle["forests"] and "deep" in g.bundle["forests"]
+    # the route forest: fitted on training rows, its risk and margin chosen on validation rows
+    assert g.route_forest is not None and g.route_forest.n_features_in_ == (
+        len(guided.FEATURE_NAMES) + len(guided.ROUTE_EXTRA_FEATURES))
+    assert g.route_forest_risk in (0.0, 0.5, 1.0, 1.5, 2.0) and np.isfinite(g.route_forest_margin)
     from restorekit.hybrid import inpaint_gate
     from restorekit.scripts.shipped_models import model_path, sha256_file
 

@@ -37,6 +37,10 @@ UNET_DEFAULTS = dict(base=16, crop=128, batch=8, steps=10000, lr=1e-3, ssim_weig
                      eval_every=500, patience=10, lr_patience=3, seed=0, train_sides=(256, 384),
                      val_side=160, val_per_level=4, clip_grad=0.5, clean_fraction=0.15,
                      tone_fraction=0.3, ema=0.999, sources="registry", val_limit=30)
+#: the U-Net's second phase in ``restorekit retrain``: from the first phase's best weights, new crops
+#: (another seed) at a lower learning rate — the first phase's validation PSNR was still rising at its
+#: end (time budget); its summary is kept in the second's ``unet_training.json`` (``previous_phase``)
+UNET_CONTINUE = dict(lr=4e-4, seed=1, steps=8000, patience=6)
 QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
                   train_sides=(128,), val_side=64, val_per_level=1, val_limit=3)
 
@@ -77,8 +81,14 @@ def _to_tensor(batch: List[np.ndarray]) -> torch.Tensor:
 
 def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models_dir: Optional[str] = None,
                train_sources=None, val_sources=None, log: Callable[[str], None] = print,
-               max_minutes: Optional[float] = None, **overrides) -> Dict[str, object]:
+               max_minutes: Optional[float] = None, init: Optional[Dict[str, torch.Tensor]] = None,
+               previous: Optional[Dict[str, object]] = None, **overrides) -> Dict[str, object]:
     """Train the U-Net; save the best (lowest validation loss) weights to ``models/<out_relpath>``.
+
+    ``init``: a state dict to start from (both the trained weights and their moving average), to
+    continue a training run with another seed, learning rate or more steps (its first evaluation is
+    the bar the continuation must beat); ``previous``: that run's summary, kept in this one's
+    (``previous_phase``).
 
     ``overrides`` replace entries of :data:`UNET_DEFAULTS`.  ``out_relpath=None`` saves nothing.
     Returns a summary dict (steps, best validation loss/PSNR, seconds, the config).
@@ -112,6 +122,8 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
     model = RestoreUNet(base=cfg["base"])
     # exponential moving average of the weights (Polyak averaging): evaluated, kept and shipped
     ema = RestoreUNet(base=cfg["base"])
+    if init is not None:
+        model.load_state_dict(init, strict=True)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
@@ -134,6 +146,9 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
 
     t0 = time.perf_counter()
     best = {"loss": math.inf, "psnr": 0.0, "step": 0}
+    if init is not None:
+        best = {**evaluate(), "step": 0}
+        log(f"[unet] starting weights: val loss {best['loss']:.4f} val PSNR {best['psnr']:.2f} dB")
     best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
     bad_evals = 0
     history = []
@@ -197,6 +212,8 @@ def train_unet(out_relpath: Optional[str] = "hybrid/unet.safetensors", *, models
                "seconds": time.perf_counter() - t0,
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                "train_sources": train_sources, "val_sources": val_sources, "history": history}
+    if previous is not None:
+        summary["previous_phase"] = {k: v for k, v in previous.items() if k not in ("model", "train_sources")}
     if out_relpath:
         from ...scripts.shipped_models import model_path
 
@@ -287,6 +304,10 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
+    if not quick:
+        log("[retrain] hybrid U-Net, second phase (UNET_CONTINUE)")
+        res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes, previous=res,
+                         init={k: v.detach().clone() for k, v in res["model"].state_dict().items()}, **UNET_CONTINUE)
     results["unet"] = {k: v for k, v in res.items() if k not in ("model", "history")}
     results["thresholds"] = calibrate_thresholds(pred, handle_from_module(res["model"]),
                                                  per_level=1 if quick else 10,
@@ -294,11 +315,14 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] set CALIBRATED and DEFAULT_ESTIMATOR in hybrid/engine.py to the calibrated values")
     from . import train_guided
 
-    log("[retrain] ml_guided forests and auto's route margin (with the new U-Net and gate)")
+    log("[retrain] ml_guided forests and auto's route: margin, U-Net residual threshold, route forest "
+        "(with the new U-Net and gate)")
     res_g = train_guided.train(models_dir=models_dir, quick=quick, unet=handle_from_module(res["model"]), log=log,
                                tone_prior=False, inpaint_gate=res_ig["gate"])
     results["guided"] = {"sha256": res_g["sha256"], "validation": res_g["validation"], "seconds": res_g["seconds"],
-                         "route_margin_db": res_g["route"]["route_margin_db"]}
+                         "route_margin_db": res_g["route"]["route_margin_db"],
+                         "route_residual_db": res_g["route"]["route_residual_db"],
+                         **{k: res_g["bundle"].get(k) for k in ("route_forest_risk", "route_forest_margin_db")}}
     if include_lbclahe:
         try:
             from ...scripts import lbclahe_train

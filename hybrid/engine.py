@@ -503,7 +503,8 @@ class HybridRestorer:
         if g is None:
             return METHOD_FOR_SEVERITY[severity], None, {"by": "severity", "severity": severity}, None
         planned = self._guided_plan(report, masked)
-        deep_gain = g.deep_gain(report, masked.plain_fraction)
+        deep_mean, deep_std = g.deep_gain_spread(report, masked.plain_fraction)
+        deep_gain = deep_mean - g.route_risk * deep_std  # Guide.deep_gain
         plan_gain = planned[1]
         use_deep = deep_gain > plan_gain + g.route_margin
         why = {"by": "forest-predicted gains", "deep_learning_gain_db": round(deep_gain, 3),
@@ -515,8 +516,7 @@ class HybridRestorer:
             from .guided import feature_vector, route_vector
 
             q, unet_out = self.unet_residuals(img)
-            mean, std = g.deep_gain_spread(report, masked.plain_fraction)
-            v = route_vector(feature_vector(report, masked.plain_fraction), plan_gain, mean, std,
+            v = route_vector(feature_vector(report, masked.plain_fraction), plan_gain, deep_mean, deep_std,
                              q["coarse_db"], q["fine_db"])
             adv, spread = g.route_advantage(v)
             use_deep = adv - g.route_forest_risk * spread > g.route_forest_margin

@@ -10,9 +10,11 @@ validation split, :mod:`.tools.train_guided`); otherwise it is skipped, with the
 reason.  An image for which every stage is skipped comes back unchanged (bit-identical).
 
 A further forest predicts the gain of the ``deep_learning`` path (:func:`deep_plan` then the U-Net),
-which ``auto`` compares with the plan's predicted gain; ``auto`` also takes the U-Net path when the U-Net
-changes the image's :data:`ROUTE_SIDE`-px copy by more than :attr:`Guide.route_residual_db` (one small
-U-Net run; both chosen on validation by :func:`.tools.train_guided.calibrate_route`).
+and the route forest (:attr:`Guide.route_forest`) predicts the U-Net path's advantage over the plan from
+the measurements, both predicted gains and how much the U-Net changes the image's :data:`ROUTE_SIDE`-px
+copy (:func:`route_vector`); ``auto`` follows it.  Bundles without a route forest compare the two
+predicted gains (route margin) and the U-Net residual with :attr:`Guide.route_residual_db`.  All chosen
+on validation by :mod:`.tools.train_guided`.
 
 Training (:mod:`.tools.train_guided`): damaged / clean pairs of the training split (damage generator v2:
 several defects at once, every level, plus single-defect pairs, clean images and tone-varied clean

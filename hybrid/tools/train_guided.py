@@ -227,6 +227,15 @@ def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
     return rows
 
 
+def _meets_light_rule(got: np.ndarray, inp: np.ndarray, light: np.ndarray) -> bool:
+    """The light-damage rule of every route choice: on the light rows the routed PSNR is on average at
+    least the input's − 0.2 dB and nowhere below the input − 1 dB."""
+    if not light.any():
+        return True
+    d = (got - inp)[light]
+    return bool(float(d.mean()) >= -0.2 and float(d.min()) >= -1.0)
+
+
 #: the risks tried for the route: the U-Net path's predicted gain less risk × the deep trees' spread
 ROUTE_RISK_GRID = (0.0, 0.5, 1.0, 1.5)
 #: the U-Net residual thresholds tried (dB; −inf: the residual never routes)
@@ -259,8 +268,7 @@ def choose_route(rows: List[Dict[str, object]]) -> Dict[str, object]:
                 deep_all = (pred_deep - k * std > pred_plan + m) | (resid < t)
                 deep = deep_all[~clean]
                 got = np.where(deep, [x["deep_learning"] for x in dam], [x["ml_guided"] for x in dam])
-                ok = (not light.any()) or (float((got - inp)[light].mean()) >= -0.2
-                                           and float((got - inp)[light].min()) >= -1.0)
+                ok = _meets_light_rule(got, inp, light)
                 # an undamaged image must never be sent to the U-Net (it would come back changed)
                 clean_ok = not bool(deep_all[clean].any()) and t <= resid_cap
                 scores[(k, m, t)] = {"psnr_db": float(got.mean()), "light_ok": bool(ok), "clean_ok": clean_ok,
@@ -288,17 +296,10 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
     U-Net residual is below the threshold) the mean PSNR of the routing is computed; the best among
     those meeting the light-damage rule (mean ≥ input − 0.2 dB, no image below input − 1 dB) that send
     no undamaged image to the U-Net, with the threshold :data:`ROUTE_RESIDUAL_SAFETY_DB` below the
-    residual of every undamaged image and of every light one the U-Net harms, wins, ties to the larger margin and lower threshold (fewer U-Net
-    runs).  ``rows``: :func:`route_rows` already computed."""
-    from . import sources
-
+    residual of every undamaged image and of every light one the U-Net harms, wins; ties to the larger
+    margin and lower threshold (fewer U-Net runs).  ``rows``: :func:`route_rows` already computed."""
     if rows is None:
-        pairs = sources.make_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
-        seen = set()
-        for p in list(pairs):
-            if p["source"] not in seen:
-                seen.add(p["source"])
-                pairs.append({**p, "level": "clean", "damaged": p["clean"], "seed": -1})
+        pairs = route_pairs("val", per_level=per_level, max_side=max_side, base_seed=7, limit=limit)
         rows = route_rows(guide, pairs, unet, log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate)
     res = choose_route(rows)
     res["rows"] = rows
@@ -420,9 +421,8 @@ def choose_route_forest(model, rows: List[Dict[str, object]]) -> Dict[str, objec
             deep_all = mean - k * std > m
             deep = deep_all[~clean]
             got = np.where(deep, [r["deep_learning"] for r in dam], [r["ml_guided"] for r in dam])
-            ok = (not light.any()) or (float((got - inp)[light].mean()) >= -0.2
-                                       and float((got - inp)[light].min()) >= -1.0)
-            scores[(k, m)] = {"psnr_db": float(got.mean()), "light_ok": bool(ok),
+            ok = _meets_light_rule(got, inp, light)
+            scores[(k, m)] = {"psnr_db": float(got.mean()), "light_ok": ok,
                               "clean_ok": not bool(deep_all[clean].any()), "deep_fraction": float(deep.mean()),
                               "by_level": {lv: float((got - inp)[np.array([r["level"] == lv for r in dam])].mean())
                                            for lv in ("light", "moderate", "severe")}}
@@ -504,20 +504,24 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
     for s, v in margins.items():
         log(f"[guided] {s}: margin {v['margin']:+.2f} dB, validation gain {v['gain_db']:+.3f} dB "
             f"(oracle {v['oracle_db']:+.3f}) over {v['n']} rows")
-    route = calibrate_route(_guided.Guide(bundle), unet, per_level=1, max_side=96 if quick else 256,
-                            limit=cfg["route_limit"], log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate)
-    _set_route(bundle, route)
+    side = 96 if quick else 256
+    guide = _guided.Guide(bundle)
     if cfg["route_forest"]:
         # the route forest (which then decides auto's route): the registry's train split, every source at
-        # every level plus undamaged, restored both ways; risk and margin on all of the val split
-        side = 96 if quick else 256
+        # every level plus undamaged, restored both ways; its risk and margin, and the fallback route, on
+        # all of the val split (as refit_route_forest, which made the shipped bundle)
         kw = dict(log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate, methods=("ml_guided", "deep_learning"))
-        guide = _guided.Guide(bundle)
-        tr_route = route_rows(guide, route_pairs("train", max_side=side, base_seed=13, limit=cfg["route_train_limit"]),
-                              unet, **kw)
         va_route = route_rows(guide, route_pairs("val", max_side=side, base_seed=7, limit=cfg["route_val_limit"]),
                               unet, **kw)
+        route = calibrate_route(guide, log=log, rows=va_route)
+        _set_route(bundle, route)
+        tr_route = route_rows(guide, route_pairs("train", max_side=side, base_seed=13, limit=cfg["route_train_limit"]),
+                              unet, **kw)
         train_route_forest(bundle, tr_route, va_route, log, cfg["seed"])
+    else:
+        route = calibrate_route(guide, unet, per_level=1, max_side=side, limit=cfg["route_limit"], log=log,
+                                tone_prior=tone_prior, inpaint_gate=inpaint_gate)
+        _set_route(bundle, route)
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None
     return {"bundle": bundle, "sha256": digest, "validation": margins, "route": route, "train_rows": tr, "val_rows": va,
             "seconds": bundle["seconds"]}

@@ -464,6 +464,33 @@ class HybridRestorer:
         params.update(u)
         return out, params
 
+    def _blend(self, img, out, params, inpainted, unet_out):
+        """``auto``'s output ensemble (:mod:`.blend`): when the plan changed the image and the bundle has
+        a blend weight, ``(weight × U-Net(img) + (1 − weight) × out, its parameters)`` with the plan's
+        pixels kept in and around ``inpainted``; else ``(out, None)``.  ``unet_out``: the U-Net's output
+        on ``img`` when the route already ran it at full size."""
+        from .blend import blend, weight_for
+
+        g = self.guide
+        if g is None or self.unet is None or params["execution"]["unchanged"] or g.blend["max_weight"] <= 0.0:
+            return out, None
+        route = params.get("route", {})
+        adv = route.get("predicted_advantage_db",
+                        route.get("deep_learning_gain_db", 0.0) - route.get("ml_guided_gain_db", 0.0))
+        w = round(weight_for(adv, g.blend["max_weight"], g.blend["centre_db"], g.blend["scale_db"]), 3)
+        if w <= 0.0:
+            return out, None
+        if unet_out is None or np.shape(unet_out[0]) != img.shape:
+            unet_out = self._unet_run(img)
+        res = blend(out, unet_out[0], w, inpainted)
+        return res, {"weight": w, "model": unet_out[1].get("model", ""), "runner": unet_out[1].get("runner"),
+                     "predicted_advantage_db": round(float(adv), 3),
+                     "why": (f"the plan's result mixed with the U-Net's ({w:g} U-Net for a predicted U-Net advantage "
+                             f"of {adv:+.2f} dB: their errors differ, so the mix is closer to the original; "
+                             "hybrid/blend.py)"
+                             + ("; the inpainted pixels are the plan's" if inpainted is not None and np.any(inpainted)
+                                else ""))}
+
     def unet_residuals(self, img: np.ndarray) -> Tuple[Dict[str, float], Optional[Tuple[np.ndarray, Dict[str, object]]]]:
         """How much the U-Net changes the image.  The U-Net runs on the area-downscaled copy (longer
         side ≤ :data:`.guided.ROUTE_SIDE`); ``fine_db`` is the PSNR (dB, :func:`residual_quality_db`) of
@@ -604,11 +631,18 @@ class HybridRestorer:
         else:
             out, params = self._deep(img, report, masked, progress, unet_out)
         mask_used = params.pop("inpainted_mask", None)
+        blended = None
         if route is not None:
             params["route"] = route
+            if method != "deep_learning":
+                out, blended = self._blend(img, out, params, mask_used, unet_out)
+                if blended is not None:
+                    params["runner"] = blended.pop("runner")
+                    params["blend"] = blended
         unchanged = params["execution"]["unchanged"] and method != "deep_learning"
         reason = params["execution"]["reason"] if unchanged else ""
-        stages = [f"{st['stage']}" for st in params["execution"]["stages"]] + (["U-Net"] if method == "deep_learning" else [])
+        stages = ([f"{st['stage']}" for st in params["execution"]["stages"]] + (["U-Net"] if method == "deep_learning" else [])
+                  + ([f"U-Net blend ({blended['weight']:g})"] if blended is not None else []))
         out = np.asarray(out, np.float32)
         check_finite(out, "Hybrid restore", method)
         if not unchanged:

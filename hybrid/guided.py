@@ -204,6 +204,11 @@ class Guide:
         self.route_forest = bundle.get("route_forest")
         self.route_forest_risk = float(bundle.get("route_forest_risk", 0.0))
         self.route_forest_margin = float(bundle.get("route_forest_margin_db", 0.0))
+        #: the U-Net's weight in ``auto``'s output when its plan (not the U-Net path) changed the image:
+        #: :func:`.blend.weight_for` of the route's predicted advantage with these ``max_weight``,
+        #: ``centre_db`` and ``scale_db`` (chosen on validation; largest weight 0: off, as in bundles from
+        #: before it existed)
+        self.blend = {"max_weight": 0.0, "centre_db": 0.0, "scale_db": 10.0, **dict(bundle.get("blend", {}))}
 
     @classmethod
     def load(cls, relpath: str = RELPATH, models_dir: Optional[str] = None) -> "Guide":

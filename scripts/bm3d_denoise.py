@@ -200,7 +200,11 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
     """One stage of the sliding-window DFT filter (hard threshold without ``pilot``, empirical Wiener
     with it) with vectorised overlap-add: every ``block``² block is split into ``(block/step)²`` cells
     of ``step``² px, which are added to the output grid for all blocks of a chunk of block rows at
-    once.  Same result as :func:`_sliding_dft_filter_loop` (to float rounding), much faster."""
+    once.  The blocks are real, so their spectra are Hermitian and the gains (from power spectra and a
+    symmetric noise PSD) too: the half spectrum of a real FFT carries everything, and the blocks are
+    transformed in float32 (image values 0..1; the float32 rounding, ~1e-7, is far below any noise
+    the filter is asked to remove).  Same result as :func:`_sliding_dft_filter_loop` (float64, full
+    complex FFTs) within 1e-5 (tested), about 3× faster."""
     if block % step:
         return _sliding_dft_filter_loop(z, noise_b, pilot, block, step, thr, progress)
     from numpy.lib.stride_tricks import sliding_window_view
@@ -213,9 +217,14 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
     ex = (-(w + 2 * pad - block)) % step
     zp = np.pad(z, ((pad, pad + ey), (pad, pad + ex)), mode="symmetric")
     pp = None if pilot is None else np.pad(pilot, ((pad, pad + ey), (pad, pad + ex)), mode="symmetric")
+    zp = zp.astype(np.float32)
+    pp = None if pp is None else pp.astype(np.float32)
     win1 = np.hanning(block + 2)[1:-1]
     window = np.outer(win1, win1)
     nb = _windowed_psd(noise_b, window)
+    half = block // 2 + 1  # the columns of a real FFT's half spectrum
+    nbh = nb[:, :half].astype(np.float32)
+    win32 = window.astype(np.float32)
     hp, wp = zp.shape
     ny, nx = (hp - block) // step + 1, (wp - block) // step + 1
     view = sliding_window_view(zp, (block, block))[::step, ::step]
@@ -231,17 +240,17 @@ def _sliding_dft_filter(z: np.ndarray, noise_b: np.ndarray, pilot: Optional[np.n
         if progress is not None:
             progress(y0 / ny)
         y1 = min(ny, y0 + chunk)
-        spec = sfft.fft2(view[y0:y1] * window, axes=(-2, -1), workers=-1)
+        spec = sfft.rfft2(view[y0:y1] * win32, axes=(-2, -1), workers=-1)
         if pview is None:
             power = spec.real ** 2 + spec.imag ** 2
-            gain = (power > thr * thr * nb).astype(np.float64)  # hard threshold (stage 1)
+            gain = (power > np.float32(thr * thr) * nbh).astype(np.float32)  # hard threshold (stage 1)
             gain[..., 0, 0] = 1.0
         else:
-            ps = sfft.fft2(pview[y0:y1] * window, axes=(-2, -1), workers=-1)
+            ps = sfft.rfft2(pview[y0:y1] * win32, axes=(-2, -1), workers=-1)
             ps = ps.real ** 2 + ps.imag ** 2
-            den = ps + nb  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) keeps gain 1
+            den = ps + nbh  # empirical Wiener (stage 2); 0/0 (flat pilot, no noise power) keeps gain 1
             gain = np.divide(ps, den, out=np.ones_like(ps), where=den > 0)
-        rec = sfft.ifft2(spec * gain, axes=(-2, -1), workers=-1).real * window
+        rec = sfft.irfft2(spec * gain, s=(block, block), axes=(-2, -1), workers=-1) * win32
         rec = rec.reshape(y1 - y0, nx, k, step, k, step)
         for i in range(k):
             for j in range(k):

@@ -213,3 +213,18 @@ def test_node_bad_input():
         assert out.shape == img.shape and torch.isfinite(out).all()
         assert out.min() >= 0 and out.max() <= 1
     assert read_images(img)[1].scale == 65535  # the 16-bit input was rescaled, not clipped
+
+
+@pytest.mark.parametrize("shape,step", [((37, 53), 4), ((61, 40), 8), ((16, 17), 4)])
+def test_fast_sliding_dft_filter_equals_the_plain_loop(shape, step):
+    """The vectorised filter (real FFTs in float32) against the loop written with full complex float64
+    FFTs, both stages, white and coloured noise."""
+    rng = np.random.default_rng(sum(shape) + step)
+    h, w = shape
+    z = np.clip(0.5 + 0.2 * np.sin(np.arange(w) / 5.0)[None] + rng.normal(0, 0.05, shape), 0, 1)
+    coloured = bd._block_psd(np.abs(np.fft.fft2(rng.normal(0, 1, (32, 32)))) ** 2 * 1e-3, 16)
+    for nb in (np.full((16, 16), 0.05 ** 2 * 256), coloured):
+        pilot = bd._sliding_dft_filter_loop(z, nb, None, 16, step, 2.7)
+        np.testing.assert_allclose(bd._sliding_dft_filter(z, nb, None, 16, step, 2.7), pilot, atol=1e-5)
+        np.testing.assert_allclose(bd._sliding_dft_filter(z, nb, pilot, 16, step, 0.0),
+                                   bd._sliding_dft_filter_loop(z, nb, pilot, 16, step, 0.0), atol=1e-5)

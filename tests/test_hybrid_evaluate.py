@@ -67,3 +67,30 @@ def test_summary_and_table_cover_every_method_present():
     assert set(s["by_level"]["severe"]) == {"input", "auto", "nlm_autolevels", "autolevels_unsharp"}
     table = evaluate.format_table(s)
     assert "nlm_autolevels" in table and "| severe |" in table
+
+
+def test_a_blended_auto_run_is_not_reported_as_the_method_it_was_routed_to():
+    """auto's output is reused for the method it routed to only when it is that method's own output:
+    after the output blend (hybrid/blend.py) the method runs by itself."""
+    from types import SimpleNamespace
+
+    from restorekit.hybrid.tools.evaluate import evaluate
+
+    clean = np.full((16, 16, 3), 0.5, np.float32)
+    dam = clean + 0.1
+
+    class Stub:
+        thresholds = SimpleNamespace()
+        calls = []
+
+        def restore(self, x, m):
+            self.calls.append(m)
+            info = {"method": "ml_guided", "stages": ["tone"], "unchanged": False, "severity": "moderate",
+                    "parameters": {"blend": {"weight": 0.5}} if m == "auto" else {}}
+            return (x - 0.05 if m == "auto" else x - 0.1), info
+
+    stub = Stub()
+    res = evaluate(stub, pairs=[{"clean": clean, "damaged": dam, "source": "s", "level": "moderate", "seed": 0}],
+                   methods=("auto", "ml_guided"), log=lambda s: None)
+    by = {r["method"]: r["psnr"] for r in res["rows"]}
+    assert stub.calls == ["auto", "ml_guided"] and by["ml_guided"] > by["auto"]

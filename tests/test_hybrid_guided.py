@@ -152,8 +152,10 @@ def test_shipped_models_beat_both_baselines_on_held_out_sources(shipped):
 
 def test_auto_lets_the_rules_decide_when_the_forests_plan_is_empty():
     """The shipped Gaussian-blur example (512 px, one clean-cut defect, unlike the forests' training mix):
-    the forests predict no gain anywhere, so auto runs the rule plan — the same output as ``classical``
-    — and the route says so; the forests alone would have returned it unchanged."""
+    the forests predict no gain anywhere, so auto runs the rule plan — the same output as ``classical``,
+    then mixed with the U-Net's by the shipped blend (hybrid/blend.py) — and the route says so; the
+    forests alone would have returned it unchanged."""
+    from restorekit.hybrid.blend import blend
     from restorekit.scripts import image_io
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "images",
@@ -165,7 +167,12 @@ def test_auto_lets_the_rules_decide_when_the_forests_plan_is_empty():
     out, rep = r.restore(img, "auto")
     ref, cl = r.restore(img, "classical")
     assert rep.method == "classical" and rep.parameters["route"]["chosen"] == "classical"
-    assert "deblur" in rep.stages and not rep.unchanged and np.array_equal(out, ref)
+    assert "deblur" in rep.stages and not rep.unchanged
+    b = rep.parameters.get("blend")
+    if b is None:
+        assert np.array_equal(out, ref)
+    else:
+        np.testing.assert_allclose(out, blend(ref, r._unet_run(img)[0], b["weight"]), atol=1e-6)
 
 
 def test_auto_routes_to_the_unet_when_it_changes_the_image_a_lot(identity_unet):

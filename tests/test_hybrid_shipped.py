@@ -3,6 +3,7 @@
 The shipped U-Net was retrained on damage recipe v2 (the source registry's training split), so these
 checks use it (``RECIPE``); the predictor (now only the quality estimate) was trained on v1.
 """
+import numpy as np
 import pytest
 
 from restorekit.hybrid import analysis, engine, unet
@@ -71,11 +72,16 @@ def test_auto_with_shipped_models_beats_identity_on_severe(held_out):
 
 
 def test_auto_with_shipped_models_leaves_held_out_light_damage_alone():
-    """Light damage is routed away from the U-Net, which would cost more than it gains there."""
+    """Light damage is routed away from the U-Net, which would cost more than it gains there, and auto
+    meets the issue's light-damage targets on these held-out pairs: on average no worse than the input
+    − 0.2 dB, no image more than 1 dB worse.  (With the output blend, ``chelsea`` seed 43 loses 0.57 dB:
+    its plan −0.09, the U-Net −3.8 dB, mixed in at 0.196; the four gain on average.)"""
     r = engine.HybridRestorer(device="cpu")
+    gains = []
     for src, seed in (("chelsea", 41), ("rocket", 42), ("chelsea", 43), ("rocket", 44)):
         clean = damage.load_source(src, 128)
         dam, _ = damage.damage_image(clean, "light", seed, recipe=RECIPE)
         out, info = r.restore(dam, "auto")
         assert info.method != "deep_learning", (src, seed, info.analysis.quality_db)
-        assert psnr(out, clean) >= psnr(dam, clean) - 0.5
+        gains.append(psnr(out, clean) - psnr(dam, clean))
+    assert min(gains) >= -1.0 and np.mean(gains) >= -0.2, gains

@@ -78,6 +78,10 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
     assert g.route_forest is not None and g.route_forest.n_features_in_ == (
         len(guided.FEATURE_NAMES) + len(guided.ROUTE_EXTRA_FEATURES))
     assert g.route_forest_risk in (0.0, 0.5, 1.0, 1.5, 2.0) and np.isfinite(g.route_forest_margin)
+    # the output blend, chosen last on validation rows (hybrid/blend.py): a setting of its grid
+    from restorekit.hybrid import blend
+
+    assert g.blend["max_weight"] in blend.MAX_WEIGHT_GRID and "blend_validation" in g.bundle
     from restorekit.hybrid import inpaint_gate
     from restorekit.scripts.shipped_models import model_path, sha256_file
 

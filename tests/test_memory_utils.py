@@ -93,6 +93,35 @@ def test_plan_whole_image_when_it_fits_and_tiles_when_not():
         planning.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=100 << 20, reserved_bytes=1 << 30, bytes_per_pixel=1000)
 
 
+def test_an_architecture_that_discourages_tiling_runs_whole_when_it_fits():
+    """Per-image statistics (the hybrid U-Net, SFHformer): the whole image whenever it fits — above
+    the size where other architectures are always tiled, and even where tiles would be leaner — else
+    the largest tile that fits."""
+    handle = ModelHandle(ConvNet(), "global", size_multiple=8, min_overlap=16, tiling="discouraged")
+    plain = ModelHandle(ConvNet(), "convnet", size_multiple=8, min_overlap=16)
+    for h, w in ((500, 400), (1200, 900)):
+        assert planning.plan_tiles(plain, h, w, "cpu", free_bytes=10 << 30, bytes_per_pixel=1000).tile is not None
+        plan = planning.plan_tiles(handle, h, w, "cpu", free_bytes=10 << 30, bytes_per_pixel=1000)
+        assert plan.tile is None and "discourages tiling" in plan.reason
+    plan = planning.plan_tiles(handle, 4000, 3000, "cpu", free_bytes=400 << 20, bytes_per_pixel=1000)
+    fits = [o for o in plan.options if o.bytes <= plan.budget_bytes]
+    assert plan.tile == max(o.tile for o in fits if o.tile) and "fewest seams" in plan.reason
+    # the pure rule: nothing fits -> None
+    opts = [planning.PlanOption(None, 1, 100, 100, bytes=10.0), planning.PlanOption(64, 4, 120, 30, bytes=5.0)]
+    assert planning.choose_fewest_seams(opts, 4.0)[0] is None
+    assert planning.choose_fewest_seams(opts, 6.0)[0].tile == 64 and planning.choose_fewest_seams(opts, 10.0)[0].tile is None
+
+
+def test_the_hybrid_unet_is_run_on_the_whole_image():
+    from restorekit.hybrid import unet
+
+    h = unet.handle_from_module(unet.RestoreUNet(base=4))
+    assert h.tiling == "discouraged"
+    img = np.random.default_rng(0).uniform(0, 1, (300, 260, 3)).astype(np.float32)
+    _, report = unet.run(h, img, device="cpu")
+    assert report.info_fields()["tile"] == "whole image"
+
+
 def test_probe_grows_with_network_width():
     small = planning.probe_bytes_per_pixel(ModelHandle(ConvNet(width=4), "s"), "cpu")
     large = planning.probe_bytes_per_pixel(ModelHandle(ConvNet(width=64), "l"), "cpu")

@@ -82,7 +82,8 @@ def evaluate(restorer: Optional[HybridRestorer] = None, per_level: int = 4, max_
             if m in outs:
                 continue
             if m in ENGINE_METHODS:
-                if "auto" in infos and infos["auto"]["method"] == m:  # the routed run is reused
+                # the routed run is reused, unless auto mixed it with the U-Net's (hybrid/blend.py)
+                if "auto" in infos and infos["auto"]["method"] == m and "blend" not in infos["auto"]["parameters"]:
                     outs[m], infos[m] = outs["auto"], infos["auto"]
                 else:
                     outs[m], infos[m] = restorer.restore(dam, m)

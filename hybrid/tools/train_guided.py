@@ -461,6 +461,132 @@ def train_route_forest(bundle: Dict[str, object], train_rows: List[Dict[str, obj
     return res
 
 
+# --- the output blend ----------------------------------------------------------------------------------------
+def blend_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str = "wiener",
+               log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None) -> List[Dict[str, object]]:
+    """For each pair (:func:`route_pairs`): ``auto`` with the blend off, then — where it took the plan
+    and the plan changed the image — the U-Net on the input and the blend's error terms
+    (:func:`..blend.mse_terms`: ``mse_terms``, so every weight is scored exactly from three numbers)
+    with the route's ``advantage_db`` (what :func:`..blend.weight_for` reads).  ``input``: the input's MSE."""
+    from ..blend import mse_terms
+    from ..engine import HybridRestorer
+    from ...scripts.metrics import mse
+
+    off = _guided.Guide({**guide.bundle, "blend": {"max_weight": 0.0}}, guide.source)
+    r = HybridRestorer(guide=off, unet=unet, device="cpu", denoiser=denoiser, tone_prior=tone_prior,
+                       inpaint_gate=inpaint_gate)
+    rows = []
+    t0 = time.perf_counter()
+    for i, p in enumerate(pairs):
+        out, info = r.restore(p["damaged"], "auto")
+        route = info["parameters"].get("route", {})
+        row = {"level": p["level"], "source": p.get("source", ""), "method": info["method"],
+               "unchanged": bool(info["unchanged"]), "input_mse": mse(p["damaged"], p["clean"]),
+               "advantage_db": float(route.get("predicted_advantage_db", route.get("deep_learning_gain_db", 0.0)
+                                               - route.get("ml_guided_gain_db", 0.0)))}
+        if info["method"] != "deep_learning" and not info["unchanged"]:
+            row["mse_terms"] = mse_terms(p["clean"], out, r._unet_run(p["damaged"])[0], info.mask)
+        else:
+            row["mse_terms"] = (mse(out, p["clean"]), 0.0, 0.0)
+        rows.append(row)
+        if (i + 1) % 10 == 0:
+            log(f"[guided] blend calibration {i + 1}/{len(pairs)} ({time.perf_counter() - t0:.0f} s)")
+    return rows
+
+
+def _blend_gains(rows: List[Dict[str, object]], max_weight: float, centre_db: float, scale_db: float) -> np.ndarray:
+    """PSNR gain over the input (dB, both capped at :data:`ROUTE_PSNR_CAP_DB`) of ``auto`` with these
+    blend settings, per row of :func:`blend_rows`."""
+    from ..blend import weight_for
+
+    cap_mse = 10.0 ** (-ROUTE_PSNR_CAP_DB / 10.0)
+    out = []
+    for x in rows:
+        a, b, c = x["mse_terms"]
+        w = round(weight_for(x["advantage_db"], max_weight, centre_db, scale_db), 3) if c > 0 else 0.0
+        m = max(a + 2.0 * w * b + w * w * c, cap_mse)
+        out.append(10.0 * np.log10(max(x["input_mse"], cap_mse) / m))
+    return np.array(out)
+
+
+def choose_blend(rows: List[Dict[str, object]]) -> Dict[str, object]:
+    """The blend settings of ``auto`` (:func:`..blend.weight_for`: largest weight, centre, scale) from
+    :func:`blend_rows`: the best mean gain over the damaged rows among the settings that keep the
+    light-damage rule where the blend off keeps it (mean ≥ input − 0.2 dB) and push no light image
+    below input − 1 dB that the blend off did not (an image the route sends to the U-Net is not the
+    blend's doing); ties to the smaller largest weight."""
+    from ..blend import CENTRE_GRID_DB, MAX_WEIGHT_GRID, SCALE_GRID_DB
+
+    dam = [x for x in rows if x["level"] != "clean"]
+    lv = np.array([x["level"] for x in dam])
+    light = lv == "light"
+    d0 = _blend_gains(dam, 0.0, 0.0, 10.0)
+    scores = {}
+    for wm in MAX_WEIGHT_GRID:
+        for c in CENTRE_GRID_DB if wm > 0 else (0.0,):
+            for sc in SCALE_GRID_DB if wm > 0 else (10.0,):
+                d = _blend_gains(dam, wm, c, sc)
+                ok = (not light.any()) or bool(d[light].mean() >= min(-0.2, float(d0[light].mean()))
+                                               and (d[light] >= np.minimum(-1.0, d0[light]) - 1e-9).all())
+                scores[(wm, c, sc)] = {"gain_db": float(d.mean()), "light_ok": ok,
+                                       "by_level": {k: float(d[lv == k].mean()) for k in ("light", "moderate", "severe")
+                                                    if (lv == k).any()},
+                                       "light_worst_db": float(d[light].min()) if light.any() else 0.0}
+    allowed = [k for k in scores if scores[k]["light_ok"]] or [(0.0, 0.0, 10.0)]
+    best = max(allowed, key=lambda k: (round(scores[k]["gain_db"], 3), -k[0]))
+    return {"blend": {"max_weight": best[0], "centre_db": best[1], "scale_db": best[2]}, "chosen": scores[best],
+            "off": scores[(0.0, 0.0, 10.0)], "by_setting": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in scores.items()},
+            "n": len(dam), "n_blendable": int(sum(x["mse_terms"][2] > 0 for x in dam))}
+
+
+def calibrate_blend(guide, unet=None, rows: Optional[List[Dict[str, object]]] = None, max_side: int = 256,
+                    limit: Optional[int] = None, log: Callable[[str], None] = print, tone_prior=None,
+                    inpaint_gate=None) -> Dict[str, object]:
+    """:func:`choose_blend` on :func:`blend_rows` of the validation split (:func:`route_pairs`, base seed
+    7, as the route is chosen); ``rows``: already computed."""
+    if rows is None:
+        pairs = route_pairs("val", max_side=max_side, base_seed=7, limit=limit)
+        rows = blend_rows(guide, pairs, unet, log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate)
+    res = choose_blend(rows)
+    res["rows"] = rows
+    c, o = res["chosen"], res["off"]
+    lvs = ("light", "moderate", "severe")
+    log(f"[guided] blend {res['blend']}: validation gain light / moderate / severe "
+        + " / ".join(f"{c['by_level'].get(k, float('nan')):+.2f}" for k in lvs) + " dB (blend off: "
+        + " / ".join(f"{o['by_level'].get(k, float('nan')):+.2f}" for k in lvs) + f"); {res['n_blendable']} of {res['n']} damaged "
+        "images blendable")
+    return res
+
+
+def _set_blend(bundle: Dict[str, object], res: Dict[str, object]) -> None:
+    """Write the chosen blend weight (and its validation table, without the rows) into ``bundle``."""
+    bundle["blend"] = dict(res["blend"])
+    bundle["blend_validation"] = {k: v for k, v in res.items() if k != "rows"}
+
+
+def recalibrate_blend(models_dir: Optional[str] = None, out_relpath: str = _guided.RELPATH,
+                      limit: Optional[int] = None, log: Callable[[str], None] = print,
+                      cache: Optional[str] = None) -> Dict[str, object]:
+    """Choose the shipped bundle's blend weight again (:func:`calibrate_blend` with the shipped U-Net,
+    inpaint gate and tone prior), keeping everything else, and save it.  ``cache``: a pickle of the
+    rows, read when it exists, else written."""
+    import os
+    import pickle
+
+    guide = _guided.Guide.load(**({"models_dir": models_dir} if models_dir else {}))
+    rows = None
+    if cache and os.path.isfile(cache):
+        with open(cache, "rb") as f:
+            rows = pickle.load(f)
+    res = calibrate_blend(guide, rows=rows, limit=limit, log=log)
+    if cache and rows is None:
+        with open(cache, "wb") as f:
+            pickle.dump(res["rows"], f)
+    bundle = dict(guide.bundle)
+    _set_blend(bundle, res)
+    return {"blend": res, "sha256": _guided.save(bundle, out_relpath, models_dir)}
+
+
 def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[str] = None, quick: bool = False,
           unet=None, log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None,
           cache: Optional[str] = None, **overrides) -> Dict[str, object]:
@@ -522,6 +648,9 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         route = calibrate_route(guide, unet, per_level=1, max_side=side, limit=cfg["route_limit"], log=log,
                                 tone_prior=tone_prior, inpaint_gate=inpaint_gate)
         _set_route(bundle, route)
+    # the output blend, last: it is chosen for the route just made
+    _set_blend(bundle, calibrate_blend(_guided.Guide(bundle), unet, max_side=side,
+                                       limit=cfg["route_val_limit"] if cfg["route_forest"] else cfg["route_limit"], log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate))
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None
     return {"bundle": bundle, "sha256": digest, "validation": margins, "route": route, "train_rows": tr, "val_rows": va,
             "seconds": bundle["seconds"]}
@@ -535,7 +664,12 @@ if __name__ == "__main__":  # pragma: no cover
     ap.add_argument("--cache", help="pickle the train / val rows here (for margin and routing studies)")
     ap.add_argument("--route-only", action="store_true",
                     help="only choose the shipped bundle's route again (recalibrate_route); --cache: its rows")
+    ap.add_argument("--blend-only", action="store_true",
+                    help="only choose the shipped bundle's blend weight again (recalibrate_blend); --cache: its rows")
     a = ap.parse_args()
+    if a.blend_only:
+        recalibrate_blend(cache=a.cache)
+        raise SystemExit(0)
     if a.route_only:
         recalibrate_route(cache=a.cache)
         raise SystemExit(0)

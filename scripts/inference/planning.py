@@ -257,7 +257,8 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
                         min_size=handle.min_size, max_tile=MAX_TILE.get(device.type, 512),
                         extra_bytes=extra_bytes, bytes_per_pixel=bpp)
     note = ""
-    if max(height, width) > MAX_TILE.get(device.type, 512) and any(o.tile is not None for o in opts):
+    discouraged = handle.tiling == "discouraged"
+    if not discouraged and max(height, width) > MAX_TILE.get(device.type, 512) and any(o.tile is not None for o in opts):
         # the whole image only up to MAX_TILE: costs are measured on probes up to MAX_TILE, so a larger
         # whole image's time is an extrapolation, while its memory (activations for all of it) is
         # certain (4 MP SCUNet: predicted 30 % faster whole, ran no faster than 448 px tiles, 18x the memory)
@@ -268,17 +269,36 @@ def plan_tiles(handle, height: int, width: int, device, dtype=torch.float32, *, 
         raise OutOfMemoryError(
             f"not enough free memory on {device}: {format_bytes(free)} free, "
             f"{format_bytes(reserved_bytes)} needed for the output alone")
-    pick, why = choose(opts, budget, slack)
+    pick, why = choose_fewest_seams(opts, budget) if discouraged else choose(opts, budget, slack)
     if pick is None:  # nothing predicted to fit: the smallest tile, and the out-of-memory chain after it
         pick = min(opts, key=lambda o: o.bytes)
         why = f"{why}; trying the smallest plan"
     why += note
-    if handle.tiling == "discouraged" and pick.tile is not None:
-        why += "; the architecture discourages tiling, so seams are possible"
+    if discouraged and pick.tile is not None:
+        why += "; seams are possible"
     if costs is not None and costs.has_memory and pick.max_px:
         bpp = costs.bytes(pick.max_px) / pick.max_px
     return TilePlan(pick.tile, rule.overlap if pick.tile else 0, bpp, free, budget, why,
                     predicted_bytes=pick.bytes, predicted_seconds=pick.seconds, options=opts)
+
+
+def choose_fewest_seams(options: Sequence[PlanOption], budget: float):
+    """The plan for an architecture that discourages tiling (per-image statistics, a global colour
+    transform, Fourier branches: each tile would compute its own, so tiles can disagree): the whole
+    image when it fits ``budget`` bytes, else the largest tile that does (fewest seams), whatever the
+    speed.  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
+    fits = [o for o in options if o.bytes <= budget]
+    if not fits:
+        least = min(options, key=lambda o: o.bytes) if options else None
+        return None, (f"nothing fits the budget of {format_bytes(budget)}"
+                      + (f" (smallest plan: {least.label()})" if least else ""))
+    whole = [o for o in fits if o.tile is None]
+    if whole:
+        return whole[0], (f"the whole image: the architecture discourages tiling, and it fits (needs "
+                          f"~{format_bytes(whole[0].bytes)} of {format_bytes(budget)} budget)")
+    pick = max(fits, key=lambda o: (o.tile, -o.tiles))
+    return pick, (f"the largest tile within the {format_bytes(budget)} budget: the architecture discourages "
+                  "tiling (fewest seams), and the whole image does not fit")
 
 
 # --- measuring ---------------------------------------------------------------------------------------

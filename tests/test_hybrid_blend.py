@@ -134,6 +134,12 @@ def test_auto_blends_the_plans_result_with_the_unets_and_says_so():
     np.testing.assert_allclose(out, ref + b["weight"] * (0.5 - ref), atol=1e-6)
     assert info.stages[-1] == f"U-Net blend ({b['weight']:g})" and "mixed with the U-Net" in b["why"]
     assert "U-Net blend" in info.info_fields()["stages"]
+    # the CLI line and restore_report.json list it as a step with its weight
+    from restorekit.hybrid.tools.batch import restore_steps, step_text
+
+    steps = restore_steps(info)["steps"]
+    assert steps[-1]["stage"] == "U-Net blend" and steps[-1]["params"]["weight"] == b["weight"]
+    assert step_text(steps[-1]).startswith(f"U-Net blend(weight={b['weight']:g}")
 
 
 def test_an_image_the_plan_leaves_unchanged_is_not_blended():

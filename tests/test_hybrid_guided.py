@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from restorekit.hybrid import guided, plan, unet
+from restorekit.hybrid import guided, unet
 from restorekit.hybrid.engine import HybridRestorer
 from restorekit.hybrid.tools import damage
 from restorekit.scripts.metrics import psnr

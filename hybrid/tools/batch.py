@@ -453,16 +453,23 @@ def restore_steps(info) -> Dict[str, object]:
     from ..defects import jsonable
 
     params = info.parameters or {}
+    runner = params.get("runner")
+    run_fields = {}
+    if runner is not None and hasattr(runner, "info_fields"):
+        f = runner.info_fields()
+        run_fields = {k: str(f[k]) for k in ("device", "tile", "precision") if f.get(k) is not None}
     execution = params.get("execution")
     if isinstance(execution, dict):  # the plan: its execution report already says it all
-        return {"steps": list(execution.get("stages") or []), "skipped": list(execution.get("skipped") or [])}
+        steps = list(execution.get("stages") or [])
+        blend = params.get("blend")
+        if isinstance(blend, dict):  # auto mixed the plan's result with the U-Net's (hybrid/blend.py)
+            shown = {k: v for k, v in blend.items() if k not in ("why", "model")}
+            steps.append({"stage": "U-Net blend", "params": jsonable({**shown, **run_fields}), "why": blend.get("why", "")})
+        return {"steps": steps, "skipped": list(execution.get("skipped") or [])}
     shown = {k: v for k, v in params.items() if k not in ("runner", "why", "model", "no_change")}
     if params.get("model"):
         shown["model"] = os.path.basename(str(params["model"]))
-    runner = params.get("runner")
-    if runner is not None and hasattr(runner, "info_fields"):
-        f = runner.info_fields()
-        shown.update({k: str(f[k]) for k in ("device", "tile", "precision") if f.get(k) is not None})
+    shown.update(run_fields)
     why = params.get("why", "")
     return {"steps": [{"stage": st, "params": jsonable(shown), "why": why} for st in (info.stages or [])]}
 

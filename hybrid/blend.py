@@ -10,9 +10,9 @@ over regressors).  For two estimates with uncorrelated errors of mean squared er
 weighting).  ``auto`` does not know ``a``; the route forest predicts it (:meth:`.guided.Guide.route_advantage`),
 noisily, so :func:`weight_for` takes that form with a centre and a scale (dB) and a largest weight, the
 three chosen on validation pairs (:func:`hybrid.tools.train_guided.calibrate_blend`; largest weight 0,
-the default of older bundles: off).  Shipped: largest weight 0.9, centre +1 dB, scale 3 dB — on the 61
-validation sources × light / moderate / severe, ``auto`` gains +1.01 / +2.54 / +2.41 dB with the blend
-against +0.80 / +2.03 / +2.03 without; the model card has the held-out tables.
+the default of older bundles: off).  Shipped: largest weight 0.7, centre 0 dB, scale 3 dB — on the 61
+validation sources × light / moderate / severe, ``auto`` gains +1.17 / +2.64 / +2.63 dB with the blend
+against +0.93 / +1.68 / +2.11 without; the model card has the held-out tables.
 
 Inside the inpainted mask (dilated by :data:`MASK_GUARD_PX`, feathered) the plan's pixels are kept: the
 U-Net does not inpaint, and half a scratch would come back.  An image the plan left unchanged (judged

@@ -547,14 +547,23 @@ class HybridRestorer:
                              q["coarse_db"], q["fine_db"])
             adv, spread = g.route_advantage(v)
             use_deep = adv - g.route_forest_risk * spread > g.route_forest_margin
+            disagreement = deep_mean - plan_gain
+            outside = use_deep and disagreement < g.route_forest_floor
+            use_deep = use_deep and not outside
             why.update({"by": "route forest", "unet_residual_db": round(q["coarse_db"], 3),
                         "unet_fine_residual_db": round(q["fine_db"], 3),
                         "predicted_advantage_db": round(adv, 3), "advantage_spread_db": round(spread, 3),
                         "route_forest_risk": g.route_forest_risk, "route_forest_margin_db": g.route_forest_margin,
+                        "route_forest_floor_db": g.route_forest_floor if np.isfinite(g.route_forest_floor) else None,
                         "chosen": "deep_learning" if use_deep else "ml_guided"})
             if use_deep:
                 why["because"] = (f"the route forest predicts the U-Net path {adv:+.2f} dB over the plan "
                                   f"(less {g.route_forest_risk:g} × spread {spread:.2f} > {g.route_forest_margin:g} dB)")
+            elif outside:
+                why["because"] = (f"the route forest predicts the U-Net path {adv:+.2f} dB over the plan, but the deep "
+                                  f"forest predicts it {disagreement:+.2f} dB against the plan, below the "
+                                  f"{g.route_forest_floor:+.2f} dB floor of the images the route was validated on: "
+                                  "outside its domain, the plan runs")
         elif not use_deep and np.isfinite(g.route_residual_db) and self.unet is not None:
             q, unet_out = self.unet_residual_db(img)
             why["unet_residual_db"] = round(q, 3)

@@ -204,6 +204,10 @@ class Guide:
         self.route_forest = bundle.get("route_forest")
         self.route_forest_risk = float(bundle.get("route_forest_risk", 0.0))
         self.route_forest_margin = float(bundle.get("route_forest_margin_db", 0.0))
+        #: ... and only where the deep forest's predicted gain less the plan's is at least this (dB): the
+        #: lowest such difference among the validation images the route forest sends to the U-Net, less a
+        #: safety margin — beyond it the forest would extrapolate (−inf in bundles before it existed)
+        self.route_forest_floor = float(bundle.get("route_forest_floor_db", float("-inf")))
         #: the U-Net's weight in ``auto``'s output when its plan (not the U-Net path) changed the image:
         #: :func:`.blend.weight_for` of the route's predicted advantage with these ``max_weight``,
         #: ``centre_db`` and ``scale_db`` (chosen on validation; largest weight 0: off, as in bundles from

@@ -264,6 +264,30 @@ def test_route_forest_advantage_and_calibration_keep_light_and_clean_images_off_
     # undamaged one (+0.5) off the U-Net while taking both heavy rows
     assert 1.5 <= res["route_forest_margin_db"] < 4.0
     assert res["chosen"]["light_ok"] and res["chosen"]["clean_ok"] and res["chosen"]["deep_fraction"] == 0.5
+    # the floor: the lowest (deep forest's gain − plan's gain) of the routed validation rows, less 0.5 dB
+    rows[0]["pred_deep"], rows[1]["pred_deep"], rows[1]["pred_plan"] = 1.0, 0.5, 2.5
+    from restorekit.hybrid.tools.train_guided import ROUTE_FOREST_FLOOR_SAFETY_DB
+
+    res = choose_route_forest(ResidualModel(), rows)
+    assert res["route_forest_floor_db"] == pytest.approx(-2.0 - ROUTE_FOREST_FLOOR_SAFETY_DB)
+
+
+def test_the_route_forest_is_not_followed_outside_its_floor(identity_unet):
+    """Where the deep forest predicts the U-Net path far below the plan — further than on any validation
+    image the route forest sent to the U-Net — the route forest is extrapolating: the plan runs."""
+    img = damage.load_source("astronaut", 128)
+    guide = toy_guide({"sharpen": [0.2, 1.0]}, deep=-3.0)  # deep forest: −3 dB, the plan: +1 dB
+    guide.route_forest = ConstModel([2.0])
+    guide.route_forest_margin = 1.0
+    r = HybridRestorer(unet=identity_unet, guide=guide)
+    guide.route_forest_floor = -5.0  # −4 dB is within the floor: the forest decides
+    _, info = r.restore(img, "auto")
+    assert info.method == "deep_learning"
+    guide.route_forest_floor = -3.5  # −4 dB is below it
+    _, info = r.restore(img, "auto")
+    route = info.parameters["route"]
+    assert info.method == "ml_guided" and route["route_forest_floor_db"] == -3.5
+    assert "outside its domain" in route["because"] and "-4.00 dB against the plan" in route["because"]
 
 
 def test_auto_follows_the_route_forest_when_the_bundle_has_one(identity_unet):

@@ -78,6 +78,7 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
     assert g.route_forest is not None and g.route_forest.n_features_in_ == (
         len(guided.FEATURE_NAMES) + len(guided.ROUTE_EXTRA_FEATURES))
     assert g.route_forest_risk in (0.0, 0.5, 1.0, 1.5, 2.0) and np.isfinite(g.route_forest_margin)
+    assert "route_forest_floor_db" in g.bundle  # −inf only when no validation image was routed
     # the output blend, chosen last on validation rows (hybrid/blend.py): a setting of its grid
     from restorekit.hybrid import blend
 

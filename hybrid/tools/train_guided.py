@@ -364,6 +364,14 @@ ROUTE_FOREST_RISK_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
 ROUTE_FOREST_MARGIN_GRID = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 100.0)
 #: PSNRs are capped here (dB) before the advantage is taken: an unchanged undamaged image is infinite
 ROUTE_PSNR_CAP_DB = 60.0
+#: damaged validation pairs per source and level on which the route forest's risk and margin are chosen:
+#: three, so the light-damage rule sees 183 light images (with one per level, the setting chosen for the
+#: three-phase U-Net let a light example photo of a warm-toned cat lose 11 dB on the U-Net path; on the
+#: tripled rows that setting breaks the rule and a more cautious one is chosen)
+ROUTE_VAL_PER_LEVEL = 3
+#: the route forest's floor (:attr:`..guided.Guide.route_forest_floor`) lies this far (dB) below the lowest
+#: (deep forest's gain − plan's gain) of the validation images it sends to the U-Net
+ROUTE_FOREST_FLOOR_SAFETY_DB = 0.5
 
 
 def route_pairs(split: str, per_level: int = 1, max_side: int = 256, base_seed: int = 13,
@@ -428,7 +436,14 @@ def choose_route_forest(model, rows: List[Dict[str, object]]) -> Dict[str, objec
                                            for lv in ("light", "moderate", "severe")}}
     allowed = [km for km in scores if scores[km]["light_ok"] and scores[km]["clean_ok"]] or [(0.0, 100.0)]
     best = max(allowed, key=lambda km: (round(scores[km]["psnr_db"], 3), km[1], km[0]))
+    # the forest's domain: the lowest (deep forest's gain − plan's gain) among the validation images it
+    # sends to the U-Net, less a safety margin; below it the two forests disagree more than anywhere the
+    # route was validated, and the U-Net path is not taken (no validation decision changes)
+    routed = (mean - best[0] * std > best[1]) & ~clean
+    disagreement = np.array([r["pred_deep"] - r["pred_plan"] for r in rows])
+    floor = float(disagreement[routed].min()) - ROUTE_FOREST_FLOOR_SAFETY_DB if routed.any() else float("-inf")
     return {"route_forest_risk": float(best[0]), "route_forest_margin_db": float(best[1]),
+            "route_forest_floor_db": floor,
             "chosen": scores[best], "by_setting": {f"{k}/{m}": v for (k, m), v in scores.items()},
             "n": len(dam), "n_clean": int(clean.sum())}
 
@@ -451,6 +466,7 @@ def train_route_forest(bundle: Dict[str, object], train_rows: List[Dict[str, obj
     bundle["route_forest"] = model
     bundle["route_forest_risk"] = res["route_forest_risk"]
     bundle["route_forest_margin_db"] = res["route_forest_margin_db"]
+    bundle["route_forest_floor_db"] = res["route_forest_floor_db"]
     bundle["route_forest_validation"] = {**res, "train_rows": len(train_rows), "val_rows": len(val_rows),
                                          "features": list(_guided.FEATURE_NAMES) + list(_guided.ROUTE_EXTRA_FEATURES)}
     c = res["chosen"]
@@ -637,8 +653,8 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         # every level plus undamaged, restored both ways; its risk and margin, and the fallback route, on
         # all of the val split (as refit_route_forest, which made the shipped bundle)
         kw = dict(log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate, methods=("ml_guided", "deep_learning"))
-        va_route = route_rows(guide, route_pairs("val", max_side=side, base_seed=7, limit=cfg["route_val_limit"]),
-                              unet, **kw)
+        va_route = route_rows(guide, route_pairs("val", per_level=ROUTE_VAL_PER_LEVEL, max_side=side, base_seed=7,
+                                                 limit=cfg["route_val_limit"]), unet, **kw)
         route = calibrate_route(guide, log=log, rows=va_route)
         _set_route(bundle, route)
         tr_route = route_rows(guide, route_pairs("train", max_side=side, base_seed=13, limit=cfg["route_train_limit"]),

@@ -35,6 +35,14 @@ MASK_GUARD_PX = 3
 MASK_FEATHER_PX = 2
 
 
+def route_advantage_db(route: dict) -> float:
+    """The U-Net's predicted PSNR advantage over the plan (dB) that ``auto``'s route report holds: the
+    route forest's prediction, or in bundles without one the deep forest's gain less the plan's."""
+    if "predicted_advantage_db" in route:
+        return float(route["predicted_advantage_db"])
+    return float(route.get("deep_learning_gain_db", 0.0) - route.get("ml_guided_gain_db", 0.0))
+
+
 def weight_for(advantage_db: float, max_weight: float, centre_db: float = 0.0, scale_db: float = 10.0) -> float:
     """The U-Net's weight (0..``max_weight``) for a predicted PSNR advantage of the U-Net over the plan
     (dB): ``max_weight / (1 + 10^(−(advantage_db − centre_db) / scale_db))`` — with centre 0, scale

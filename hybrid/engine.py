@@ -25,7 +25,9 @@ what to inpaint, for every strategy; a mask passed in is used instead).  Strateg
   the plan's (route margin) and the U-Net residual with a threshold.  Otherwise the ``ml_guided`` plan
   — or, when the forests' plan has no step, the ``classical`` rule plan (the forests are cautious on
   damage unlike their training mix, such as one clean-cut blur or grain; the rules were chosen on such
-  pairs).  Without the ``ml_guided`` bundle, the older severity routing below is used.
+  pairs) — whose result, when it changed the image, is mixed with the U-Net's (:mod:`.blend`; the
+  weight grows with the route forest's predicted advantage).  Without the ``ml_guided`` bundle, the
+  older severity routing below is used.
 
 An image for which every stage is skipped comes back unchanged (bit-identical), with the reason.
 
@@ -65,7 +67,8 @@ STRATEGY_HELP = (
     "auto (default): measure each image's defects; a route forest predicts whether the U-Net path beats the "
     "ml_guided plan, from the measurements, the forests' predicted gains and how much the U-Net changes a 256-px "
     "copy of the image (its margin chosen on validation images so that light damage and clean images are not "
-    "harmed), and the better one runs; when the forests' plan has no step, the classical rules decide. "
+    "harmed), and the better one runs; when the forests' plan has no step, the classical rules decide; a plan "
+    "that changed the image is then mixed with the U-Net's output (more U-Net where it is predicted to do better). "
     "classical: the plan over the "
     "pack's own tools (inpaint, denoise, deblur, tone, colour, sharpen) with fixed thresholds. ml_guided: the "
     "same plan, each stage and its parameters chosen by random forests (a stage runs only when its predicted "
@@ -469,14 +472,12 @@ class HybridRestorer:
         a blend weight, ``(weight × U-Net(img) + (1 − weight) × out, its parameters)`` with the plan's
         pixels kept in and around ``inpainted``; else ``(out, None)``.  ``unet_out``: the U-Net's output
         on ``img`` when the route already ran it at full size."""
-        from .blend import blend, weight_for
+        from .blend import blend, route_advantage_db, weight_for
 
         g = self.guide
         if g is None or self.unet is None or params["execution"]["unchanged"] or g.blend["max_weight"] <= 0.0:
             return out, None
-        route = params.get("route", {})
-        adv = route.get("predicted_advantage_db",
-                        route.get("deep_learning_gain_db", 0.0) - route.get("ml_guided_gain_db", 0.0))
+        adv = route_advantage_db(params.get("route", {}))
         w = round(weight_for(adv, g.blend["max_weight"], g.blend["centre_db"], g.blend["scale_db"]), 3)
         if w <= 0.0:
             return out, None

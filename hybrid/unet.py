@@ -136,12 +136,12 @@ class RestoreUNet(nn.Module):
 
 
 def _handle(module: nn.Module, arch: str, source: str, description: str, size_multiple: int = 8,
-            supports_half: bool = False):
+            supports_half: bool = False, tiling: str = "supported"):
     from ..scripts.inference.handle import ModelHandle
 
     return ModelHandle(module=module.eval(), arch=arch, scale=1, in_channels=3, out_channels=3,
                        size_multiple=size_multiple, pad_mode="reflect", min_overlap=32,
-                       tiling="supported", supports_half=supports_half, supports_bfloat16=supports_half,
+                       tiling=tiling, supports_half=supports_half, supports_bfloat16=supports_half,
                        clamp=True, source=source, description=description)
 
 
@@ -153,13 +153,13 @@ REDUCED_TOLERANCE = (2e-3, 2e-2)
 
 def handle_from_module(model: RestoreUNet, source: str = "") -> "ModelHandle":  # noqa: F821
     """Wrap a :class:`RestoreUNet` in a ModelHandle for the memory-safe runner."""
-    handle = _handle(model, ARCH, source, f"RestoreKit hybrid U-Net, base {model.base}",
-                     size_multiple=RestoreUNet.size_multiple, supports_half=True)
-    handle.reduced_tolerance = REDUCED_TOLERANCE
     # the global branches read the whole input's statistics and predict one colour transform for it:
     # tiles would each compute their own (a 256 px validation image cut into 144 px tiles lost up to
-    # 1 dB), so the runner takes the whole image whenever it fits (planning.choose_fewest_seams)
-    handle.tiling = "discouraged"
+    # 1 dB), so tiling is discouraged: the runner takes the whole image whenever it fits
+    # (planning.choose_fewest_seams)
+    handle = _handle(model, ARCH, source, f"RestoreKit hybrid U-Net, base {model.base}",
+                     size_multiple=RestoreUNet.size_multiple, supports_half=True, tiling="discouraged")
+    handle.reduced_tolerance = REDUCED_TOLERANCE
     return handle
 
 

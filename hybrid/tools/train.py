@@ -309,13 +309,11 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     log("[retrain] hybrid U-Net")
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
-    if not quick:
-        log("[retrain] hybrid U-Net, second phase (UNET_CONTINUE)")
+    for name, phase in ([] if quick else [("second phase (UNET_CONTINUE)", UNET_CONTINUE),
+                                           ("third phase (UNET_PHASE3: 192 px crops)", UNET_PHASE3)]):
+        log(f"[retrain] hybrid U-Net, {name}")
         res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes, previous=res,
-                         init={k: v.detach().clone() for k, v in res["model"].state_dict().items()}, **UNET_CONTINUE)
-        log("[retrain] hybrid U-Net, third phase (UNET_PHASE3: 192 px crops)")
-        res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes, previous=res,
-                         init={k: v.detach().clone() for k, v in res["model"].state_dict().items()}, **UNET_PHASE3)
+                         init={k: v.detach().clone() for k, v in res["model"].state_dict().items()}, **phase)
     results["unet"] = {k: v for k, v in res.items() if k not in ("model", "history")}
     results["thresholds"] = calibrate_thresholds(pred, handle_from_module(res["model"]),
                                                  per_level=1 if quick else 10,

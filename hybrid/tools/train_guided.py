@@ -312,23 +312,30 @@ def calibrate_route(guide, unet=None, per_level: int = 1, max_side: int = 256, l
     return res
 
 
+def _with_cached_rows(cache: Optional[str], calibrate: Callable[[Optional[list]], Dict[str, object]]) -> Dict[str, object]:
+    """``calibrate(rows)`` with the rows read from the pickle ``cache`` when it exists (else ``None``:
+    the calibration makes them), and its ``res["rows"]`` written there when they were made."""
+    import os
+    import pickle
+
+    rows = None
+    if cache and os.path.isfile(cache):
+        with open(cache, "rb") as f:
+            rows = pickle.load(f)
+    res = calibrate(rows)
+    if cache and rows is None:
+        with open(cache, "wb") as f:
+            pickle.dump(res["rows"], f)
+    return res
+
+
 def recalibrate_route(models_dir: Optional[str] = None, out_relpath: str = _guided.RELPATH, limit: Optional[int] = 30,
                       log: Callable[[str], None] = print, cache: Optional[str] = None) -> Dict[str, object]:
     """Choose the route of the shipped bundle again (:func:`calibrate_route`, the shipped U-Net,
     inpaint gate and tone prior) without refitting its forests, and save it.  ``cache``: a pickle of the
     route rows, read when it exists, else written."""
-    import os
-    import pickle
-
     guide = _guided.Guide.load(**({"models_dir": models_dir} if models_dir else {}))
-    rows = None
-    if cache and os.path.isfile(cache):
-        with open(cache, "rb") as f:
-            rows = pickle.load(f)
-    route = calibrate_route(guide, None, limit=limit, log=log, rows=rows)
-    if cache and rows is None:
-        with open(cache, "wb") as f:
-            pickle.dump(route["rows"], f)
+    route = _with_cached_rows(cache, lambda rows: calibrate_route(guide, None, limit=limit, log=log, rows=rows))
     bundle = dict(guide.bundle)
     _set_route(bundle, route)
     digest = _guided.save(bundle, out_relpath, models_dir)
@@ -484,7 +491,7 @@ def blend_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
     and the plan changed the image — the U-Net on the input and the blend's error terms
     (:func:`..blend.mse_terms`: ``mse_terms``, so every weight is scored exactly from three numbers)
     with the route's ``advantage_db`` (what :func:`..blend.weight_for` reads).  ``input``: the input's MSE."""
-    from ..blend import mse_terms
+    from ..blend import mse_terms, route_advantage_db
     from ..engine import HybridRestorer
     from ...scripts.metrics import mse
 
@@ -495,11 +502,9 @@ def blend_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
     t0 = time.perf_counter()
     for i, p in enumerate(pairs):
         out, info = r.restore(p["damaged"], "auto")
-        route = info["parameters"].get("route", {})
         row = {"level": p["level"], "source": p.get("source", ""), "method": info["method"],
                "unchanged": bool(info["unchanged"]), "input_mse": mse(p["damaged"], p["clean"]),
-               "advantage_db": float(route.get("predicted_advantage_db", route.get("deep_learning_gain_db", 0.0)
-                                               - route.get("ml_guided_gain_db", 0.0)))}
+               "advantage_db": route_advantage_db(info["parameters"].get("route", {}))}
         if info["method"] != "deep_learning" and not info["unchanged"]:
             row["mse_terms"] = mse_terms(p["clean"], out, r._unet_run(p["damaged"])[0], info.mask)
         else:
@@ -586,18 +591,8 @@ def recalibrate_blend(models_dir: Optional[str] = None, out_relpath: str = _guid
     """Choose the shipped bundle's blend weight again (:func:`calibrate_blend` with the shipped U-Net,
     inpaint gate and tone prior), keeping everything else, and save it.  ``cache``: a pickle of the
     rows, read when it exists, else written."""
-    import os
-    import pickle
-
     guide = _guided.Guide.load(**({"models_dir": models_dir} if models_dir else {}))
-    rows = None
-    if cache and os.path.isfile(cache):
-        with open(cache, "rb") as f:
-            rows = pickle.load(f)
-    res = calibrate_blend(guide, rows=rows, limit=limit, log=log)
-    if cache and rows is None:
-        with open(cache, "wb") as f:
-            pickle.dump(res["rows"], f)
+    res = _with_cached_rows(cache, lambda rows: calibrate_blend(guide, rows=rows, limit=limit, log=log))
     bundle = dict(guide.bundle)
     _set_blend(bundle, res)
     return {"blend": res, "sha256": _guided.save(bundle, out_relpath, models_dir)}
@@ -665,8 +660,9 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
                                 tone_prior=tone_prior, inpaint_gate=inpaint_gate)
         _set_route(bundle, route)
     # the output blend, last: it is chosen for the route just made
-    _set_blend(bundle, calibrate_blend(_guided.Guide(bundle), unet, max_side=side,
-                                       limit=cfg["route_val_limit"] if cfg["route_forest"] else cfg["route_limit"], log=log, tone_prior=tone_prior, inpaint_gate=inpaint_gate))
+    blend_limit = cfg["route_val_limit"] if cfg["route_forest"] else cfg["route_limit"]
+    _set_blend(bundle, calibrate_blend(_guided.Guide(bundle), unet, max_side=side, limit=blend_limit, log=log,
+                                       tone_prior=tone_prior, inpaint_gate=inpaint_gate))
     digest = _guided.save(bundle, out_relpath, models_dir) if out_relpath else None
     return {"bundle": bundle, "sha256": digest, "validation": margins, "route": route, "train_rows": tr, "val_rows": va,
             "seconds": bundle["seconds"]}

@@ -149,6 +149,12 @@ def _sizes(length: int, tile: int, rule: TileRule, multiple: int, min_size: int)
     return [max(round_up(b - a, multiple), min_size) for a, b in tile_grid(length, tile, rule.overlap, rule.align)]
 
 
+def _nothing_fits(options: Sequence[PlanOption], budget: float) -> str:
+    """Why no plan was chosen: none fits ``budget`` bytes (with the smallest plan for reference)."""
+    least = min(options, key=lambda o: o.bytes) if options else None
+    return f"nothing fits the budget of {format_bytes(budget)}" + (f" (smallest plan: {least.label()})" if least else "")
+
+
 def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
     """The plan to run and why: among ``options`` within ``budget`` bytes (and, when timed, computing at
     most :data:`MAX_OVERLAP_AREA` more pixels than the leanest of them, unless none does), the least
@@ -156,9 +162,7 @@ def choose(options: Sequence[PlanOption], budget: float, slack: float = SLACK):
     to the pixels computed: the least memory among plans within ``slack`` of the fewest pixels).  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
     fits = [o for o in options if o.bytes <= budget]
     if not fits:
-        least = min(options, key=lambda o: o.bytes) if options else None
-        return None, (f"nothing fits the budget of {format_bytes(budget)}"
-                      + (f" (smallest plan: {least.label()})" if least else ""))
+        return None, _nothing_fits(options, budget)
     timed = all(o.seconds > 0 for o in fits)
     if not timed:
         # untimed, the time is taken as proportional to the pixels computed (per-pixel time is about
@@ -289,9 +293,7 @@ def choose_fewest_seams(options: Sequence[PlanOption], budget: float):
     speed.  Returns ``(option, reason)``; ``(None, reason)`` when none fits."""
     fits = [o for o in options if o.bytes <= budget]
     if not fits:
-        least = min(options, key=lambda o: o.bytes) if options else None
-        return None, (f"nothing fits the budget of {format_bytes(budget)}"
-                      + (f" (smallest plan: {least.label()})" if least else ""))
+        return None, _nothing_fits(options, budget)
     whole = [o for o in fits if o.tile is None]
     if whole:
         return whole[0], (f"the whole image: the architecture discourages tiling, and it fits (needs "

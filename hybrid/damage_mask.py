@@ -332,6 +332,13 @@ def classical_mask(rgb: np.ndarray, threshold: float = CLASSICAL_THRESHOLD) -> n
 
 
 # --- entry point ------------------------------------------------------------------------------------------------
+def operating_threshold(meta: Dict[str, float]) -> float:
+    """The CNN probability above which :func:`detect` marks a pixel by default: the weights file's
+    ``mask_threshold`` (precision and recall balanced on validation), else its ``threshold`` (that of the
+    ``plain`` mask the inpaint gate and the forests read, which files before it also used here)."""
+    return float(meta.get("mask_threshold", meta.get("threshold", 0.5)))
+
+
 def detect(rgb: np.ndarray, *, threshold: Optional[float] = None, method: str = "auto",
            device: str = "cpu") -> Tuple[np.ndarray, DamageMaskReport]:
     """Detect line and spot damage.  Returns ``(mask bool [H, W], DamageMaskReport)``.
@@ -358,7 +365,7 @@ def detect(rgb: np.ndarray, *, threshold: Optional[float] = None, method: str = 
             used = "classical"
             note = f"CNN weights unavailable ({exc}); classical detector used"
     if used == "cnn":
-        thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
+        thr = operating_threshold(meta) if threshold is None else float(threshold)
         if not 0.0 < thr < 1.0:
             raise ValueError(f"damage mask: the CNN threshold is a probability in (0, 1), got {thr}")
         mask = cnn_probability(img, net, device=device) > thr

@@ -10,7 +10,13 @@ twigs, brick / tile joints, hatching; softened like the rest of the scene), 15 %
 Loss: binary cross-entropy on the logits with ``pos_weight`` (damaged pixels are rare).  Adam,
 cosine learning-rate decay, seeded.  Every ``eval_every`` steps the detector is scored on fixed
 validation pairs; the best step (F1 at its best threshold) is kept, and its threshold is stored in
-the weights file as ``meta.threshold``.
+the weights file as ``meta.threshold`` — the threshold of the ``plain`` mask that the inpaint gate and
+the ``ml_guided`` forests were trained on.  The *detector's own* operating point, ``meta.mask_threshold``
+(what :func:`..damage_mask.detect` and the Damage Analysis node's detector mask use), is chosen after
+training on the same validation pairs by :func:`balanced_threshold`: the target is recall and precision
+both ≥ 0.8, so the threshold where the smaller of the two is largest, not the one that meets precision
+0.8 exactly on validation and falls below it on new images (:func:`rechoose_mask_threshold` redoes it
+for a shipped file).
 
 Score (:func:`tolerant_counts`): pixel precision and recall with a 2 px tolerance — a predicted
 pixel counts as correct when a true damaged pixel lies within a disk of radius 2 px, and a true
@@ -162,14 +168,25 @@ def sample_batch(sampler: sources.CropSampler, rng: np.random.Generator, cfg: Di
     return np.stack(xs), np.stack(ys)
 
 
-def _save(state, threshold: float, relpath: str, models_dir: Optional[str]) -> str:
-    """Weights plus ``meta.threshold`` as safetensors with its sha256; returns the digest."""
+def balanced_threshold(table: Dict[float, Dict[str, float]]) -> float:
+    """The threshold whose smaller of precision and recall is largest (ties: the higher F1, then the
+    higher threshold) — the operating point for a goal on both."""
+    return max(table, key=lambda t: (round(min(table[t]["precision"], table[t]["recall"]), 4),
+                                     round(table[t]["f1"], 4), t))
+
+
+def _save(state, threshold: float, relpath: str, models_dir: Optional[str],
+          mask_threshold: Optional[float] = None) -> str:
+    """Weights plus ``meta.threshold`` (and ``meta.mask_threshold`` when given) as safetensors with its
+    sha256; returns the digest."""
     import torch
 
     from ...scripts import shipped_models
 
-    sd = dict(state)
+    sd = {k: v for k, v in state.items() if k != "meta.mask_threshold"}
     sd["meta.threshold"] = torch.tensor([float(threshold)], dtype=torch.float32)
+    if mask_threshold is not None:
+        sd["meta.mask_threshold"] = torch.tensor([float(mask_threshold)], dtype=torch.float32)
     return shipped_models.save_torch_weights(sd, relpath, **({"models_dir": models_dir} if models_dir else {}))
 
 
@@ -282,9 +299,12 @@ def train(out_relpath: Optional[str] = RELPATH, *, models_dir: Optional[str] = N
         "steps": total, "stopped": stopped, "best": best, "start_stage": start_stage, "train_seconds": train_seconds,
         "train_sources": len(train_names), "families_installed": fams, "history": history,
         "parameters": int(sum(p.numel() for p in net.parameters()))}
+    val = eval_pairs("val", max_side=cfg["val_side"], limit=3 if quick else None)
+    summary["mask_threshold"] = balanced_threshold(score_probabilities(predict_all(net, val), val))
     if out_relpath:
-        summary["sha256"] = _save(net.state_dict(), best["threshold"], out_relpath, models_dir)
-    summary["scores"] = evaluate(net, best["threshold"], quick=quick, log=log, tests=report_tests)
+        summary["sha256"] = _save(net.state_dict(), best["threshold"], out_relpath, models_dir,
+                                  summary["mask_threshold"])
+    summary["scores"] = evaluate(net, summary["mask_threshold"], quick=quick, log=log, tests=report_tests)
     if out_relpath:
         kw = {"models_dir": models_dir} if models_dir else {}
         path = shipped_models.model_path(out_relpath, **kw)
@@ -333,6 +353,39 @@ def evaluate(net, threshold: float, quick: bool = False, log: Callable[[str], No
     return out
 
 
+def rechoose_mask_threshold(relpath: str = RELPATH, models_dir: Optional[str] = None,
+                            log: Callable[[str], None] = print, tests: bool = True) -> Dict[str, object]:
+    """Choose ``meta.mask_threshold`` of a saved detector on the validation pairs
+    (:func:`balanced_threshold`), write it into the file (weights and ``meta.threshold`` unchanged) and
+    score the detector there again (:func:`evaluate`); the training summary beside the file keeps
+    its earlier scores under ``scores_at_threshold``."""
+    from ..damage_mask import load_shipped
+    from ...scripts import shipped_models
+
+    kw = {"models_dir": models_dir} if models_dir else {}
+    sd = shipped_models.load_torch_weights(relpath, **kw)
+    load_shipped.cache_clear()
+    net, meta = load_shipped(relpath, models_dir)
+    val = eval_pairs("val")
+    table = score_probabilities(predict_all(net, val), val)
+    thr = balanced_threshold(table)
+    log(f"[damage-mask] operating point on validation: threshold {thr:g} (precision "
+        f"{table[thr]['precision']:.3f}, recall {table[thr]['recall']:.3f}); the plain mask's stays {meta['threshold']:g}")
+    digest = _save(sd, meta["threshold"], relpath, models_dir, thr)
+    load_shipped.cache_clear()
+    scores = evaluate(net, thr, log=log, tests=tests)
+    path = os.path.splitext(shipped_models.model_path(relpath, **kw))[0] + "_training.json"
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        summary.setdefault("scores_at_threshold", summary.get("scores"))
+        summary.update({"mask_threshold": thr, "scores": scores, "sha256": digest,
+                        "mask_threshold_val_table": {str(k): v for k, v in table.items()}})
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+    return {"mask_threshold": thr, "val_table": table, "scores": scores, "sha256": digest}
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -342,7 +395,13 @@ def main(argv=None) -> int:
     ap.add_argument("--start-stage", type=int, default=0, help="skip the stages before this one (with --init)")
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--models-dir", default=None, help="write here instead of the pack's models/")
+    ap.add_argument("--mask-threshold-only", action="store_true",
+                    help="no training: choose the shipped detector's operating point on validation again")
     a = ap.parse_args(argv)
+    if a.mask_threshold_only:
+        res = rechoose_mask_threshold(models_dir=a.models_dir)
+        print(json.dumps({k: v for k, v in res.items() if k != "val_table"}, indent=1, default=str))
+        return 0
     init = None
     if a.init:
         from safetensors.torch import load_file

@@ -332,11 +332,42 @@ def classical_mask(rgb: np.ndarray, threshold: float = CLASSICAL_THRESHOLD) -> n
 
 
 # --- entry point ------------------------------------------------------------------------------------------------
+def fingerprint(sd) -> str:
+    """sha256 over the network weights (names, shapes, float32 values) and ``meta.threshold`` of a
+    detector state dict: what the inpaint gate and the ``ml_guided`` forests depend on — their masks
+    are the probabilities cut at that threshold — and not the operating point ``meta.mask_threshold``,
+    which can be chosen again without retraining them."""
+    import hashlib
+
+    weights, meta = split_state(sd)
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        t = weights[k].detach().cpu().float().contiguous()
+        h.update(f"{k}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    h.update(f"threshold={meta.get('threshold', 0.5):.6f}".encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def shipped_fingerprint(relpath: str = WEIGHTS_RELPATH, models_dir: Optional[str] = None) -> str:
+    """:func:`fingerprint` of the shipped detector (sha256-checked; cached)."""
+    from ..scripts import shipped_models
+
+    return fingerprint(shipped_models.load_torch_weights(relpath, **({"models_dir": models_dir} if models_dir else {})))
+
+
+def plain_threshold(meta: Dict[str, float]) -> float:
+    """The CNN probability of the ``plain`` mask: the one the inpaint gate's candidates and the
+    ``ml_guided`` forests' mask fraction were trained with (``meta.threshold``)."""
+    return float(meta.get("threshold", 0.5))
+
+
 def operating_threshold(meta: Dict[str, float]) -> float:
     """The CNN probability above which :func:`detect` marks a pixel by default: the weights file's
     ``mask_threshold`` (precision and recall balanced on validation), else its ``threshold`` (that of the
     ``plain`` mask the inpaint gate and the forests read, which files before it also used here)."""
-    return float(meta.get("mask_threshold", meta.get("threshold", 0.5)))
+    return float(meta.get("mask_threshold", plain_threshold(meta)))
 
 
 def detect(rgb: np.ndarray, *, threshold: Optional[float] = None, method: str = "auto",

@@ -325,11 +325,7 @@ class HybridRestorer:
             self._inpaint_gate_tried = True
             try:
                 gate = _inpaint_gate.InpaintGate.load()
-                from . import damage_mask
-                from ..scripts.shipped_models import model_path, sha256_file
-
-                detector = sha256_file(model_path(damage_mask.WEIGHTS_RELPATH))
-                if gate.detector_sha256 != detector:
+                if not gate.matches_detector():
                     raise ValueError("it was trained with another damage-mask detector; retrain it")
                 self._inpaint_gate = gate
             except Exception as exc:

@@ -77,6 +77,21 @@ class InpaintGate:
         self.margin = float(bundle.get("margin_db", 0.0))
         self.risk = float(bundle.get("risk", 0.0))
         self.detector_sha256 = str(bundle.get("detector_sha256", ""))
+        #: :func:`.damage_mask.fingerprint` of the detector it was trained with (bundles before it: none,
+        #: then the detector file's sha256 must match)
+        self.detector_fingerprint = str(bundle.get("detector_fingerprint", ""))
+
+    def matches_detector(self, relpath: Optional[str] = None, models_dir: Optional[str] = None) -> bool:
+        """Whether the installed detector is the one this gate was trained with: the same weights and
+        plain threshold (its operating point may differ)."""
+        from . import damage_mask
+        from ..scripts.shipped_models import model_path, sha256_file
+
+        relpath = relpath or damage_mask.WEIGHTS_RELPATH
+        if self.detector_fingerprint:
+            return self.detector_fingerprint == damage_mask.shipped_fingerprint(relpath, models_dir)
+        kw = {"models_dir": models_dir} if models_dir else {}
+        return self.detector_sha256 == sha256_file(model_path(relpath, **kw))
 
     @classmethod
     def load(cls, relpath: str = RELPATH, models_dir: Optional[str] = None) -> "InpaintGate":
@@ -170,7 +185,7 @@ def choose_masks(img: np.ndarray, report, gate: Optional[InpaintGate] = None, gi
         why = f"CNN weights unavailable ({exc}); classical detector used"
         return MaskChoice(m if m.any() else None, m if m.any() else None, src, True, why)
     prob = damage_mask.cnn_probability(rgb, net, device=device)
-    thr = float(meta.get("threshold", 0.5))
+    thr = damage_mask.plain_threshold(meta)
     plain = prob > thr
     src = "damage-mask detector (cnn)"
     if gate is not None:

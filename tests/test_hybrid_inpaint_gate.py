@@ -94,6 +94,41 @@ def test_a_gate_trained_with_another_detector_is_not_used(monkeypatch):
     assert any("another damage-mask detector" in n for n in r.notes)
 
 
+def test_the_shipped_gate_is_tied_to_the_detectors_weights_and_plain_threshold_not_its_operating_point(tmp_path):
+    """The gate and the forests read masks cut at the plain threshold: choosing the detector's operating
+    point again (damage_mask meta.mask_threshold) must not disable the gate, while other weights or another
+    plain threshold must."""
+    import torch
+
+    from restorekit.hybrid import damage_mask
+    from restorekit.hybrid.tools import train_damage_mask as tdm
+    from restorekit.scripts import shipped_models
+
+    r = HybridRestorer(device="cpu")
+    assert r.inpaint_gate is not None, r.notes
+    gate = r.inpaint_gate
+    assert gate.detector_fingerprint == damage_mask.shipped_fingerprint()
+    sd = shipped_models.load_torch_weights(damage_mask.WEIGHTS_RELPATH)
+    md = str(tmp_path)
+    rel = damage_mask.WEIGHTS_RELPATH
+    thr = float(sd["meta.threshold"])
+    tdm._save(sd, thr, rel, md, 0.77)  # another operating point: same detector for the gate
+    assert gate.matches_detector(models_dir=md)
+    tdm._save(sd, thr + 0.1, rel, md, 0.77)  # another plain threshold
+    damage_mask.shipped_fingerprint.cache_clear()
+    assert not gate.matches_detector(models_dir=md)
+    w = dict(sd)
+    w["e1.0.weight"] = w["e1.0.weight"] + 1e-3 * torch.ones_like(w["e1.0.weight"])  # other weights
+    tdm._save(w, thr, rel, md, 0.77)
+    damage_mask.shipped_fingerprint.cache_clear()
+    assert not gate.matches_detector(models_dir=md)
+    # a bundle from before fingerprints: the detector file's own sha256 decides
+    old = inpaint_gate.InpaintGate({**gate.bundle, "detector_fingerprint": ""})
+    assert old.matches_detector(models_dir=md) == (old.detector_sha256 == shipped_models.sha256_file(
+        shipped_models.model_path(rel, models_dir=md)))
+    damage_mask.shipped_fingerprint.cache_clear()
+
+
 def _scratched(photo):
     import cv2
 

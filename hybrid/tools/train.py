@@ -46,12 +46,6 @@ UNET_CONTINUE = dict(lr=4e-4, seed=1, steps=8000, patience=6)
 #: phase's validation PSNR was nearly flat at 128 px: 21.90 -> 21.91 over its last 1000 steps; this
 #: phase took it to 22.19, still rising at its end)
 UNET_PHASE3 = dict(lr=3e-4, seed=2, steps=8000, crop=192, patience=6)
-#: ... its fourth: 2500 more steps of the third's recipe on new crops (22.19 -> 22.22 dB: the
-#: gain per step had fallen to a fifth of the third phase's) ...
-UNET_PHASE4 = dict(lr=3e-4, seed=3, steps=2500, crop=192, patience=6)
-#: ... and its fifth: the learning rate halved (the plateau scheduler had not lowered it in two phases:
-#: the validation loss kept creeping down)
-UNET_PHASE5 = dict(lr=1.5e-4, seed=4, steps=8000, crop=192, patience=6)
 QUICK_UNET = dict(base=8, crop=48, batch=4, steps=30, eval_every=10, patience=2, lr_patience=1,
                   train_sides=(128,), val_side=64, val_per_level=1, val_limit=3)
 
@@ -316,9 +310,7 @@ def retrain_all(quick: bool = False, models_dir: Optional[str] = None, log: Call
     res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes,
                      **(QUICK_UNET if quick else {}))
     for name, phase in ([] if quick else [("second phase (UNET_CONTINUE)", UNET_CONTINUE),
-                                           ("third phase (UNET_PHASE3: 192 px crops)", UNET_PHASE3),
-                                           ("fourth phase (UNET_PHASE4)", UNET_PHASE4),
-                                           ("fifth phase (UNET_PHASE5: half the learning rate)", UNET_PHASE5)]):
+                                           ("third phase (UNET_PHASE3: 192 px crops)", UNET_PHASE3)]):
         log(f"[retrain] hybrid U-Net, {name}")
         res = train_unet(models_dir=models_dir, log=log, max_minutes=unet_minutes, previous=res,
                          init={k: v.detach().clone() for k, v in res["model"].state_dict().items()}, **phase)

@@ -48,10 +48,10 @@ def inpaint(img: np.ndarray, mask: np.ndarray, rules: "_plan.Rules" = _plan.RULE
 def build_rows(split: str, seeds: Sequence[int], sides=(192, 256), limit: Optional[int] = None,
                log: Callable[[str], None] = print, models_dir: Optional[str] = None) -> Dict[str, object]:
     """Rows of ``split`` with the detector of ``models_dir`` (default: the pack's)."""
-    from ..damage_mask import cnn_probability, load_shipped
+    from ..damage_mask import cnn_probability, load_shipped, plain_threshold
 
     net, meta = load_shipped(models_dir=models_dir)
-    thr = float(meta.get("threshold", 0.5))
+    thr = plain_threshold(meta)
     X, Y, info = [], [], []
     t0 = time.perf_counter()
     for seed in seeds:
@@ -128,7 +128,7 @@ def train(out_relpath: Optional[str] = _gate.RELPATH, *, models_dir: Optional[st
     """Rows, fit, margin on validation, save into ``models_dir``; the detector is read from
     ``detector_models_dir`` (default: the pack's ``models/``)."""
     from ...scripts.shipped_models import model_path, save_joblib, sha256_file
-    from ..damage_mask import WEIGHTS_RELPATH
+    from ..damage_mask import WEIGHTS_RELPATH, shipped_fingerprint
 
     cfg = dict(DEFAULTS)
     if quick:
@@ -151,6 +151,7 @@ def train(out_relpath: Optional[str] = _gate.RELPATH, *, models_dir: Optional[st
     bundle = {"version": _gate.BUNDLE_VERSION, "forest": forest, "candidates": list(_gate.CANDIDATES),
               "margin_db": float(best["margin_db"]), "risk": float(best["risk"]),
               "detector_sha256": sha256_file(model_path(WEIGHTS_RELPATH, **({"models_dir": detector_models_dir} if detector_models_dir else {}))),
+              "detector_fingerprint": shipped_fingerprint(WEIGHTS_RELPATH, detector_models_dir),
               "meta": {"rows": len(tr["X"]), "val_rows": len(va["X"]), "choice": best, "grid": table,
                        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}}
     sha = save_joblib(bundle, out_relpath, **({"models_dir": models_dir} if models_dir else {})) if out_relpath else None

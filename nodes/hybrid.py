@@ -29,8 +29,9 @@ MASK_HELP = ("Optional damage mask (MASK, white = damaged): these pixels are inp
 MASK_MODES = ("as inpainted", "all detected")
 MASK_MODE_HELP = ("Which damage mask to output. as inpainted: what Hybrid Restore inpaints by itself — the inpaint "
                   "gate's choice among the detector's masks, and nothing when no mask is predicted to gain (the "
-                  "info says why). all detected: every pixel the detector rates above its threshold (more "
-                  "scratches found, and more scene detail taken for damage) — a starting point to edit.")
+                  "info says why). all detected: every pixel the detector rates above its operating point (precision "
+                  "and recall balanced on validation: more scratches found, and some scene detail taken for "
+                  "damage) — a starting point to edit.")
 #: a given mask may differ from the image's aspect ratio by this fraction (rounding of a resized mask)
 MASK_ASPECT_TOLERANCE = 0.02
 

@@ -183,6 +183,11 @@ def _save(state, threshold: float, relpath: str, models_dir: Optional[str],
 
     from ...scripts import shipped_models
 
+    from ..damage_mask import load_shipped, shipped_fingerprint
+
+    # a file written here may be read back in this process (restorekit retrain: the gate next)
+    load_shipped.cache_clear()
+    shipped_fingerprint.cache_clear()
     sd = {k: v for k, v in state.items() if k != "meta.mask_threshold"}
     sd["meta.threshold"] = torch.tensor([float(threshold)], dtype=torch.float32)
     if mask_threshold is not None:
@@ -364,7 +369,7 @@ def rechoose_mask_threshold(relpath: str = RELPATH, models_dir: Optional[str] = 
 
     kw = {"models_dir": models_dir} if models_dir else {}
     sd = shipped_models.load_torch_weights(relpath, **kw)
-    load_shipped.cache_clear()
+    load_shipped.cache_clear()  # the file may have changed since this process last read it
     net, meta = load_shipped(relpath, models_dir)
     val = eval_pairs("val")
     table = score_probabilities(predict_all(net, val), val)
@@ -372,7 +377,6 @@ def rechoose_mask_threshold(relpath: str = RELPATH, models_dir: Optional[str] = 
     log(f"[damage-mask] operating point on validation: threshold {thr:g} (precision "
         f"{table[thr]['precision']:.3f}, recall {table[thr]['recall']:.3f}); the plain mask's stays {meta['threshold']:g}")
     digest = _save(sd, meta["threshold"], relpath, models_dir, thr)
-    load_shipped.cache_clear()
     scores = evaluate(net, thr, log=log, tests=tests)
     path = os.path.splitext(shipped_models.model_path(relpath, **kw))[0] + "_training.json"
     if os.path.isfile(path):

@@ -30,6 +30,16 @@ def test_clean_photo_is_unchanged_bit_identical_with_the_reason(photo):
     assert out.dtype == photo.dtype and np.array_equal(out, photo) and out is not photo
 
 
+def test_a_faded_photo_left_alone_points_to_the_tone_nodes(photo):
+    """The rules leave tone alone, but an image as faded as few undamaged photographs are (0.45·x + 0.3:
+    black point ≈ 0.32, contrast ≈ 0.4) is told where a deliberate contrast fix is; a normal one is not."""
+    faded = (0.45 * photo + 0.3).astype(np.float32)
+    tone = next(s for s in _plan(faded).skipped if s.stage == "tone")
+    assert "looks faded" in tone.why and "LB-CLAHE" in tone.why
+    assert "looks faded" not in next(s for s in _plan(photo).skipped if s.stage == "tone").why
+    assert plan.faded_hint(0.05, 0.9) == "" and plan.faded_hint(0.3, 0.9) and plan.faded_hint(0.1, 0.5)
+
+
 def test_grey_clean_photo_is_unchanged_and_stays_grey(photo):
     grey = photo.mean(axis=-1, keepdims=True)
     out, info = plan.restore(grey, detect=False)

@@ -371,11 +371,13 @@ def operating_threshold(meta: Dict[str, float]) -> float:
 
 
 def detect(rgb: np.ndarray, *, threshold: Optional[float] = None, method: str = "auto",
-           device: str = "cpu") -> Tuple[np.ndarray, DamageMaskReport]:
+           device: str = "cpu", plain: bool = False) -> Tuple[np.ndarray, DamageMaskReport]:
     """Detect line and spot damage.  Returns ``(mask bool [H, W], DamageMaskReport)``.
 
     ``threshold``: CNN probability (0..1) or classical score above which a pixel is damaged
-    (default: the value chosen on the validation split, stored with the weights); ``method``:
+    (default: the operating point chosen on the validation split, stored with the weights:
+    :func:`operating_threshold`; with ``plain``, the CNN's :func:`plain_threshold`, the mask the
+    inpaint gate and the ``ml_guided`` forests were trained on); ``method``:
     ``"auto"`` (the shipped CNN, else the classical detector — the report says which ran and why),
     ``"cnn"`` (error if the weights are missing) or ``"classical"``; ``device``: torch device.
     """
@@ -396,7 +398,10 @@ def detect(rgb: np.ndarray, *, threshold: Optional[float] = None, method: str = 
             used = "classical"
             note = f"CNN weights unavailable ({exc}); classical detector used"
     if used == "cnn":
-        thr = operating_threshold(meta) if threshold is None else float(threshold)
+        if threshold is not None:
+            thr = float(threshold)
+        else:
+            thr = plain_threshold(meta) if plain else operating_threshold(meta)
         if not 0.0 < thr < 1.0:
             raise ValueError(f"damage mask: the CNN threshold is a probability in (0, 1), got {thr}")
         mask = cnn_probability(img, net, device=device) > thr

@@ -681,14 +681,8 @@ def detect_mask(img: np.ndarray, gated: bool = True) -> Tuple[Optional[np.ndarra
     if why:
         return None, why
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
-    if gated:
-        mask, rep = damage_mask.detect_for_inpainting(rgb)
-    else:  # the forests' mask: cut at the plain threshold they were trained with, not the operating point
-        try:
-            thr = damage_mask.plain_threshold(damage_mask.load_shipped()[1])
-        except Exception:  # no CNN weights: detect() falls back to the classical detector with its own
-            thr = None
-        mask, rep = damage_mask.detect(rgb, threshold=thr)
+    # ungated: the forests' mask, cut at the plain threshold they were trained with
+    mask, rep = damage_mask.detect_for_inpainting(rgb) if gated else damage_mask.detect(rgb, plain=True)
     if not mask.any() and rep.note:
         return None, f"damage-mask detector ({rep.method}): {rep.note}"
     return np.asarray(mask, bool), f"damage-mask detector ({rep.method})"

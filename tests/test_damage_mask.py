@@ -46,6 +46,14 @@ def test_operating_threshold_falls_back_to_the_plain_threshold_of_older_files():
     assert damage_mask.operating_threshold({"threshold": 0.3, "mask_threshold": 0.45}) == 0.45
 
 
+def test_the_plain_mask_is_cut_at_the_plain_threshold(scene):
+    _, meta = damage_mask.load_shipped()
+    plain, rep = damage_mask.detect(scene, plain=True)
+    assert rep.threshold == pytest.approx(meta["threshold"])
+    assert np.array_equal(plain, damage_mask.detect(scene, threshold=meta["threshold"])[0])
+    assert damage_mask.detect(scene)[1].threshold == pytest.approx(meta["mask_threshold"])
+
+
 def test_balanced_threshold_maximises_the_smaller_of_precision_and_recall():
     from restorekit.hybrid.tools.train_damage_mask import balanced_threshold
 

@@ -33,7 +33,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -175,6 +175,14 @@ def balanced_threshold(table: Dict[float, Dict[str, float]]) -> float:
                                      round(table[t]["f1"], 4), t))
 
 
+def choose_mask_threshold(net, max_side: int = 256, limit: Optional[int] = None) -> Tuple[float, Dict[float, Dict[str, float]]]:
+    """The detector's operating point on the validation pairs (:func:`balanced_threshold` over
+    :data:`THRESHOLDS`) and the table it was chosen from."""
+    val = eval_pairs("val", max_side=max_side, limit=limit)
+    table = score_probabilities(predict_all(net, val), val)
+    return balanced_threshold(table), table
+
+
 def _save(state, threshold: float, relpath: str, models_dir: Optional[str],
           mask_threshold: Optional[float] = None) -> str:
     """Weights plus ``meta.threshold`` (and ``meta.mask_threshold`` when given) as safetensors with its
@@ -304,8 +312,7 @@ def train(out_relpath: Optional[str] = RELPATH, *, models_dir: Optional[str] = N
         "steps": total, "stopped": stopped, "best": best, "start_stage": start_stage, "train_seconds": train_seconds,
         "train_sources": len(train_names), "families_installed": fams, "history": history,
         "parameters": int(sum(p.numel() for p in net.parameters()))}
-    val = eval_pairs("val", max_side=cfg["val_side"], limit=3 if quick else None)
-    summary["mask_threshold"] = balanced_threshold(score_probabilities(predict_all(net, val), val))
+    summary["mask_threshold"], _ = choose_mask_threshold(net, cfg["val_side"], limit=3 if quick else None)
     if out_relpath:
         summary["sha256"] = _save(net.state_dict(), best["threshold"], out_relpath, models_dir,
                                   summary["mask_threshold"])
@@ -371,9 +378,7 @@ def rechoose_mask_threshold(relpath: str = RELPATH, models_dir: Optional[str] = 
     sd = shipped_models.load_torch_weights(relpath, **kw)
     load_shipped.cache_clear()  # the file may have changed since this process last read it
     net, meta = load_shipped(relpath, models_dir)
-    val = eval_pairs("val")
-    table = score_probabilities(predict_all(net, val), val)
-    thr = balanced_threshold(table)
+    thr, table = choose_mask_threshold(net)
     log(f"[damage-mask] operating point on validation: threshold {thr:g} (precision "
         f"{table[thr]['precision']:.3f}, recall {table[thr]['recall']:.3f}); the plain mask's stays {meta['threshold']:g}")
     digest = _save(sd, meta["threshold"], relpath, models_dir, thr)

@@ -21,7 +21,10 @@ what to inpaint, for every strategy; a mask passed in is used instead).  Strateg
   one U-Net run on at most 256 × 256 px, whatever the image size); the U-Net path runs when that
   advantage, less the bundle's risk × the trees' spread, exceeds its margin (both chosen on the
   validation split so that no light validation image loses more than 1 dB and no undamaged one is
-  sent to the U-Net).  Bundles without a route forest compare the deep forest's predicted gain with
+  sent to the U-Net).  It also runs when the bundle's level forest (a classifier of the damage
+  generator's levels on the same inputs) gives light-or-no damage a probability below the bundle's
+  threshold: moderate and severe damage, where the U-Net path is the best single method.  Bundles
+  without a route forest compare the deep forest's predicted gain with
   the plan's (route margin) and the U-Net residual with a threshold.  Otherwise the ``ml_guided`` plan
   — or, when the forests' plan has no step, the ``classical`` rule plan (the forests are cautious on
   damage unlike their training mix, such as one clean-cut blur or grain; the rules were chosen on such
@@ -561,6 +564,17 @@ class HybridRestorer:
                                   f"forest predicts it {disagreement:+.2f} dB against the plan, below the "
                                   f"{g.route_forest_floor:+.2f} dB floor of the images the route was validated on: "
                                   "outside its domain, the plan runs")
+            if g.level_forest is not None:
+                p_light = g.light_probability(v)
+                why.update({"light_probability": round(p_light, 3),
+                            "route_level_threshold": g.route_level_threshold})
+                if not use_deep and p_light < g.route_level_threshold:
+                    use_deep = True
+                    why["by"] = "level forest"
+                    why["chosen"] = "deep_learning"
+                    why["because"] = (f"the level forest finds light damage or none unlikely ({p_light:.0%}, below "
+                                      f"{g.route_level_threshold:.0%}): moderate or severe damage, which the U-Net "
+                                      "path restores best")
         elif not use_deep and np.isfinite(g.route_residual_db) and self.unet is not None:
             q, unet_out = self.unet_residual_db(img)
             why["unet_residual_db"] = round(q, 3)

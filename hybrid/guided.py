@@ -12,7 +12,10 @@ reason.  An image for which every stage is skipped comes back unchanged (bit-ide
 A further forest predicts the gain of the ``deep_learning`` path (:func:`deep_plan` then the U-Net),
 and the route forest (:attr:`Guide.route_forest`) predicts the U-Net path's advantage over the plan from
 the measurements, both predicted gains and how much the U-Net changes the image's :data:`ROUTE_SIDE`-px
-copy (:func:`route_vector`); ``auto`` follows it.  Bundles without a route forest compare the two
+copy (:func:`route_vector`); ``auto`` follows it — and also takes the U-Net path when the level forest
+(:attr:`Guide.level_forest`, a classifier of the damage generator's levels on the same inputs) finds the
+damage unlikely to be light or none (:meth:`Guide.light_probability` below
+:attr:`Guide.route_level_threshold`).  Bundles without a route forest compare the two
 predicted gains (route margin) and the U-Net residual with :attr:`Guide.route_residual_db`.  All chosen
 on validation by :mod:`.tools.train_guided`.
 
@@ -165,6 +168,10 @@ ROUTE_EXTRA_FEATURES = ("pred_plan_gain_db", "pred_deep_gain_db", "pred_deep_spr
                         "unet_fine_residual_db")
 
 
+#: the level forest's classes (:attr:`Guide.level_forest`): the damage generator's levels and undamaged
+LEVEL_CLASSES = ("clean", "light", "moderate", "severe")
+
+
 def route_vector(x: np.ndarray, pred_plan: float, pred_deep: float, pred_deep_std: float, coarse_db: float,
                  fine_db: float) -> np.ndarray:
     """The route forest's input: the forests' feature vector ``x`` (:func:`feature_vector`), their
@@ -172,6 +179,16 @@ def route_vector(x: np.ndarray, pred_plan: float, pred_deep: float, pred_deep_st
     residuals (dB, :meth:`..engine.HybridRestorer.unet_residuals`)."""
     return np.concatenate([np.asarray(x, np.float64).ravel(),
                            [pred_plan, pred_deep, pred_deep_std, coarse_db, fine_db]])
+
+
+def light_probability(model, X: np.ndarray) -> np.ndarray:
+    """``P(clean) + P(light)`` per row of ``X`` ``[n, n_features]`` from a fitted classifier over
+    :data:`LEVEL_CLASSES` (classes it never saw count 0)."""
+    from ..scripts.forest import predict_proba
+
+    proba = predict_proba(model, np.asarray(X, np.float64))
+    classes = [str(c) for c in model.classes_]
+    return sum((proba[:, classes.index(c)] for c in ("clean", "light") if c in classes), np.zeros(len(proba)))
 
 
 # --- the bundle --------------------------------------------------------------------------------------------
@@ -208,6 +225,11 @@ class Guide:
         #: lowest such difference among the validation images the route forest sends to the U-Net, less a
         #: safety margin — beyond it the forest would extrapolate (−inf in bundles before it existed)
         self.route_forest_floor = float(bundle.get("route_forest_floor_db", float("-inf")))
+        #: the level forest (a classifier over :data:`LEVEL_CLASSES` on :func:`route_vector`, or None in
+        #: bundles before it existed) and the probability of light-or-no damage below which ``auto``
+        #: takes the U-Net path whatever the route forest says (chosen on validation)
+        self.level_forest = bundle.get("level_forest")
+        self.route_level_threshold = float(bundle.get("route_level_threshold", 0.0))
         #: the U-Net's weight in ``auto``'s output when its plan (not the U-Net path) changed the image:
         #: :func:`.blend.weight_for` of the route's predicted advantage with these ``max_weight``,
         #: ``centre_db`` and ``scale_db`` (chosen on validation; largest weight 0: off, as in bundles from
@@ -256,6 +278,13 @@ class Guide:
 
         mean, std = predict_spread(self.route_forest, np.asarray(v, np.float64)[None])
         return float(mean[0, 0]), float(std[0, 0])
+
+    def light_probability(self, v: np.ndarray) -> float:
+        """The level forest's probability (0..1) that the image holds light damage or none, for a
+        :func:`route_vector` ``v``; 1 when the bundle has no level forest."""
+        if self.level_forest is None:
+            return 1.0
+        return float(light_probability(self.level_forest, np.asarray(v, np.float64)[None])[0])
 
     def plan(self, report: "_defects.DefectReport", mask: Optional[np.ndarray] = None, denoiser: str = "auto",
              rules: "_plan.Rules" = _plan.RULES, mask_source: str = "") -> Tuple["_plan.Plan", float]:

@@ -39,3 +39,22 @@ def predict_spread(model, X) -> "tuple[np.ndarray, np.ndarray]":
         return m, np.zeros_like(m)
     per = np.stack([t.tree_.predict(x).reshape(x.shape[0], model.n_outputs_) for t in trees]).astype(np.float64)
     return per.mean(0), per.std(0)
+
+
+def predict_proba(model, X) -> np.ndarray:
+    """``model.predict_proba(X)`` for a fitted single-output forest classifier, computed tree by tree
+    without joblib (each tree's class fractions normalised, then averaged, as scikit-learn does).
+
+    ``X``: ``[n, n_features]``.  Returns ``[n, n_classes]`` float64 in the order of ``model.classes_``
+    (tested against ``model.predict_proba``).  Anything else goes through its own ``predict_proba``."""
+    trees = getattr(model, "estimators_", None)
+    if (not trees or not all(hasattr(t, "tree_") for t in trees) or getattr(model, "n_outputs_", None) != 1
+            or not hasattr(model, "classes_")):
+        return np.asarray(model.predict_proba(X), np.float64)
+    x = np.ascontiguousarray(np.asarray(X, np.float32).reshape(len(X), -1))
+    acc = np.zeros((x.shape[0], len(model.classes_)), np.float64)
+    for t in trees:
+        v = t.tree_.predict(x)[:, : acc.shape[1]].astype(np.float64)
+        s = v.sum(axis=1, keepdims=True)
+        acc += v / np.where(s > 0, s, 1.0)
+    return acc / len(trees)

@@ -37,6 +37,22 @@ def test_forest_spread_is_the_trees_mean_and_std(pack, rng, n_outputs):
     assert (std > 0).any()
 
 
+@pytest.mark.parametrize("min_leaf", [1, 3])
+def test_forest_predict_proba_equals_sklearn(pack, rng, min_leaf):
+    from sklearn.ensemble import RandomForestClassifier
+
+    from restorekit.scripts import forest
+
+    X = rng.normal(size=(300, 4))
+    y = np.array(["clean", "light", "moderate", "severe"])[np.digitize(X[:, 0] + 0.5 * X[:, 1], [-0.8, 0.0, 0.8])]
+    m = RandomForestClassifier(n_estimators=11, max_depth=7, min_samples_leaf=min_leaf, random_state=2).fit(X, y)
+    Xt = rng.normal(size=(13, 4))
+    ours = forest.predict_proba(m, Xt)
+    assert ours.shape == (13, 4)
+    np.testing.assert_allclose(ours, m.predict_proba(Xt), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-12)
+
+
 def test_non_forest_goes_through_its_own_predict(pack, rng):
     from sklearn.linear_model import LinearRegression
 

@@ -92,10 +92,15 @@ def test_deep_learning_inpaints_a_given_mask_before_the_unet(identity_unet):
     r = HybridRestorer(unet=identity_unet, guide=toy_guide(), detect_damage=False)
     out, info = r.restore(scratched, "deep_learning", mask=mask)
     assert info.stages == ["inpaint", "U-Net"]
+    # the CLI line and restore_report.json list both steps, the U-Net last (it was left out once)
+    from restorekit.hybrid.tools.batch import restore_steps
+
+    assert [s["stage"] for s in restore_steps(info)["steps"]] == ["inpaint", "U-Net"]
     assert psnr(out, img) > psnr(scratched, img) + 5.0
     assert np.abs(out[mask] - img[mask]).mean() < 0.1  # the scratch is gone, not passed to the U-Net
     out, info = r.restore(scratched, "deep_learning")  # no mask: the U-Net (identity here) alone
     assert info.stages == ["U-Net"] and np.allclose(out, scratched, atol=1e-5)
+    assert [s["stage"] for s in restore_steps(info)["steps"]] == ["U-Net"]
 
 
 # --- the shipped forests -----------------------------------------------------------------------------------
@@ -303,3 +308,71 @@ def test_auto_follows_the_route_forest_when_the_bundle_has_one(identity_unet):
     guide.route_forest_margin = 1.0
     _, info = r.restore(img, "auto")
     assert info.method == "deep_learning" and "+2.00 dB over the plan" in info.parameters["route"]["because"]
+
+
+class LevelModel:
+    """A stand-in level forest: probability of light-or-no damage ``p`` from a function of the route
+    vector, split evenly between ``clean`` and ``light`` (the rest on ``severe``)."""
+
+    classes_ = np.array(["clean", "light", "moderate", "severe"])
+
+    def __init__(self, p_light):
+        self.p_light = p_light
+
+    def predict_proba(self, X):
+        p = np.clip(np.asarray([self.p_light(x) for x in np.asarray(X)], np.float64), 0.0, 1.0)
+        return np.stack([p / 2, p / 2, np.zeros_like(p), 1.0 - p], axis=1)
+
+
+def test_light_probability_sums_clean_and_light_of_a_real_classifier():
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = np.where(X[:, 0] > 0.5, "severe", np.where(X[:, 0] > -0.5, "light", "moderate"))  # no "clean"
+    m = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)
+    proba = m.predict_proba(X)
+    p = guided.light_probability(m, X)
+    assert np.allclose(p, proba[:, list(m.classes_).index("light")])  # an unseen class counts 0
+    assert guided.Guide({**toy_guide().bundle}).light_probability(X[0]) == 1.0  # no level forest: never routes
+
+
+def test_level_threshold_takes_heavy_damage_and_keeps_light_and_clean_images_off_the_unet():
+    from restorekit.hybrid.tools.train_guided import choose_level_threshold
+
+    rows = [_route_row("severe", 14.0, 17.0, 14.5, resid=17.0), _route_row("moderate", 18.0, 20.0, 18.5, resid=19.0),
+            _route_row("light", 27.0, 24.0, 27.0, resid=20.5), _route_row("light", 28.0, 28.5, 28.2, resid=28.0),
+            _route_row("clean", np.inf, 40.0, np.inf, resid=24.5)]
+    col = len(guided.FEATURE_NAMES) + 3  # the coarse residual: light-or-none likelier the higher it is
+    level = LevelModel(lambda x: (x[col] - 16.0) / 10.0)  # 0.1, 0.3, 0.45, 1.0, 0.85
+    bundle = {"route_forest": ConstModel([-3.0]), "route_forest_risk": 0.0, "route_forest_margin_db": 0.0}
+    res = choose_level_threshold(level, bundle, rows)
+    # 0.15 … 0.3 take the severe row, 0.4 the moderate one too, 0.5 also the light row that loses 3 dB
+    assert res["route_level_threshold"] == 0.4 and res["chosen"]["light_ok"] and not res["by_threshold"]["0.5"]["light_ok"]
+    assert res["chosen"]["clean_ok"] and res["chosen"]["deep_fraction"] == 0.5
+    assert res["by_threshold"]["0.0"]["deep_fraction"] == 0.0  # the route forest alone sends none
+    assert res["chosen"]["psnr_db"] > res["off"]["psnr_db"]
+    # where the route forest already takes every damaged row the threshold adds nothing: the lowest wins
+    bundle["route_forest"] = ConstModel([5.0])
+    rows[-1]["pred_deep"] = -10.0  # ... and its floor keeps the undamaged row off the U-Net
+    bundle["route_forest_floor_db"] = -5.0
+    rows[2]["pred_deep"] = rows[3]["pred_deep"] = -10.0  # and the light rows
+    res = choose_level_threshold(level, bundle, rows)
+    assert res["route_level_threshold"] == 0.0 and res["chosen"]["deep_fraction"] == 0.5
+
+
+def test_auto_takes_the_unet_path_when_the_level_forest_finds_heavy_damage(identity_unet):
+    img = damage.load_source("astronaut", 128)
+    guide = toy_guide({"sharpen": [0.2, 1.0]}, deep=5.0)
+    guide.route_forest = ConstModel([-2.0])  # the route forest alone: the plan
+    guide.route_level_threshold = 0.2
+    r = HybridRestorer(unet=identity_unet, guide=guide)
+    guide.level_forest = LevelModel(lambda x: 0.5)
+    _, info = r.restore(img, "auto")
+    route = info.parameters["route"]
+    assert info.method == "ml_guided" and route["by"] == "route forest" and route["light_probability"] == 0.5
+    guide.level_forest = LevelModel(lambda x: 0.1)
+    _, info = r.restore(img, "auto")
+    route = info.parameters["route"]
+    assert info.method == "deep_learning" and route["by"] == "level forest" and route["light_probability"] == 0.1
+    assert "light damage or none unlikely (10%, below 20%)" in route["because"]

@@ -79,6 +79,11 @@ def test_tiny_training_end_to_end(tmp_path, capsys):
         len(guided.FEATURE_NAMES) + len(guided.ROUTE_EXTRA_FEATURES))
     assert g.route_forest_risk in (0.0, 0.5, 1.0, 1.5, 2.0) and np.isfinite(g.route_forest_margin)
     assert "route_forest_floor_db" in g.bundle  # −inf only when no validation image was routed
+    # the level forest: a classifier of the generator's levels on the same inputs, its threshold on validation
+    from restorekit.hybrid.tools.train_guided import LEVEL_THRESHOLD_GRID
+
+    assert g.level_forest is not None and g.level_forest.n_features_in_ == g.route_forest.n_features_in_
+    assert g.route_level_threshold in LEVEL_THRESHOLD_GRID and "level_route_validation" in g.bundle
     # the output blend, chosen last on validation rows (hybrid/blend.py): a setting of its grid
     from restorekit.hybrid import blend
 

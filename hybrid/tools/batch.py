@@ -465,6 +465,11 @@ def restore_steps(info) -> Dict[str, object]:
         if isinstance(blend, dict):  # auto mixed the plan's result with the U-Net's (hybrid/blend.py)
             shown = {k: v for k, v in blend.items() if k not in ("why", "model")}
             steps.append({"stage": "U-Net blend", "params": jsonable({**shown, **run_fields}), "why": blend.get("why", "")})
+        if info.method == "deep_learning":  # the U-Net path: the stages the U-Net cannot do, then the U-Net
+            model = {"model": os.path.basename(str(params["model"]))} if params.get("model") else {}
+            steps.append({"stage": "U-Net", "params": jsonable({**model, **run_fields}),
+                          "why": "the U-Net path: " + str((params.get("route") or {}).get("because")
+                                                          or "the strategy asked for it")})
         return {"steps": steps, "skipped": list(execution.get("skipped") or [])}
     shown = {k: v for k, v in params.items() if k not in ("runner", "why", "model", "no_change")}
     if params.get("model"):

@@ -484,6 +484,89 @@ def train_route_forest(bundle: Dict[str, object], train_rows: List[Dict[str, obj
     return res
 
 
+# --- the level forest -----------------------------------------------------------------------------------------
+#: probabilities of light-or-no damage below which ``auto`` takes the U-Net path (0: never)
+LEVEL_THRESHOLD_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+def fit_level_forest(rows: List[Dict[str, object]], seed: int = 0, n_estimators: int = 300):
+    """A random-forest classifier (depth ≤ 12, ≥ 3 samples per leaf, half the features per split) of
+    the damage generator's level (:data:`..guided.LEVEL_CLASSES`) from :func:`route_xy`'s inputs of the
+    training rows — the same measurements, predicted gains and U-Net residuals the route forest reads."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, _ = route_xy(rows)
+    y = np.array([r["level"] for r in rows])
+    return RandomForestClassifier(n_estimators=n_estimators, max_depth=12, min_samples_leaf=3, max_features=0.5,
+                                  random_state=seed, n_jobs=1).fit(X, y)
+
+
+def choose_level_threshold(model, bundle: Dict[str, object], rows: List[Dict[str, object]]) -> Dict[str, object]:
+    """The threshold of :data:`LEVEL_THRESHOLD_GRID` on validation rows: ``auto`` takes the U-Net path
+    where the bundle's route forest sends it (its risk, margin and floor, as the engine applies them) or
+    where the level forest's probability of light-or-no damage is below the threshold.  The best mean
+    PSNR among the thresholds that meet the light-damage rule (mean ≥ input − 0.2 dB, no image below
+    input − 1 dB) and send no undamaged image to the U-Net; ties to the lower threshold."""
+    from ...scripts.forest import predict_spread
+
+    X, _ = route_xy(rows)
+    mean, std = predict_spread(bundle["route_forest"], X)
+    forest = mean[:, 0] - float(bundle.get("route_forest_risk", 0.0)) * std[:, 0] > float(
+        bundle.get("route_forest_margin_db", 0.0))
+    disagreement = np.array([r["pred_deep"] - r["pred_plan"] for r in rows])
+    forest &= disagreement >= float(bundle.get("route_forest_floor_db", float("-inf")))
+    p_light = _guided.light_probability(model, X)
+    clean = np.array([r["level"] == "clean" for r in rows])
+    dam = [r for r, c in zip(rows, clean) if not c]
+    light = np.array([r["level"] == "light" for r in dam])
+    inp = np.array([r["input"] for r in dam])
+    scores = {}
+    for t in LEVEL_THRESHOLD_GRID:
+        deep_all = forest | (p_light < t)
+        got = np.where(deep_all[~clean], [r["deep_learning"] for r in dam], [r["ml_guided"] for r in dam])
+        scores[t] = {"psnr_db": float(got.mean()), "light_ok": _meets_light_rule(got, inp, light),
+                     "clean_ok": not bool(deep_all[clean].any()), "deep_fraction": float(deep_all[~clean].mean()),
+                     "light_worst_db": float((got - inp)[light].min()) if light.any() else 0.0,
+                     "by_level": {lv: float((got - inp)[np.array([r["level"] == lv for r in dam])].mean())
+                                  for lv in ("light", "moderate", "severe")}}
+    allowed = [t for t in scores if scores[t]["light_ok"] and scores[t]["clean_ok"]] or [0.0]
+    best = max(allowed, key=lambda t: (round(scores[t]["psnr_db"], 3), -t))
+    return {"route_level_threshold": float(best), "chosen": scores[best], "off": scores[0.0],
+            "by_threshold": {str(t): v for t, v in scores.items()}, "n": len(dam), "n_clean": int(clean.sum())}
+
+
+def train_level_route(bundle: Dict[str, object], train_rows: List[Dict[str, object]],
+                      val_rows: List[Dict[str, object]], log: Callable[[str], None] = print,
+                      seed: int = 0) -> Dict[str, object]:
+    """Fit the level forest on ``train_rows`` and choose its threshold on ``val_rows`` (both from
+    :func:`route_rows` over :func:`route_pairs`) for the bundle's route forest; put both into ``bundle``."""
+    model = fit_level_forest(train_rows, seed)
+    res = choose_level_threshold(model, bundle, val_rows)
+    bundle["level_forest"] = model
+    bundle["route_level_threshold"] = res["route_level_threshold"]
+    bundle["level_route_validation"] = {**res, "train_rows": len(train_rows), "val_rows": len(val_rows)}
+    c, o = res["chosen"], res["off"]
+    lvs = ("light", "moderate", "severe")
+    log(f"[guided] level forest: U-Net path below {res['route_level_threshold']:g} probability of light-or-no damage; "
+        "validation gain light / moderate / severe " + " / ".join(f"{c['by_level'][k]:+.2f}" for k in lvs)
+        + " dB (route forest alone: " + " / ".join(f"{o['by_level'][k]:+.2f}" for k in lvs)
+        + f"), U-Net path on {c['deep_fraction']:.0%} of {res['n']} damaged images")
+    return res
+
+
+def refit_level_route(train_rows: List[Dict[str, object]], val_rows: List[Dict[str, object]],
+                      models_dir: Optional[str] = None, out_relpath: str = _guided.RELPATH,
+                      log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Add the level forest to the shipped bundle (:func:`train_level_route` on :func:`route_rows` of
+    :func:`route_pairs` — ``train`` with base seed 13, ``val`` with :data:`ROUTE_VAL_PER_LEVEL` pairs per
+    level and base seed 7, as :func:`train` makes them), keeping everything else; saves it.  The blend
+    is chosen for the route, so choose it again after this (:func:`recalibrate_blend`)."""
+    guide = _guided.Guide.load(**({"models_dir": models_dir} if models_dir else {}))
+    bundle = dict(guide.bundle)
+    res = train_level_route(bundle, train_rows, val_rows, log)
+    return {"level_route": res, "sha256": _guided.save(bundle, out_relpath, models_dir)}
+
+
 # --- the output blend ----------------------------------------------------------------------------------------
 def blend_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str = "wiener",
                log: Callable[[str], None] = print, tone_prior=None, inpaint_gate=None) -> List[Dict[str, object]]:
@@ -655,6 +738,7 @@ def train(out_relpath: Optional[str] = _guided.RELPATH, *, models_dir: Optional[
         tr_route = route_rows(guide, route_pairs("train", max_side=side, base_seed=13, limit=cfg["route_train_limit"]),
                               unet, **kw)
         train_route_forest(bundle, tr_route, va_route, log, cfg["seed"])
+        train_level_route(bundle, tr_route, va_route, log, cfg["seed"])
     else:
         route = calibrate_route(guide, unet, per_level=1, max_side=side, limit=cfg["route_limit"], log=log,
                                 tone_prior=tone_prior, inpaint_gate=inpaint_gate)

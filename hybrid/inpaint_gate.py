@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # the report type of MaskChoice.report, imported there at run time
+    from .damage_mask import DamageMaskReport
 
 RELPATH = "hybrid/inpaint_gate.joblib"
 BUNDLE_VERSION = 1

@@ -65,7 +65,6 @@ def test_homomorphic_compresses_illumination_and_lifts_detail():
     h, w = 96, 96
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     illum = 0.15 + 0.8 * (xx / (w - 1))  # strong left-to-right lighting gradient
-    rng = np.random.default_rng(0)
     refl = np.clip(0.6 + 0.25 * np.sign(np.sin(2 * np.pi * yy / 8) * np.sin(2 * np.pi * xx / 8)), 0, 1)
     x = torch.from_numpy(illum * refl)
     out = fq.homomorphic(x, sigma=20.0, gamma_low=0.5, gamma_high=1.5).numpy()

@@ -227,6 +227,24 @@ def route_rows(guide, pairs: List[Dict[str, object]], unet=None, denoiser: str =
     return rows
 
 
+def _route_score(rows: List[Dict[str, object]], deep_all: np.ndarray) -> Dict[str, object]:
+    """How a route does on :func:`route_rows`: ``deep_all`` (bool per row) sends a row to the U-Net
+    path, else it takes ``ml_guided``.  Mean PSNR of the damaged rows, whether the light-damage rule
+    holds (:func:`_meets_light_rule`), whether no undamaged row is routed, the share routed, the worst
+    light row's gain over its input and the mean gain per level (dB)."""
+    clean = np.array([r["level"] == "clean" for r in rows])
+    dam = [r for r, c in zip(rows, clean) if not c]
+    light = np.array([r["level"] == "light" for r in dam])
+    inp = np.array([r["input"] for r in dam])
+    deep = np.asarray(deep_all, bool)[~clean]
+    got = np.where(deep, [r["deep_learning"] for r in dam], [r["ml_guided"] for r in dam])
+    return {"psnr_db": float(got.mean()), "light_ok": _meets_light_rule(got, inp, light),
+            "clean_ok": not bool(np.asarray(deep_all, bool)[clean].any()), "deep_fraction": float(deep.mean()),
+            "light_worst_db": float((got - inp)[light].min()) if light.any() else 0.0,
+            "by_level": {lv: float((got - inp)[np.array([r["level"] == lv for r in dam])].mean())
+                         for lv in ("light", "moderate", "severe")}}
+
+
 def _meets_light_rule(got: np.ndarray, inp: np.ndarray, light: np.ndarray) -> bool:
     """The light-damage rule of every route choice: on the light rows the routed PSNR is on average at
     least the input's − 0.2 dB and nowhere below the input − 1 dB."""
@@ -427,20 +445,8 @@ def choose_route_forest(model, rows: List[Dict[str, object]]) -> Dict[str, objec
     mean, std = predict_spread(model, X)
     mean, std = mean[:, 0], std[:, 0]
     clean = np.array([r["level"] == "clean" for r in rows])
-    dam = [r for r, c in zip(rows, clean) if not c]
-    light = np.array([r["level"] == "light" for r in dam])
-    inp = np.array([r["input"] for r in dam])
-    scores = {}
-    for k in ROUTE_FOREST_RISK_GRID:
-        for m in ROUTE_FOREST_MARGIN_GRID:
-            deep_all = mean - k * std > m
-            deep = deep_all[~clean]
-            got = np.where(deep, [r["deep_learning"] for r in dam], [r["ml_guided"] for r in dam])
-            ok = _meets_light_rule(got, inp, light)
-            scores[(k, m)] = {"psnr_db": float(got.mean()), "light_ok": ok,
-                              "clean_ok": not bool(deep_all[clean].any()), "deep_fraction": float(deep.mean()),
-                              "by_level": {lv: float((got - inp)[np.array([r["level"] == lv for r in dam])].mean())
-                                           for lv in ("light", "moderate", "severe")}}
+    scores = {(k, m): _route_score(rows, mean - k * std > m)
+              for k in ROUTE_FOREST_RISK_GRID for m in ROUTE_FOREST_MARGIN_GRID}
     allowed = [km for km in scores if scores[km]["light_ok"] and scores[km]["clean_ok"]] or [(0.0, 100.0)]
     best = max(allowed, key=lambda km: (round(scores[km]["psnr_db"], 3), km[1], km[0]))
     # the forest's domain: the lowest (deep forest's gain − plan's gain) among the validation images it
@@ -452,7 +458,7 @@ def choose_route_forest(model, rows: List[Dict[str, object]]) -> Dict[str, objec
     return {"route_forest_risk": float(best[0]), "route_forest_margin_db": float(best[1]),
             "route_forest_floor_db": floor,
             "chosen": scores[best], "by_setting": {f"{k}/{m}": v for (k, m), v in scores.items()},
-            "n": len(dam), "n_clean": int(clean.sum())}
+            "n": int((~clean).sum()), "n_clean": int(clean.sum())}
 
 
 def train_route_forest(bundle: Dict[str, object], train_rows: List[Dict[str, object]],
@@ -518,17 +524,7 @@ def choose_level_threshold(model, bundle: Dict[str, object], rows: List[Dict[str
     p_light = _guided.light_probability(model, X)
     clean = np.array([r["level"] == "clean" for r in rows])
     dam = [r for r, c in zip(rows, clean) if not c]
-    light = np.array([r["level"] == "light" for r in dam])
-    inp = np.array([r["input"] for r in dam])
-    scores = {}
-    for t in LEVEL_THRESHOLD_GRID:
-        deep_all = forest | (p_light < t)
-        got = np.where(deep_all[~clean], [r["deep_learning"] for r in dam], [r["ml_guided"] for r in dam])
-        scores[t] = {"psnr_db": float(got.mean()), "light_ok": _meets_light_rule(got, inp, light),
-                     "clean_ok": not bool(deep_all[clean].any()), "deep_fraction": float(deep_all[~clean].mean()),
-                     "light_worst_db": float((got - inp)[light].min()) if light.any() else 0.0,
-                     "by_level": {lv: float((got - inp)[np.array([r["level"] == lv for r in dam])].mean())
-                                  for lv in ("light", "moderate", "severe")}}
+    scores = {t: _route_score(rows, forest | (p_light < t)) for t in LEVEL_THRESHOLD_GRID}
     allowed = [t for t in scores if scores[t]["light_ok"] and scores[t]["clean_ok"]] or [0.0]
     best = max(allowed, key=lambda t: (round(scores[t]["psnr_db"], 3), -t))
     return {"route_level_threshold": float(best), "chosen": scores[best], "off": scores[0.0],

@@ -458,6 +458,7 @@ def restore_steps(info) -> Dict[str, object]:
     if runner is not None and hasattr(runner, "info_fields"):
         f = runner.info_fields()
         run_fields = {k: str(f[k]) for k in ("device", "tile", "precision") if f.get(k) is not None}
+    model = {"model": os.path.basename(str(params["model"]))} if params.get("model") else {}
     execution = params.get("execution")
     if isinstance(execution, dict):  # the plan: its execution report already says it all
         steps = list(execution.get("stages") or [])
@@ -466,14 +467,12 @@ def restore_steps(info) -> Dict[str, object]:
             shown = {k: v for k, v in blend.items() if k not in ("why", "model")}
             steps.append({"stage": "U-Net blend", "params": jsonable({**shown, **run_fields}), "why": blend.get("why", "")})
         if info.method == "deep_learning":  # the U-Net path: the stages the U-Net cannot do, then the U-Net
-            model = {"model": os.path.basename(str(params["model"]))} if params.get("model") else {}
             steps.append({"stage": "U-Net", "params": jsonable({**model, **run_fields}),
                           "why": "the U-Net path: " + str((params.get("route") or {}).get("because")
                                                           or "the strategy asked for it")})
         return {"steps": steps, "skipped": list(execution.get("skipped") or [])}
     shown = {k: v for k, v in params.items() if k not in ("runner", "why", "model", "no_change")}
-    if params.get("model"):
-        shown["model"] = os.path.basename(str(params["model"]))
+    shown.update(model)
     shown.update(run_fields)
     why = params.get("why", "")
     return {"steps": [{"stage": st, "params": jsonable(shown), "why": why} for st in (info.stages or [])]}

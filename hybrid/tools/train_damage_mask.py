@@ -371,13 +371,12 @@ def rechoose_mask_threshold(relpath: str = RELPATH, models_dir: Optional[str] = 
     (:func:`balanced_threshold`), write it into the file (weights and ``meta.threshold`` unchanged) and
     score the detector there again (:func:`evaluate`); the training summary beside the file keeps
     its earlier scores under ``scores_at_threshold``."""
-    from ..damage_mask import load_shipped
+    from ..damage_mask import net_from_state
     from ...scripts import shipped_models
 
     kw = {"models_dir": models_dir} if models_dir else {}
-    sd = shipped_models.load_torch_weights(relpath, **kw)
-    load_shipped.cache_clear()  # the file may have changed since this process last read it
-    net, meta = load_shipped(relpath, models_dir)
+    sd = shipped_models.load_torch_weights(relpath, **kw)  # read now, not from the process's cache
+    net, meta = net_from_state(sd)
     thr, table = choose_mask_threshold(net)
     log(f"[damage-mask] operating point on validation: threshold {thr:g} (precision "
         f"{table[thr]['precision']:.3f}, recall {table[thr]['recall']:.3f}); the plain mask's stays {meta['threshold']:g}")

@@ -523,12 +523,12 @@ def choose_level_threshold(model, bundle: Dict[str, object], rows: List[Dict[str
     forest &= disagreement >= float(bundle.get("route_forest_floor_db", float("-inf")))
     p_light = _guided.light_probability(model, X)
     clean = np.array([r["level"] == "clean" for r in rows])
-    dam = [r for r, c in zip(rows, clean) if not c]
     scores = {t: _route_score(rows, forest | (p_light < t)) for t in LEVEL_THRESHOLD_GRID}
     allowed = [t for t in scores if scores[t]["light_ok"] and scores[t]["clean_ok"]] or [0.0]
     best = max(allowed, key=lambda t: (round(scores[t]["psnr_db"], 3), -t))
     return {"route_level_threshold": float(best), "chosen": scores[best], "off": scores[0.0],
-            "by_threshold": {str(t): v for t, v in scores.items()}, "n": len(dam), "n_clean": int(clean.sum())}
+            "by_threshold": {str(t): v for t, v in scores.items()}, "n": int((~clean).sum()),
+            "n_clean": int(clean.sum())}
 
 
 def train_level_route(bundle: Dict[str, object], train_rows: List[Dict[str, object]],
